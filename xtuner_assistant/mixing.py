@@ -82,6 +82,11 @@ class MixedChatDataset(Dataset):
         )
         print_log(f"MixedChatDataset: {self.report}", logger="current")
 
+    @property
+    def length(self) -> list[int]:
+        """Token counts, for xtuner's LengthGroupedSampler: batches of similar length pad less."""
+        return [len(item["input_ids"]) for item in self.items]
+
     def __len__(self):
         return len(self.items)
 

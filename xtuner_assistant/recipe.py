@@ -78,7 +78,10 @@ def mixed_dataloader(tokenizer: dict, identity, general: list, general_ratio: fl
                    general_ratio=general_ratio, replay=replay or None, replay_ratio=replay_ratio,
                    max_length=max_length, seed=seed)
     return dict(batch_size=batch_size, num_workers=0, dataset=dataset,
-                sampler=dict(type="DefaultSampler", shuffle=True, seed=seed),
+                # Similar lengths share a batch: identity turns are short, general ones long, and
+                # padding a batch to its longest member wasted most of the compute on a CPU.
+                sampler=dict(type="xtuner.dataset.samplers.LengthGroupedSampler",
+                             per_device_batch_size=batch_size, seed=seed),
                 collate_fn=dict(type="xtuner.dataset.collate_fns.default_collate_fn"))
 
 
@@ -100,3 +103,51 @@ def schedule(max_epochs: int, warmup_iters: int) -> tuple[list, dict]:
              convert_to_iter_based=True),
     ]
     return param_scheduler, dict(type="xtuner.engine.runner.TrainLoop", max_epochs=max_epochs)
+
+
+def assistant_eval_hook(name: str, author: str, base_model: str, seed: int, every_n_iters: int,
+                        patience: int = 2, max_new_tokens: int = 96) -> dict:
+    """Scores held-out identity, leakage, loops, collapse and retention while training; keeps
+    best_checkpoint.pth and stops on collapse (xtuner_assistant/hooks/collapse.py)."""
+    return dict(type="IdentityEvalHook", name=name, author=author, base_model=base_model, seed=seed,
+                every_n_iters=every_n_iters, patience=patience, max_new_tokens=max_new_tokens)
+
+
+def base_model_replay(model_path: str, extra_prompts: str = "") -> str:
+    """The base model's own answers to the shipped prompt pool (+ extra_prompts), as a JSONL for
+    MixedChatDataset(replay=...): made once, on first use, then read from the cache."""
+    from xtuner_assistant.replay import replay_file
+
+    return replay_file(model_path, extra_prompts or None)
+
+
+def required_setting(name: str, hint: str) -> str:
+    """A setting with no sensible default (e.g. a model folder only the user has)."""
+    value = os.environ.get(ENV_PREFIX + name.upper(), "")
+    if not value:
+        raise SettingError(f"this config needs `{name}`: {hint} "
+                           f"(xtuner-assistant train CONFIG --set {name}=..., or {ENV_PREFIX}{name.upper()}=... xtuner train CONFIG)")
+    return value
+
+
+def packed_lora_model(model_path: str, *, r: int, alpha: int, dropout: float, quantize_4bit: bool,
+                      dtype: str = "torch.bfloat16", gradient_checkpointing: bool = True,
+                      attn_implementation: str = "sdpa") -> dict:
+    """`lora_model`, trained on packed rows (packing.py) with the chunked answer-token loss
+    (packed_finetune.py). SDPA honours the per-conversation mask; flash-attn 2 would ignore it."""
+    model = lora_model(model_path, r=r, alpha=alpha, dropout=dropout, quantize_4bit=quantize_4bit,
+                       dtype=dtype, gradient_checkpointing=gradient_checkpointing)
+    model["type"] = "xtuner_assistant.packed_finetune.PackedSupervisedFinetune"
+    model["llm"]["attn_implementation"] = attn_implementation
+    return model
+
+
+def packed_dataloader(tokenizer: dict, identity, general: list, general_ratio: float, max_length: int,
+                      pack_tokens: int, rows_per_batch: int, seed: int, replay: str = "",
+                      replay_ratio: float = 0.0) -> dict:
+    """`mixed_dataloader`, with whole conversations packed into rows of up to `pack_tokens`."""
+    loader = mixed_dataloader(tokenizer, identity, general, general_ratio, max_length, rows_per_batch, seed,
+                              replay, replay_ratio)
+    loader["dataset"] = dict(type="PackedChatDataset", dataset=loader["dataset"], pack_tokens=pack_tokens, seed=seed)
+    loader["collate_fn"] = dict(type="xtuner_assistant.packing.packed_collate_fn")
+    return loader

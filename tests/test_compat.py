@@ -1,0 +1,57 @@
+"""Each upstream fix in compat.py, tested against the behaviour it fixes."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import xtuner_assistant  # noqa: F401  (applies the fixes)
+from xtuner_assistant import compat
+
+
+def test_cpu_bf16_probe_exists_and_says_no():
+    assert torch.cpu.is_bf16_supported() is False
+
+
+def test_xtuner_sft_dtype_probe_runs_on_cpu():
+    from xtuner.utils.device import get_torch_device
+
+    device = get_torch_device()
+    assert device.is_available() is not None and device.is_bf16_supported() in (True, False)
+
+
+def test_lora_model_builds_although_bitsandbytes_imports_triton_ops(tiny_model_dir):
+    """peft imports bitsandbytes for every LoRA model; bitsandbytes 0.45.0 imports triton.ops."""
+    code = ("import xtuner_assistant, bitsandbytes; from peft import LoraConfig, get_peft_model; "
+            "from transformers import AutoModelForCausalLM; "
+            f"m = AutoModelForCausalLM.from_pretrained({str(tiny_model_dir)!r}); "
+            "m = get_peft_model(m, LoraConfig(r=2, target_modules=['q_proj'])); print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_startup_line_puts_the_interpreter_first_on_path(tmp_path):
+    """Stock `xtuner` runs `python` by name: without the fix a bare PATH finds the wrong python."""
+    code = compat.STARTUP_LINE + "print(os.environ['PATH'].split(os.pathsep)[0])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.stdout.strip() == os.path.dirname(sys.executable)
+
+
+def test_startup_fix_is_installed_in_this_environment():
+    installed = [Path(p) / compat.STARTUP_FILE_NAME for p in sys.path if (Path(p) / compat.STARTUP_FILE_NAME).is_file()]
+    assert installed, "make install writes the .pth; run `make install`"
+    assert installed[0].read_text() == compat.STARTUP_LINE
+
+
+def test_gguf_loaded_model_saveable_drops_quantizer_state(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.hf_quantizer = object()
+    model.config.quantization_config = {"quant_method": "gguf"}
+    compat.gguf_loaded_model_saveable(model)
+    model.save_pretrained(tmp_path / "saved")
+    assert "quantization_config" not in (tmp_path / "saved" / "config.json").read_text()

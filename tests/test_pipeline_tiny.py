@@ -1,0 +1,83 @@
+"""The user's story on a tiny random model, through the real tools: make identity data -> `xtuner train`
+-> convert -> merge (checked) -> chat. Mechanics only; learning is tested on the real model elsewhere."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "smollm2_135m_lora_cpu_assistant.py"
+CLI = [sys.executable, "-m", "xtuner_assistant.cli"]
+
+
+def cli(*args, env=None, check=True):
+    result = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("pipeline")
+    cli("data", "identity", "--name", "Zorblat", "--samples", "16", "--out", root / "data")
+    work_dir = root / "train"
+    cli("train", CONFIG, "--work-dir", work_dir, "--model", tiny_model_dir,
+        "--set", f"identity_file={root / 'data' / 'identity.jsonl'}", "--set", "max_epochs=1",
+        "--set", "batch_size=4", "--set", "save_steps=4", "--set", "general_ratio=0.5")
+    return root, work_dir
+
+
+def test_train_leaves_checkpoints_and_a_resolved_config(trained):
+    _, work_dir = trained
+    assert sorted(p.name for p in work_dir.glob("iter_*.pth")) == ["iter_4.pth", "iter_6.pth"]
+    dumped = (work_dir / CONFIG.name).read_text()
+    assert "identity.jsonl" in dumped and "MixedChatDataset" in dumped
+    assert list(work_dir.glob("*/vis_data/scalars.json"))
+
+
+def test_convert_merge_and_chat(trained, tiny_model_dir):
+    root, work_dir = trained
+    cli("convert", work_dir, "--out", root / "adapter")
+    assert (root / "adapter" / "adapter_config.json").is_file()
+    merged = cli("merge", root / "adapter", "--base", tiny_model_dir, "--out", root / "merged")
+    assert merged.stdout.strip().splitlines()[-1] == f"merged model: {root / 'merged'}"
+    check = json.loads((root / "merged" / "xtuner_assistant_merge.json").read_text())
+    assert check["largest_logit_difference"] <= check["tolerance"]
+    assert not [p for p in root.iterdir() if ".staging-" in p.name], "no staging folders left behind"
+    streamed = cli("chat", root / "merged", "--prompt", "Who are you?", "--max-new-tokens", "8").stdout
+
+    from xtuner_assistant.generation import load_chat_model, reply
+
+    model, tokenizer = load_chat_model(root / "merged", device="cpu")
+    expected = reply(model, tokenizer, [{"role": "user", "content": "Who are you?"}], max_new_tokens=8)
+    assert streamed.strip() == expected, "the terminal streams exactly the library's greedy reply"
+
+
+def test_resume_continues_from_the_last_checkpoint(trained, tiny_model_dir):
+    root, work_dir = trained
+    result = cli("train", CONFIG, "--work-dir", work_dir, "--model", tiny_model_dir, "--resume",
+                 "--set", f"identity_file={root / 'data' / 'identity.jsonl'}", "--set", "max_epochs=2",
+                 "--set", "batch_size=4", "--set", "save_steps=4", "--set", "general_ratio=0.5")
+    assert "resumed" in (result.stdout + result.stderr).lower()
+    assert (work_dir / "iter_12.pth").is_file()
+
+
+def test_training_failure_returns_a_nonzero_status(tmp_path, tiny_model_dir):
+    result = cli("train", CONFIG, "--work-dir", tmp_path / "w", "--model", tmp_path / "no-such-model",
+                 "--set", "max_epochs=1", check=False)
+    assert result.returncode != 0
+
+
+def test_missing_config_is_a_clear_error(tmp_path):
+    result = cli("train", tmp_path / "nope.py", check=False)
+    assert result.returncode == 2 and "no such config file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_setting_is_a_clear_error():
+    result = cli("train", CONFIG, "--set", "lr", check=False)
+    assert result.returncode == 2 and "expected NAME=VALUE" in result.stderr
