@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 def register_components() -> None:
     # Imported for their @register_module side effects.
     from xtuner_assistant import identity, mixing  # noqa: F401
+    from xtuner_assistant import hooks  # noqa: F401
 
 
 register_components()

@@ -1,0 +1,106 @@
+"""One identity evaluation: which prompts are asked, how the answers are scored, and how they are
+written for a person to read. Shared by the training hook (hooks/collapse.py) and
+`xtuner-assistant eval`, so a score during training and a score of a merged model mean the same.
+
+Prompts: the held-out identity questions of the phrasebook (never trained on, same name/seed/split
+as the training data) and the held-out general prompts and facts of data/general_prompts.json.
+"""
+from __future__ import annotations
+
+import json
+
+from xtuner_assistant import metrics
+from xtuner_assistant.identity import LANGUAGES, Identity, IdentityPhrasebook
+from xtuner_assistant.replay import general_eval_prompts
+
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+class IdentityEvaluation:
+    def __init__(self, name: str, author: str = "", base_model: str = "", seed: int = 0,
+                 held_out_fraction: float = 0.25, languages=LANGUAGES, identity_sentences=(),
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16):
+        self.phrasebook = IdentityPhrasebook(Identity(name, author, base_model), seed, held_out_fraction, languages)
+        self.name = self.phrasebook.identity.name
+        self.identity_items = self.phrasebook.held_out()
+        self.identity_sentences = [a for lang in self.phrasebook.languages for a in self.phrasebook.answers[lang]]
+        self.identity_sentences += list(identity_sentences)
+        self.general_items = general_eval_prompts()
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+
+    @property
+    def identity_prompts(self) -> list[str]:
+        return [item["question"] for item in self.identity_items]
+
+    @property
+    def general_prompts(self) -> list[str]:
+        return [item["prompt"] for item in self.general_items]
+
+    def generator(self, model, tokenizer):
+        """`generate(prompts, max_new_tokens) -> answers`: greedy, in the model's chat template."""
+        from xtuner_assistant.generation import replies
+
+        def generate(prompts, max_new_tokens):
+            return replies(model, tokenizer, prompts, batch_size=self.batch_size, max_new_tokens=max_new_tokens)
+
+        return generate
+
+    def score(self, identity_answers: list[str], general_answers: list[str], base_answers: list[str] | None,
+              tokenizer=None) -> dict:
+        """All metrics; retention and fact retention are None without the base model's answers.
+        With `tokenizer`, identity answers that fill the whole length budget count as runaways."""
+        by_language = {}
+        for language in self.phrasebook.languages:
+            answers = [a for a, i in zip(identity_answers, self.identity_items) if i["language"] == language]
+            by_language[f"identity_accuracy_{language}"] = metrics.identity_accuracy(answers, self.name)
+        runaway = [self.hit_limit(a, tokenizer) for a in identity_answers] + [False] * len(general_answers)
+        scores = {
+            "identity_accuracy": metrics.identity_accuracy(identity_answers, self.name),
+            **by_language,
+            "leakage": metrics.leakage(general_answers, self.name, self.identity_sentences),
+            "repetition": metrics.repetition_rate(identity_answers + general_answers, runaway),
+            "collapse": metrics.collapse_rate(general_answers),
+            "retention": None,
+            "fact_retention": None,
+            "combined": None,
+        }
+        if base_answers is not None:
+            scores["retention"] = metrics.retention(general_answers, base_answers)
+            facts = [(a, b, i["accepted"]) for a, b, i in zip(general_answers, base_answers, self.general_items)
+                     if i["accepted"]]
+            scores["fact_retention"] = metrics.fact_retention(*map(list, zip(*facts))) if facts else None
+            scores["combined"] = metrics.combined_score(scores)
+        return scores
+
+    def hit_limit(self, answer: str, tokenizer) -> bool:
+        # An identity answer is a sentence or two; one that fills the whole budget ran away.
+        if tokenizer is None:
+            return False
+        return len(tokenizer.encode(answer, add_special_tokens=False)) >= self.max_new_tokens - 1
+
+    def answers_record(self, identity_answers, general_answers, base_answers) -> dict:
+        base_answers = base_answers or [None] * len(general_answers)
+        return {
+            "name": self.name,
+            "identity": [dict(item, answer=a) for item, a in zip(self.identity_items, identity_answers)],
+            "general": [dict(item, answer=a, base=b)
+                        for item, a, b in zip(self.general_items, general_answers, base_answers)],
+        }
+
+    def readable(self, title: str, scores: dict, identity_answers, general_answers, base_answers) -> str:
+        lines = [f"# {title}", json.dumps(scores, ensure_ascii=False), "",
+                 "## held-out identity questions ([NAME] = carries the name)"]
+        for item, answer in zip(self.identity_items, identity_answers):
+            flags = ("[NAME]" if metrics.carries_name(answer, self.name) else "[----]") + (
+                " [LOOP]" if metrics.loops(answer) else "")
+            lines += [f"Q ({item['language']}): {item['question']}", f"A {flags}: {answer}", ""]
+        lines.append("## general prompts ([LEAK] = says the name or an identity sentence; base = base model's answer)")
+        for item, answer, base in zip(self.general_items, general_answers, base_answers or [None] * len(general_answers)):
+            flags = [label for label, hit in (("[LEAK]", metrics.leaks(answer, self.name, self.identity_sentences)),
+                                              ("[LOOP]", metrics.loops(answer))) if hit]
+            if item["accepted"]:
+                flags.append("[FACT ok]" if metrics.answers_fact(answer, item["accepted"]) else "[FACT wrong]")
+            lines += [f"Q ({item['language']}): {item['prompt']}", f"A {' '.join(flags)}: {answer}"]
+            lines += [f"base: {base}", ""] if base is not None else [""]
+        return "\n".join(lines)
