@@ -1,0 +1,93 @@
+"""`publish MODEL --repo owner/name --app-repo owner/name`: the merged model as a model repo (model
+card, weights and tokenizer through Git LFS) and a Gradio app repo that fetches it at start-up."""
+from __future__ import annotations
+
+from pathlib import Path
+
+GITHUB = "https://github.com/{owner}/{name}.git"
+EXAMPLES = ["Who are you?", "请你介绍一下你自己", "What can you do?"]
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("publish", help="push the model and a Gradio app (OpenXLab or any git host)")
+    parser.add_argument("model", help="the merged model folder (from `xtuner-assistant merge`)")
+    parser.add_argument("--repo", required=True,
+                        help="model repo: owner/name on OpenXLab (its git URL), or any git URL or local path")
+    parser.add_argument("--app-repo", help="app repo: owner/name on GitHub (OpenXLab builds apps from GitHub "
+                                           "repos), or any git URL or local path")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--model-only", action="store_true", help="push the model repo only")
+    only.add_argument("--app-only", action="store_true", help="push the app repo only")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be pushed, push nothing")
+    parser.add_argument("--via", choices=["git", "openxlab"], default="git",
+                        help="push the model with git + git-lfs (default) or the openxlab SDK")
+    parser.add_argument("--name", help="the assistant's name for the model card (default: from the training run)")
+    parser.add_argument("--author", help="who made it, for the model card (default: from the training run)")
+    parser.add_argument("--train-dir", type=Path, help="training work dir, for settings and evaluation numbers "
+                                                       "(default: found from the merge record)")
+    parser.add_argument("--title", help="the app's title")
+    parser.add_argument("--branch", default="main")
+    parser.set_defaults(run=run)
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+
+
+def describe(title: str, url: str, branch: str, files: dict) -> list[str]:
+    from xtuner_assistant.publish.model_repo import goes_through_lfs
+
+    lines = [f"{title} -> {url} (branch {branch}), {len(files)} files:"]
+    for path, source in sorted(files.items()):
+        size = len(source) if isinstance(source, bytes) else source.stat().st_size
+        lines.append(f"  {'lfs' if goes_through_lfs(path) else 'git'}  {human_size(size):>9}  {path}")
+    return lines
+
+
+def run(args):
+    from xtuner_assistant.cli import UserError
+    from xtuner_assistant.publish.app_bundle import app_files
+    from xtuner_assistant.publish.git_repo import PublishError, display_url, push_files, remote_url
+    from xtuner_assistant.publish.model_card import gather_facts
+    from xtuner_assistant.publish.model_repo import model_repo_files
+
+    try:
+        model_url = remote_url(args.repo)
+        if not args.model_only and not args.app_repo:
+            raise PublishError("give --app-repo owner/name (or a git URL) for the app, or --model-only")
+        app_url = remote_url(args.app_repo, GITHUB) if not args.model_only else None
+        facts = gather_facts(Path(args.model), args.name, args.author, args.train_dir)
+        model = model_repo_files(Path(args.model), facts, args.repo)
+        title = args.title or (f"{facts.name} — a personal assistant" if facts.name else "A personal assistant")
+        app = app_files(display_url(model_url), title, args.branch, EXAMPLES) if app_url else None
+        plan = []
+        if not args.app_only:
+            via = " with the openxlab SDK" if args.via == "openxlab" else ""
+            plan.append(("model repo" + via, display_url(model_url), model))
+        if app:
+            plan.append(("app repo", display_url(app_url), app))
+        if args.dry_run:
+            for title_line, url, files in plan:
+                print("\n".join(describe(f"would push the {title_line}", url, args.branch, files)))
+            print("dry run: nothing was pushed")
+            return 0
+        if not args.app_only:
+            if args.via == "openxlab":
+                from xtuner_assistant.publish.openxlab import publish_with_sdk
+
+                publish_with_sdk(model, args.repo)
+                print(f"model repo: uploaded to {args.repo} with the openxlab SDK")
+            else:
+                result = push_files(model, model_url, f"Publish {title} with xtuner-assistant", args.branch)
+                print(f"model repo: {result.url} {result.branch} @ {result.commit[:12]}"
+                      + ("" if result.changed else " (already up to date)"))
+        if app:
+            result = push_files(app, app_url, f"Gradio app for {title}", args.branch)
+            print(f"app repo: {result.url} {result.branch} @ {result.commit[:12]}"
+                  + ("" if result.changed else " (already up to date)"))
+    except PublishError as error:
+        raise UserError(str(error)) from None
+    return 0

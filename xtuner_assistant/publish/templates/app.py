@@ -1,0 +1,124 @@
+"""A Gradio chat with a fine-tuned assistant, published by xtuner-assistant.
+
+At start-up it fetches the model repo (git clone + git lfs pull), then answers on the GPU when there
+is one, else on the CPU. Conversations are formatted with the tokenizer's own chat template and a
+reply stops at the template's end-of-turn token: the same contract the model was trained with.
+Runs with only the packages in requirements.txt (and git, git-lfs from packages.txt).
+"""
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+MODEL_REPO_URL = os.environ.get("MODEL_REPO_URL", __MODEL_REPO_URL__)
+MODEL_BRANCH = os.environ.get("MODEL_BRANCH", __MODEL_BRANCH__)
+MODEL_DIR = Path(os.environ.get("MODEL_DIR", "model"))
+TITLE = __TITLE__
+EXAMPLES = __EXAMPLES__
+LFS_POINTER = b"version https://git-lfs"
+
+
+def fetch_model(url=MODEL_REPO_URL, folder=MODEL_DIR, branch=MODEL_BRANCH):
+    """Clone the model repo once, then pull its LFS files (weights, tokenizer)."""
+    folder = Path(folder)
+    if not (folder / ".git").is_dir():
+        env = dict(os.environ, GIT_LFS_SKIP_SMUDGE="1", GIT_TERMINAL_PROMPT="0")
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", branch, url, str(folder)], check=True, env=env)
+    subprocess.run(["git", "lfs", "pull"], cwd=folder, check=True)
+    for weights in list(folder.glob("*.safetensors")) + list(folder.glob("*.bin")):
+        with open(weights, "rb") as f:
+            if f.read(len(LFS_POINTER)) == LFS_POINTER:
+                raise RuntimeError(f"{weights} is still a Git LFS pointer: install git-lfs (packages.txt) and restart")
+    return folder
+
+
+def load(folder):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if not tokenizer.chat_template:
+        raise RuntimeError(f"{folder}: the tokenizer has no chat template")
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
+    return model, tokenizer
+
+
+def end_of_turn_ids(tokenizer):
+    """The token that ends an assistant turn in this template, plus the tokenizer's eos."""
+    marker = "\u2063XA\u2063"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+                                         tokenize=False)
+    after = text[text.index(marker) + len(marker):]
+    ids = tokenizer.encode(after, add_special_tokens=False)[:1] if after.strip() else []
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def as_messages(message, history, system=""):
+    """Gradio history (messages, or [user, bot] pairs in older versions) + the new message."""
+    messages = [{"role": "system", "content": system}] if system else []
+    for turn in history or []:
+        if isinstance(turn, dict):
+            messages.append({"role": turn["role"], "content": turn["content"]})
+        else:
+            user, bot = turn
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": bot or ""}]
+    messages.append({"role": "user", "content": message})
+    return messages
+
+
+class Assistant:
+    def __init__(self, folder):
+        self.model, self.tokenizer = load(folder)
+        self.stop_ids = end_of_turn_ids(self.tokenizer)
+
+    def stream(self, message, history=(), max_new_tokens=256, temperature=0.0, top_p=0.9):
+        """Yield the reply so far, growing, as Gradio's ChatInterface expects."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        text = self.tokenizer.apply_chat_template(as_messages(message, history), tokenize=False,
+                                                  add_generation_prompt=True)
+        ids = torch.tensor([self.tokenizer.encode(text, add_special_tokens=False)], device=self.model.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        sampling = (dict(do_sample=True, temperature=float(temperature), top_p=float(top_p)) if temperature > 0
+                    else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
+        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                      max_new_tokens=int(max_new_tokens), eos_token_id=self.stop_ids, pad_token_id=pad, **sampling)
+
+        def generate():
+            with torch.inference_mode():
+                self.model.generate(**kwargs)
+
+        thread = threading.Thread(target=generate, daemon=True)
+        thread.start()
+        reply = ""
+        for piece in streamer:
+            reply += piece
+            yield reply.strip()
+        thread.join()
+
+    def chat(self, message, history=(), **settings):
+        """The whole reply at once."""
+        reply = ""
+        for reply in self.stream(message, history, **settings):
+            pass
+        return reply
+
+
+def build_ui(assistant):
+    import gradio as gr
+
+    return gr.ChatInterface(
+        assistant.stream, type="messages", title=TITLE, examples=EXAMPLES or None,
+        additional_inputs=[gr.Slider(16, 1024, value=256, step=16, label="Max new tokens"),
+                           gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)"),
+                           gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")])
+
+
+if __name__ == "__main__":
+    build_ui(Assistant(fetch_model())).queue().launch(server_name=os.environ.get("HOST", "0.0.0.0"))
