@@ -112,15 +112,18 @@ def run_arm(arm: str, config: Path, work_dir: Path, log: Path) -> dict:
         status = subprocess.run([sys.executable, tool_path("train"), str(config), "--work-dir", str(work_dir)],
                                 stdout=output, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
     wall = time.monotonic() - start
-    history = [json.loads(line) for line in (work_dir / "identity_eval" / "history.jsonl").read_text().splitlines()]
+    from xtuner_assistant.evaluation import rescored_history
+
+    # Scored again from the saved answers, so every arm is scored by the same (current) metrics.
+    history = rescored_history(work_dir / "identity_eval")
     summary_file = work_dir / "identity_eval" / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     if arm == "ours" and summary.get("best"):
-        chosen, how = summary["best"]["scores"], f"best (hook), iter {summary['best']['iter']}"
-        chosen = {"iter": summary["best"]["iter"], **chosen}
+        chosen = next(h for h in history if h["iter"] == summary["best"]["iter"])
+        how = f"best (hook), iter {chosen['iter']}"
     else:
         chosen, how = history[-1], f"last, iter {history[-1]['iter']}"
-    peak = max((h for h in history if h["iter"] > 0), key=lambda h: h["combined"])
+    peak = max((h for h in history if h["iter"] > 0), key=lambda h: h["combined"])  # by the hook's rule
     return dict(arm=arm, exit_status=status, wall_seconds=round(wall, 1),
                 eval_seconds=round(sum(h["eval_seconds"] for h in history), 1),
                 iterations_run=history[-1]["iter"], chosen=chosen, chosen_how=how, peak_iter=peak["iter"],

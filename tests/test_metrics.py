@@ -19,6 +19,7 @@ def test_a_looping_answer_is_caught_and_a_normal_one_is_not():
     assert metrics.loops(looping)
     assert metrics.loops("我是小菜鸡的小助手" * 20)
     assert metrics.loops("t" * 80), "a loop inside one word is still a loop"
+    assert metrics.loops("👀👍" + "👏" * 40), "so is a loop of symbols"
     assert not any(metrics.loops(answer) for answer in HEALTHY)
     assert not metrics.loops("Yes."), "short answers are never loops"
 
@@ -80,3 +81,12 @@ def test_the_combined_rule_prefers_a_useful_model_over_a_collapsed_one():
     useful = dict(identity_accuracy=0.9, retention=0.6, leakage=0.0, repetition=0.0, collapse=0.05)
     untrained = dict(identity_accuracy=0.0, retention=1.0, leakage=0.0, repetition=0.0, collapse=0.0)
     assert metrics.combined_score(useful) > metrics.combined_score(untrained) > metrics.combined_score(collapsed)
+
+
+def test_looping_counts_as_unhealthy_only_above_the_base_models_own_level():
+    looping = dict(collapse=0.1, repetition=0.4)
+    assert metrics.unhealthy(looping), "no base measured: the threshold alone decides"
+    assert metrics.unhealthy(looping, base_scores=dict(repetition=0.1))
+    assert not metrics.unhealthy(looping, base_scores=dict(repetition=0.35)), "the base model loops as much"
+    reasons = metrics.unhealthy(dict(collapse=0.9, repetition=0.0), base_scores=dict(repetition=0.35))
+    assert reasons and "collapsed" in reasons[0]

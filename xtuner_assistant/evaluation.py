@@ -46,43 +46,15 @@ class IdentityEvaluation:
 
         return generate
 
-    def score(self, identity_answers: list[str], general_answers: list[str], base_answers: list[str] | None,
-              tokenizer=None) -> dict:
-        """All metrics; retention and fact retention are None without the base model's answers.
-        With `tokenizer`, identity answers that fill the whole length budget count as runaways."""
-        by_language = {}
-        for language in self.phrasebook.languages:
-            answers = [a for a, i in zip(identity_answers, self.identity_items) if i["language"] == language]
-            by_language[f"identity_accuracy_{language}"] = metrics.identity_accuracy(answers, self.name)
-        runaway = [self.hit_limit(a, tokenizer) for a in identity_answers] + [False] * len(general_answers)
-        scores = {
-            "identity_accuracy": metrics.identity_accuracy(identity_answers, self.name),
-            **by_language,
-            "leakage": metrics.leakage(general_answers, self.name, self.identity_sentences),
-            "repetition": metrics.repetition_rate(identity_answers + general_answers, runaway),
-            "collapse": metrics.collapse_rate(general_answers),
-            "retention": None,
-            "fact_retention": None,
-            "combined": None,
-        }
-        if base_answers is not None:
-            scores["retention"] = metrics.retention(general_answers, base_answers)
-            facts = [(a, b, i["accepted"]) for a, b, i in zip(general_answers, base_answers, self.general_items)
-                     if i["accepted"]]
-            scores["fact_retention"] = metrics.fact_retention(*map(list, zip(*facts))) if facts else None
-            scores["combined"] = metrics.combined_score(scores)
-        return scores
-
-    def hit_limit(self, answer: str, tokenizer) -> bool:
-        # An identity answer is a sentence or two; one that fills the whole budget ran away.
-        if tokenizer is None:
-            return False
-        return len(tokenizer.encode(answer, add_special_tokens=False)) >= self.max_new_tokens - 1
+    def score(self, identity_answers: list[str], general_answers: list[str], base_answers: list[str] | None) -> dict:
+        """All metrics; retention and fact retention are None without the base model's answers."""
+        return score_record(self.answers_record(identity_answers, general_answers, base_answers))
 
     def answers_record(self, identity_answers, general_answers, base_answers) -> dict:
         base_answers = base_answers or [None] * len(general_answers)
         return {
             "name": self.name,
+            "identity_sentences": self.identity_sentences,
             "identity": [dict(item, answer=a) for item, a in zip(self.identity_items, identity_answers)],
             "general": [dict(item, answer=a, base=b)
                         for item, a, b in zip(self.general_items, general_answers, base_answers)],
@@ -104,3 +76,52 @@ class IdentityEvaluation:
             lines += [f"Q ({item['language']}): {item['prompt']}", f"A {' '.join(flags)}: {answer}"]
             lines += [f"base: {base}", ""] if base is not None else [""]
         return "\n".join(lines)
+
+
+def score_record(record: dict) -> dict:
+    """Scores from saved answers (an `answers_record`, as in identity_eval/iter_NNNNNN.json), so any
+    evaluation can be scored again with the current metrics.
+
+    An answer that merely fills the length budget is not counted as repetition: small base models
+    are verbose, and a real runaway loops, which `metrics.loops` sees within the budget."""
+    name, sentences = record["name"], record.get("identity_sentences", [])
+    identity, general = record["identity"], record["general"]
+    identity_answers = [i["answer"] for i in identity]
+    general_answers = [g["answer"] for g in general]
+    scores = {"identity_accuracy": metrics.identity_accuracy(identity_answers, name)}
+    for language in dict.fromkeys(i["language"] for i in identity):
+        answers = [i["answer"] for i in identity if i["language"] == language]
+        scores[f"identity_accuracy_{language}"] = metrics.identity_accuracy(answers, name)
+    scores.update(
+        leakage=metrics.leakage(general_answers, name, sentences),
+        repetition=metrics.repetition_rate(identity_answers + general_answers),
+        collapse=metrics.collapse_rate(general_answers),
+        retention=None, fact_retention=None, combined=None,
+    )
+    if general and all(g.get("base") is not None for g in general):
+        base_answers = [g["base"] for g in general]
+        scores["retention"] = metrics.retention(general_answers, base_answers)
+        facts = [(g["answer"], g["base"], g["accepted"]) for g in general if g.get("accepted")]
+        scores["fact_retention"] = metrics.fact_retention(*map(list, zip(*facts))) if facts else None
+        scores["combined"] = metrics.combined_score(scores)
+    return scores
+
+
+def rescored_history(eval_dir) -> list[dict]:
+    """Every evaluation of a run (identity_eval/iter_*.json) scored again with the current metrics;
+    eval_seconds kept from history.jsonl."""
+    from pathlib import Path
+
+    eval_dir = Path(eval_dir)
+    seconds = {}
+    history_file = eval_dir / "history.jsonl"
+    if history_file.is_file():
+        for line in history_file.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                seconds[entry["iter"]] = entry.get("eval_seconds")
+    history = []
+    for path in sorted(eval_dir.glob("iter_*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        history.append({"iter": record["iter"], **score_record(record), "eval_seconds": seconds.get(record["iter"])})
+    return sorted(history, key=lambda h: h["iter"])

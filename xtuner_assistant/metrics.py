@@ -53,8 +53,9 @@ def repeated_ngram_share(answer: str, n: int = LOOP_NGRAM) -> float:
 
 
 def repeated_character_share(answer: str, n: int = 2 * LOOP_NGRAM) -> float:
-    """The same on characters, for loops inside one "word" ("tttttttt", "哈哈哈哈哈哈")."""
-    text = "".join(units(answer))
+    """The same on characters (spaces aside), for loops inside one "word" ("tttttttt", "哈哈哈哈")
+    and of symbols that are no words at all ("👏👏👏👏", "・・・・")."""
+    text = re.sub(r"\s+", "", answer or "")
     grams = [text[i:i + n] for i in range(len(text) - n + 1)]
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
@@ -65,7 +66,7 @@ def loops(answer: str, n: int = LOOP_NGRAM, threshold: float = LOOP_REPEATED_SHA
     characters) are repeats of earlier ones."""
     if len(units(answer)) >= min_units and repeated_ngram_share(answer, n) >= threshold:
         return True
-    return len("".join(units(answer))) >= 3 * min_units and repeated_character_share(answer) >= threshold
+    return len(re.sub(r"\s+", "", answer or "")) >= 3 * min_units and repeated_character_share(answer) >= threshold
 
 
 def repetition_rate(answers: list[str], hit_length_limit: list[bool] | None = None) -> float:
@@ -163,9 +164,25 @@ def fact_retention(answers: list[str], base_answers: list[str], accepted: list[l
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When an evaluation counts as collapsed/looping (for early stopping)."""
+    """When an evaluation counts as collapsed/looping (for early stopping): collapse at or above
+    `collapse`, or repetition at or above `repetition` AND more than `repetition_margin` above the
+    base model's own (a small base model loops on some prompts before any training)."""
     collapse: float = 0.5
     repetition: float = 0.3
+    repetition_margin: float = 0.1
+
+
+def unhealthy(scores: dict, thresholds: Thresholds = Thresholds(), base_scores: dict | None = None) -> list[str]:
+    """Why an evaluation counts as collapsed or looping (empty when it does not)."""
+    reasons = []
+    if scores["collapse"] >= thresholds.collapse:
+        reasons.append(f"general answers collapsed (collapse {scores['collapse']:.2f} >= {thresholds.collapse})")
+    base_repetition = base_scores["repetition"] if base_scores else 0.0
+    if (scores["repetition"] >= thresholds.repetition
+            and scores["repetition"] > base_repetition + thresholds.repetition_margin):
+        reasons.append(f"answers loop (repetition {scores['repetition']:.2f} >= {thresholds.repetition}, "
+                       f"base model {base_repetition:.2f})")
+    return reasons
 
 
 def combined_score(scores: dict) -> float:

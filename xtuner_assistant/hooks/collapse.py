@@ -14,7 +14,8 @@ earlier iteration wins a tie. It is saved as `<work_dir>/best_checkpoint.pth` (c
 any iter_N.pth) and described in `identity_eval/summary.json`.
 
 Early stop: an evaluation is unhealthy when general answers collapse (collapse >= threshold) or
-answers loop (repetition >= threshold). After `patience` unhealthy evaluations in a row the hook
+answers loop (repetition >= threshold and clearly above the base model's own, measured at
+iteration 0). After `patience` unhealthy evaluations in a row the hook
 ends training cleanly (the run exits 0) and says why.
 """
 from __future__ import annotations
@@ -38,16 +39,6 @@ EVAL_DIR = "identity_eval"
 BEST_CHECKPOINT = "best_checkpoint.pth"
 
 
-def unhealthy(scores: dict, thresholds: metrics.Thresholds) -> list[str]:
-    """Why an evaluation counts as collapsed or looping (empty when it does not)."""
-    reasons = []
-    if scores["collapse"] >= thresholds.collapse:
-        reasons.append(f"general answers collapsed (collapse {scores['collapse']:.2f} >= {thresholds.collapse})")
-    if scores["repetition"] >= thresholds.repetition:
-        reasons.append(f"answers loop (repetition {scores['repetition']:.2f} >= {thresholds.repetition})")
-    return reasons
-
-
 @HOOKS.register_module()
 class IdentityEvalHook(Hook):
     # Runs after the logger, before CheckpointHook (VERY_LOW) in the same iteration.
@@ -58,6 +49,7 @@ class IdentityEvalHook(Hook):
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, patience: int = 2,
                  collapse_threshold: float = metrics.Thresholds.collapse,
                  repetition_threshold: float = metrics.Thresholds.repetition,
+                 repetition_margin: float = metrics.Thresholds.repetition_margin,
                  save_best: bool = True, early_stop: bool = True, evaluate_before_train: bool = True,
                  identity_sentences=(), tokenizer=None, base_model_path: str | None = None):
         # The same phrasebook (name, seed, split) as the training data, so held-out means held out.
@@ -66,7 +58,7 @@ class IdentityEvalHook(Hook):
         self.every_n_iters = every_n_iters
         self.max_new_tokens = max_new_tokens
         self.patience = patience
-        self.thresholds = metrics.Thresholds(collapse=collapse_threshold, repetition=repetition_threshold)
+        self.thresholds = metrics.Thresholds(collapse_threshold, repetition_threshold, repetition_margin)
         self.save_best = save_best
         self.early_stop = early_stop
         self.evaluate_before_train = evaluate_before_train
@@ -75,6 +67,7 @@ class IdentityEvalHook(Hook):
         self.tokenizer = None
         self.base_answers: list[str] = []
         self.best: dict | None = None
+        self.base_scores: dict | None = None  # iteration 0: how much the base model itself loops
         self.unhealthy_streak = 0
         self.stopped: dict | None = None
         self.eval_seconds = 0.0
@@ -123,13 +116,15 @@ class IdentityEvalHook(Hook):
             identity_answers = generate(self.evaluation.identity_prompts, self.max_new_tokens)
             if general_answers is None:
                 general_answers = generate(self.evaluation.general_prompts, self.max_new_tokens)
-        scores = self.evaluation.score(identity_answers, general_answers, self.base_answers, self.tokenizer)
+        scores = self.evaluation.score(identity_answers, general_answers, self.base_answers)
         seconds = time.monotonic() - start
         self.eval_seconds += seconds
         scores["eval_seconds"] = round(seconds, 2)
         self.last_evaluated_iter = iteration
         self._record(runner, iteration, scores, identity_answers, general_answers)
-        if iteration > 0:
+        if iteration == 0:
+            self.base_scores = scores
+        else:
             self._keep_best(runner, iteration, scores)
             self._check_collapse(runner, iteration, scores)
         return scores
@@ -152,7 +147,7 @@ class IdentityEvalHook(Hook):
         runner.logger.info(f"IdentityEvalHook iter {iteration}: {shown} ({scores['eval_seconds']:.1f} s)")
 
     def _keep_best(self, runner, iteration: int, scores: dict) -> None:
-        if unhealthy(scores, self.thresholds) or (self.best and scores["combined"] <= self.best["scores"]["combined"]):
+        if self.unhealthy(scores) or (self.best and scores["combined"] <= self.best["scores"]["combined"]):
             return
         self.best = {"iter": iteration, "scores": scores, "checkpoint": None}
         if self.save_best:
@@ -161,7 +156,7 @@ class IdentityEvalHook(Hook):
         self._write_summary(runner)
 
     def _check_collapse(self, runner, iteration: int, scores: dict) -> None:
-        reasons = unhealthy(scores, self.thresholds)
+        reasons = self.unhealthy(scores)
         self.unhealthy_streak = self.unhealthy_streak + 1 if reasons else 0
         if not (self.early_stop and self.unhealthy_streak >= self.patience):
             return
@@ -175,12 +170,17 @@ class IdentityEvalHook(Hook):
         runner.train_loop.stop_training = True
         self._write_summary(runner)
 
+    def unhealthy(self, scores: dict) -> list[str]:
+        return metrics.unhealthy(scores, self.thresholds, self.base_scores)
+
     def _write_summary(self, runner) -> None:
         write_json_atomic(Path(runner.work_dir) / EVAL_DIR / "summary.json", {
             "name": self.evaluation.name,
             "rule": "best = highest identity_accuracy + retention - leakage - repetition - collapse among "
-                    f"evaluations with collapse < {self.thresholds.collapse} and repetition < "
-                    f"{self.thresholds.repetition}; earlier iteration wins ties",
+                    f"evaluations that are not unhealthy (collapse >= {self.thresholds.collapse}, or repetition >= "
+                    f"{self.thresholds.repetition} and more than {self.thresholds.repetition_margin} above the base "
+                    "model's); earlier iteration wins ties",
+            "base_scores": self.base_scores,
             "best": self.best,
             "stopped_early": self.stopped,
         })
@@ -189,7 +189,8 @@ class IdentityEvalHook(Hook):
         """On resume, pick up the best score so far so a worse checkpoint does not replace it."""
         summary = Path(runner.work_dir) / EVAL_DIR / "summary.json"
         if summary.is_file():
-            self.best = json.loads(summary.read_text(encoding="utf-8")).get("best")
+            saved = json.loads(summary.read_text(encoding="utf-8"))
+            self.best, self.base_scores = saved.get("best"), saved.get("base_scores")
 
     def _build_tokenizer(self, runner):
         if self.tokenizer_cfg is not None:

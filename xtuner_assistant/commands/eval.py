@@ -1,0 +1,134 @@
+"""`eval TARGET`: identity accuracy, leakage, repetition, collapse and retention of a model or a run.
+
+- a work dir trained with IdentityEvalHook: a JSON report of every evaluation, a PNG plot of the
+  metrics over the iterations, and the best checkpoint named;
+- a model folder (merged, or a LoRA adapter): the same held-out questions and general prompts
+  answered now, scored, and written as a JSON report plus a readable text file.
+"""
+import json
+import sys
+from pathlib import Path
+
+EVAL_DIR = "identity_eval"
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("eval", help="score identity/leakage/collapse/retention of a model or work dir")
+    parser.add_argument("target", help="a work dir of `xtuner-assistant train`, or a model/adapter folder")
+    parser.add_argument("--name", help="the assistant's name (model folders; a work dir knows it)")
+    parser.add_argument("--author", default="", help="as given to training (sets the identity sentences)")
+    parser.add_argument("--base-model-name", default="", help="what the identity says it is built on")
+    parser.add_argument("--seed", type=int, default=0, help="identity data seed: decides the held-out questions")
+    parser.add_argument("--base", help="base model folder: its answers are the retention reference "
+                                       "(default for an adapter: its base model)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--rescore", action="store_true",
+                        help="work dir: score the saved answers again with the current metrics")
+    parser.add_argument("--out", help="folder for the report (default: WORK_DIR/identity_eval, or MODEL/../eval_NAME)")
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    target = Path(args.target)
+    if (target / EVAL_DIR / "history.jsonl").is_file():
+        return report_work_dir(target, Path(args.out) if args.out else target / EVAL_DIR, args.rescore)
+    if (target / "config.json").is_file() or (target / "adapter_config.json").is_file():
+        return report_model(args, target)
+    if target.is_dir() and (any(target.glob("*.py")) or any(target.glob("iter_*.pth"))):
+        raise FileNotFoundError(
+            f"{target / EVAL_DIR / 'history.jsonl'}: this work dir was trained without the evaluation hook. "
+            "Add it to the config (custom_hooks = [assistant_eval_hook(name, author, base_model, seed, every_n_iters)] "
+            "from xtuner_assistant.recipe) and train again, or convert+merge and run `eval` on the merged model.")
+    raise FileNotFoundError(f"{target}: neither a work dir with {EVAL_DIR}/history.jsonl nor a model folder "
+                            "(config.json or adapter_config.json)")
+
+
+def report_work_dir(work_dir: Path, out: Path, rescore: bool = False) -> int:
+    from xtuner_assistant.eval_plot import plot_history
+    from xtuner_assistant.paths import write_json_atomic
+
+    history_file = work_dir / EVAL_DIR / "history.jsonl"
+    history = []
+    for number, line in enumerate(history_file.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                history.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{history_file}:{number}: not valid JSON ({error.msg}); "
+                                 "was training killed while writing? delete that line") from None
+    if not history:
+        raise ValueError(f"{history_file}: no evaluations yet; wait for the first one (every_n_iters)")
+    if rescore:
+        from xtuner_assistant.evaluation import rescored_history
+
+        history = rescored_history(work_dir / EVAL_DIR)
+    summary_file = work_dir / EVAL_DIR / "summary.json"
+    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+    best, stopped = summary.get("best"), summary.get("stopped_early")
+    name = summary.get("name", work_dir.name)
+    plot = plot_history(history, out / "metrics.png", f"{name}: {work_dir.name}",
+                        best["iter"] if best else None, stopped["iter"] if stopped else None)
+    report = {"work_dir": str(work_dir), "name": name, "rule": summary.get("rule"), "rescored": rescore,
+              "best": best, "stopped_early": stopped, "plot": str(plot), "history": history}
+    write_json_atomic(out / "report.json", report)
+    print(_table(history))
+    if stopped:
+        print(f"training stopped early: {stopped['message']}")
+    if best:
+        print(f"best checkpoint: {best['checkpoint'] or 'not saved'} (iteration {best['iter']}, "
+              f"score {best['scores']['combined']:.3f})")
+        if best["checkpoint"]:
+            print(f"  convert it: xtuner-assistant convert {work_dir} --checkpoint {best['checkpoint']}")
+    else:
+        print("best checkpoint: none (no evaluation after training began was free of collapse and loops)")
+    print(f"report: {out / 'report.json'}\nplot: {plot}")
+    return 0
+
+
+def report_model(args, model_dir: Path) -> int:
+    from xtuner_assistant.evaluation import IdentityEvaluation
+    from xtuner_assistant.generation import load_chat_model
+    from xtuner_assistant.paths import write_json_atomic, write_text_atomic
+    from xtuner_assistant.replay import base_model_answers
+
+    if not args.name:
+        raise ValueError(f"{model_dir}: give --name, the assistant's name the model was trained with")
+    evaluation = IdentityEvaluation(args.name, args.author, args.base_model_name, args.seed,
+                                    max_new_tokens=args.max_new_tokens)
+    base = args.base
+    if base is None and (model_dir / "adapter_config.json").is_file():
+        base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model, tokenizer = load_chat_model(model_dir, args.base)
+    generate = evaluation.generator(model, tokenizer)
+    print(f"answering {len(evaluation.identity_prompts)} held-out identity questions and "
+          f"{len(evaluation.general_prompts)} general prompts ...", file=sys.stderr)
+    identity_answers = generate(evaluation.identity_prompts, args.max_new_tokens)
+    general_answers = generate(evaluation.general_prompts, args.max_new_tokens)
+    del model
+    base_answers = base_model_answers(base, evaluation.general_prompts, args.max_new_tokens) if base else None
+    scores = evaluation.score(identity_answers, general_answers, base_answers, tokenizer)
+    out = Path(args.out) if args.out else model_dir.parent / f"eval_{model_dir.name}"
+    write_json_atomic(out / "report.json", {"model": str(model_dir), "base": base, "scores": scores,
+                                            **evaluation.answers_record(identity_answers, general_answers, base_answers)})
+    write_text_atomic(out / "answers.txt", evaluation.readable(str(model_dir), scores, identity_answers,
+                                                               general_answers, base_answers))
+    print(_table([{"iter": "-", **scores}]))
+    if base is None:
+        print("retention: not measured (give --base BASE_MODEL_FOLDER to compare with the base model)")
+    print(f"report: {out / 'report.json'}\nanswers: {out / 'answers.txt'}")
+    return 0
+
+
+def _table(rows: list[dict]) -> str:
+    columns = ["iter", "identity_accuracy_zh", "identity_accuracy_en", "leakage", "repetition", "collapse",
+               "retention", "fact_retention", "combined"]
+    present = [c for c in columns if any(c in r for r in rows)]
+
+    def cell(value):
+        return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    headers = {"identity_accuracy_zh": "identity zh", "identity_accuracy_en": "identity en",
+               "fact_retention": "facts kept"}
+    lines = ["  ".join(f"{headers.get(c, c):>11}" for c in present)]
+    lines += ["  ".join(f"{cell(r.get(c)):>11}" for c in present) for r in rows]
+    return "\n".join(lines)
