@@ -31,6 +31,7 @@ REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9][A-Za-z0-9_.
 ENVIRONMENT_CREDENTIAL_HELPER = ('!f() { test "$1" = get || exit 0; '
                                  'echo "username=${XA_GIT_USERNAME:-git}"; echo "password=${XA_GIT_TOKEN}"; }; f')
 
+PROGRESS = re.compile(r"(Enumerating|Counting|Compressing|Writing|Total|Delta|Uploading LFS|remote: (Counting|Compressing))")
 Files = dict  # path inside the repo -> Path of a file to copy, or bytes to write
 
 
@@ -122,7 +123,8 @@ def run_git(args: list[str], cwd: Path, env: dict, what: str, show_progress: boo
     status = process.wait()
     text = "".join(output)
     if status != 0:
-        tail = "\n".join(line for line in re.split(r"[\r\n]+", text) if line.strip())[-1500:]
+        lines = [line for line in re.split(r"[\r\n]+", text) if line.strip() and not PROGRESS.match(line)]
+        tail = "\n".join(lines)[-1500:]
         if re.search(r"Authentication failed|could not read Username|terminal prompts disabled|403", tail):
             tail += ("\nThe remote refused the credentials: set XA_GIT_USERNAME and XA_GIT_TOKEN to an account "
                      "with write access, or fix your git credential helper.")
