@@ -1,0 +1,126 @@
+"""XTuner's LLaVA JSON, encoded with the LLM's own chat template (the one contract of chat_template.py).
+
+Stock `LLaVADataset` formats turns with a hand-written `PROMPT_TEMPLATE` and adds the tokenizer's
+bos/eos around them, which for ChatML models (SmolLM2, Qwen2.5) differs from what the tokenizer's
+chat template renders, and so from what `vqa chat` and `vqa eval` feed the model. This subclass
+keeps everything else of `LLaVADataset` (image loading, padding to square, the image processor) and
+only replaces the text encoding: the conversation is rendered by the template, the `<image>`
+placeholder becomes XTuner's IMAGE_TOKEN_INDEX, and labels cover exactly the assistant turns.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from xtuner.dataset import LLaVADataset
+from xtuner.dataset.utils import expand2square
+from xtuner.registry import BUILDER
+from xtuner.utils import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+from xtuner_assistant.chat_template import ChatTemplateError, render, require_chat_template
+
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+class LLaVADataError(ValueError):
+    pass
+
+
+def encode_with_image(tokenizer, text: str) -> list[int]:
+    """Token ids of `text`, where each `<image>` becomes IMAGE_TOKEN_INDEX (LLaVA splices the
+    projected image features in at that position)."""
+    ids: list[int] = []
+    for i, chunk in enumerate(text.split(DEFAULT_IMAGE_TOKEN)):
+        if i:
+            ids.append(IMAGE_TOKEN_INDEX)
+        if chunk:
+            ids += tokenizer.encode(chunk, add_special_tokens=False)
+    return ids
+
+
+def llava_messages(conversations: list[dict], where: str) -> list[dict]:
+    messages = []
+    for turn in conversations:
+        role = ROLES.get(turn.get("from"))
+        if role is None or not isinstance(turn.get("value"), str):
+            raise LLaVADataError(f"{where}: each turn needs \"from\" (human, gpt or system) and a \"value\" "
+                                 f"string; got {json.dumps(turn, ensure_ascii=False)[:120]}")
+        content = turn["value"]
+        if role == "user" and DEFAULT_IMAGE_TOKEN in content:
+            # LLaVA's own convention (llava_map_fn): the image first, then the text.
+            content = DEFAULT_IMAGE_TOKEN + "\n" + content.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def encode_image_conversation(tokenizer, messages: list[dict], max_length: int) -> dict:
+    """input_ids/labels like chat_template.encode_conversation, with image placeholders kept."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render(tokenizer, messages[:i], add_generation_prompt=True)
+        full = render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if not prompt.startswith(rendered) or not full.startswith(prompt):
+            raise ChatTemplateError("the chat template does not render conversations as a growing prefix, so "
+                                    "assistant turns cannot be located for training labels")
+        prompt_ids = encode_with_image(tokenizer, prompt[len(rendered):])
+        answer_ids = tokenizer.encode(full[len(prompt):], add_special_tokens=False)
+        input_ids += prompt_ids + answer_ids
+        labels += [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+        rendered = full
+    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
+
+
+def image_prompt_ids(tokenizer, question: str) -> list[int]:
+    """What the model sees at inference for one question about one image (same rendering as training)."""
+    messages = [{"role": "user", "content": DEFAULT_IMAGE_TOKEN + "\n" + question}]
+    return encode_with_image(tokenizer, render(tokenizer, messages, add_generation_prompt=True))
+
+
+@BUILDER.register_module()
+class ChatTemplateLLaVADataset(LLaVADataset):
+    def __init__(self, data_path: str, image_folder: str, tokenizer, image_processor, max_length: int = 2048,
+                 pad_image_to_square: bool = False, max_dataset_length: int | None = None):
+        tokenizer = BUILDER.build(tokenizer) if isinstance(tokenizer, dict) else tokenizer
+        require_chat_template(tokenizer, f"the tokenizer of {data_path}")
+        path = Path(data_path)
+        if not path.is_file():
+            raise LLaVADataError(f"{path}: no such data file; make one with `xtuner-assistant vqa data`")
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise LLaVADataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        if not isinstance(records, list):
+            raise LLaVADataError(f"{path}: expected a JSON list of {{\"image\", \"conversations\"}} records")
+        self.text_data = []
+        for index, record in enumerate(records[:max_dataset_length]):
+            where = f"{path} record {index}"
+            encoded = encode_image_conversation(
+                tokenizer, llava_messages(record.get("conversations", []), where), max_length)
+            if not any(label != IGNORE_INDEX for label in encoded["labels"]):
+                raise LLaVADataError(f"{where}: no assistant answer left within max_length={max_length}")
+            encoded["image"] = record.get("image")
+            self.text_data.append(encoded)
+        self.image_folder = image_folder
+        self.image_processor = BUILDER.build(image_processor) if isinstance(image_processor, dict) else image_processor
+        self.pad_image_to_square = pad_image_to_square
+
+    def __getitem__(self, index):
+        record = dict(self.text_data[index])  # a copy, so pixel values are not kept in memory
+        processor = self.image_processor
+        if record.get("image"):
+            image = Image.open(os.path.join(self.image_folder, record["image"])).convert("RGB")
+            if self.pad_image_to_square:
+                image = expand2square(image, tuple(int(x * 255) for x in processor.image_mean))
+            record["pixel_values"] = processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
+        else:
+            size = getattr(processor, "crop_size", None) or processor.size
+            record["pixel_values"] = torch.zeros(3, size["height"], size["width"])
+        return record
