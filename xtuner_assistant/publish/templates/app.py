@@ -113,11 +113,13 @@ class Assistant:
 def build_ui(assistant):
     import gradio as gr
 
-    return gr.ChatInterface(
-        assistant.stream, type="messages", title=TITLE, examples=EXAMPLES or None,
-        additional_inputs=[gr.Slider(16, 1024, value=256, step=16, label="Max new tokens"),
-                           gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)"),
-                           gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")])
+    settings = [gr.Slider(16, 1024, value=256, step=16, label="Max new tokens"),
+                gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)"),
+                gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")]
+    # With extra inputs, each example carries a value for every one of them.
+    examples = [[text] + [slider.value for slider in settings] for text in EXAMPLES] or None
+    return gr.ChatInterface(assistant.stream, type="messages", title=TITLE, examples=examples,
+                            additional_inputs=settings)
 
 
 if __name__ == "__main__":
