@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["model", "data", "train", "convert", "merge", "chat", "demo", "web", "publish", "eval", "vqa"]
+COMMANDS = ["model", "data", "train", "convert", "merge", "chat", "demo", "web", "publish", "eval", "vqa", "config"]
 
 
 class UserError(Exception):

@@ -54,12 +54,34 @@ def largest_logit_difference(model_a, model_b, tokenizer) -> float:
     worst = 0.0
     for ids in fixed_probe_ids(tokenizer):
         batch = torch.tensor([ids])
-        diff = (model_a(batch).logits.float() - model_b(batch).logits.float()).abs().max().item()
+        logits_a = model_a(batch.to(model_a.device)).logits.float().cpu()
+        logits_b = model_b(batch.to(model_b.device)).logits.float().cpu()
+        diff = (logits_a - logits_b).abs().max().item()
         worst = max(worst, diff)
     return worst
 
 
-def merge_adapter(adapter: Path, out: Path, base: Path | None = None, tolerance: float = MERGE_TOLERANCE) -> dict:
+def quantization_gap(base: Path, adapter: Path, merged, tokenizer) -> dict:
+    """QLoRA trains the adapter against the nf4-quantized base, but the merge adds it to the
+    full-precision base. How far the merged model is from what was trained (the adapter on the
+    nf4 base), next to the quantization's own gap (nf4 base vs full base) for scale. Needs CUDA."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(base, quantization_config=nf4, torch_dtype=torch.float32,
+                                                     device_map={"": 0}).eval()
+    plain = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32).eval()
+    base_gap = largest_logit_difference(quantized, plain, tokenizer)
+    del plain
+    trained = PeftModel.from_pretrained(quantized, adapter).eval()
+    return {"merged_vs_adapter_on_nf4_base": largest_logit_difference(trained, merged, tokenizer),
+            "nf4_base_vs_full_base": base_gap}
+
+
+def merge_adapter(adapter: Path, out: Path, base: Path | None = None, tolerance: float = MERGE_TOLERANCE,
+                  quantized_reference: bool = False) -> dict:
     """Merge LoRA into the base weights (float32), check the merged model against base+adapter on a
     fixed prompt set, and only then put it at `out`. Returns the check's numbers."""
     from peft import PeftModel
@@ -78,6 +100,8 @@ def merge_adapter(adapter: Path, out: Path, base: Path | None = None, tolerance:
     merged = merged.merge_and_unload().eval()
     difference = largest_logit_difference(reference, merged, tokenizer)
     check = {"largest_logit_difference": difference, "tolerance": tolerance, "prompts": len(fixed_probe_ids(tokenizer))}
+    if quantized_reference:
+        check["qlora"] = quantization_gap(base, adapter, merged, tokenizer)
     if not difference <= tolerance:
         raise ConversionError(f"merged model differs from base+adapter by {difference:.3g} in logits "
                               f"(tolerance {tolerance}); {out} was not written")

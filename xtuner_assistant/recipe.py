@@ -148,6 +148,10 @@ def packed_dataloader(tokenizer: dict, identity, general: list, general_ratio: f
     """`mixed_dataloader`, with whole conversations packed into rows of up to `pack_tokens`."""
     loader = mixed_dataloader(tokenizer, identity, general, general_ratio, max_length, rows_per_batch, seed,
                               replay, replay_ratio)
-    loader["dataset"] = dict(type="PackedChatDataset", dataset=loader["dataset"], pack_tokens=pack_tokens, seed=seed)
-    loader["collate_fn"] = dict(type="xtuner_assistant.packing.packed_collate_fn")
+    # A dotted type: DeepSpeed's runner builds the data before anything imports packing.py.
+    loader["dataset"] = dict(type="xtuner_assistant.packing.PackedChatDataset", dataset=loader["dataset"], pack_tokens=pack_tokens, seed=seed)
+    # Every row padded to pack_tokens: one shape, so compiled attention kernels are built once.
+    loader["collate_fn"] = dict(type="xtuner_assistant.packing.packed_collate_fn", pad_to_multiple_of=pack_tokens)
+    # Rows are already near-equal in length: plain shuffling, no length grouping.
+    loader["sampler"] = dict(type="DefaultSampler", shuffle=True, seed=seed)
     return loader

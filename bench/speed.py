@@ -1,0 +1,329 @@
+"""Stock XTuner vs ours on the tutorial's task, one card, one call: real tokens/s, step time, peak
+GPU memory, MFU and the loss curve, for the same model shape, the same data and the same number of
+real (non-padding) tokens.
+
+(a) stock: XTuner's own `internlm2_chat_1_8b_qlora_alpaca_e3.py` with the tutorial's edits applied
+    to its text (local model and data, max_length 1024, openai_map_fn, load_dataset('json'), ...),
+    model, data and optimizer built by XTuner's builders from that config;
+(b) ours: configs/internlm2_chat_1_8b_qlora_assistant.py (packed rows, per-conversation attention,
+    chunked answer-token loss), built the same way.
+Both are stepped by the same loop (mmengine's optim wrapper: forward, backward, gradient
+accumulation, clipping, AdamW), so the difference is the recipe, not the harness.
+
+    python bench/speed.py data --out DATA.json              # on a machine with the data packages
+    python bench/speed.py run --data DATA.json --tokenizer TOK --work /tmp/bench [--real-tokens N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from random_models import SHAPES, linear_parameters, make_random_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+OUR_CONFIG = REPO / "configs" / "internlm2_chat_1_8b_qlora_assistant.py"
+TUTORIAL_INPUTS = ["请你介绍一下你自己", "你是谁", "你是我的小助手吗"]
+H200_BF16_DENSE_FLOPS = 989.4e12  # the card's datasheet peak; MFU is measured against it
+
+
+# ---------------------------------------------------------------- data (run where the packages are)
+def write_data(out: Path, identity_samples: int, seed: int) -> dict:
+    """The tutorial's task with our data: identity conversations + as many general ones, as one
+    OpenAI-format JSON file both recipes read."""
+    import random
+
+    from xtuner_assistant.general_data import load_source
+    from xtuner_assistant.identity import IdentityConversations
+    from xtuner_assistant.paths import write_json_atomic
+
+    identity = list(IdentityConversations("小菜鸡", "", "书生·浦语 InternLM2-Chat-1.8B", n=identity_samples, seed=seed))
+    general = []
+    for source in ("packaged:chatterbot", "packaged:chitchat"):
+        general += load_source(source)[0]
+    rng = random.Random(seed)
+    rng.shuffle(general)
+    records = [{"messages": c["messages"]} for c in identity + general[:identity_samples]]
+    rng.shuffle(records)
+    write_json_atomic(out, records)
+    return {"conversations": len(records), "file": str(out)}
+
+
+# ---------------------------------------------------------------- the two recipes
+def tutorial_stock_config(model_dir: Path, data: Path, out: Path) -> Path:
+    """XTuner's stock config with the tutorial's edits (MISSION.md step 4), made to its text."""
+    import xtuner
+
+    source = Path(xtuner.__file__).parent / "configs/internlm/internlm2_chat_1_8b/internlm2_chat_1_8b_qlora_alpaca_e3.py"
+    text = source.read_text()
+    edits = [
+        (r'pretrained_model_name_or_path = "[^"]*"', f'pretrained_model_name_or_path = "{model_dir}"'),
+        (r'alpaca_en_path = "[^"]*"', f'alpaca_en_path = "{data}"'),
+        (r"max_length = 2048", "max_length = 1024"),
+        (r"max_epochs = 3", "max_epochs = 2"),
+        (r"save_total_limit = 2 ", "save_total_limit = 3 "),
+        (r"evaluation_freq = 500", "evaluation_freq = 300"),
+        (r"evaluation_inputs = \[[^\]]*\]", f"evaluation_inputs = {TUTORIAL_INPUTS!r}"),
+        (r"import alpaca_map_fn, template_map_fn_factory", "import openai_map_fn, template_map_fn_factory"),
+        (r"dataset_map_fn=alpaca_map_fn", "dataset_map_fn=openai_map_fn"),
+        (r"dataset=dict\(type=load_dataset, path=alpaca_en_path\)",
+         'dataset=dict(type=load_dataset, path="json", data_files=dict(train=alpaca_en_path))'),
+    ]
+    for pattern, replacement in edits:
+        text, count = re.subn(pattern, replacement, text)
+        if count != 1:
+            raise RuntimeError(f"{source}: the tutorial's edit {pattern!r} matched {count} times, not once")
+    out.write_text(text)
+    return out
+
+
+def build(config_path: Path, env: dict, smoke: bool):
+    """(model, dataset, collate_fn, optim_wrapper, accumulative_counts) from a config, as
+    `xtuner train` would build them (no runner, no hooks)."""
+    os.environ.update(env)
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DATASETS
+    from xtuner.registry import BUILDER
+
+    import xtuner_assistant  # noqa: F401  (registers our components, applies compat fixes)
+
+    cfg = Config.fromfile(str(config_path))
+    if smoke:  # CPU: no 4-bit, no mixed precision, no 32 tokenizing processes on a small machine
+        if "map_num_proc" in cfg.train_dataloader.dataset or "dataset_map_fn" in cfg.train_dataloader.dataset:
+            cfg.train_dataloader.dataset.map_num_proc = 1
+        cfg.model.llm.pop("quantization_config", None)
+        cfg.model.llm.torch_dtype = "torch.float32"
+        cfg.optim_wrapper = dict(type="OptimWrapper", optimizer=cfg.optim_wrapper.optimizer,
+                                 clip_grad=cfg.optim_wrapper.clip_grad,
+                                 accumulative_counts=cfg.optim_wrapper.accumulative_counts)
+    model = BUILDER.build(cfg.model)
+    device = "cuda" if not smoke else "cpu"
+    model.to(device)
+    loader_cfg = cfg.train_dataloader
+    dataset = DATASETS.build(loader_cfg.dataset)  # as mmengine's Runner does
+    collate = loader_cfg.collate_fn
+    collate = dict(collate)
+    collate_fn = BUILDER.get(collate.pop("type")) if isinstance(collate.get("type"), str) else collate.pop("type")
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    return model, dataset, (lambda rows: collate_fn(rows, **collate)), optim_wrapper, loader_cfg.batch_size
+
+
+# ---------------------------------------------------------------- measuring
+def attention_pairs(data: dict) -> int:
+    """Query-key pairs a causal model needs: within each conversation (the useful attention)."""
+    if "document_ids" in data:
+        total = 0
+        for row in data["document_ids"]:
+            _, counts = row[row >= 0].unique_consecutive(return_counts=True)
+            total += int((counts * (counts + 1) // 2).sum())
+        return total
+    n = data["input_ids"].shape[-1]
+    return data["input_ids"].shape[0] * n * (n + 1) // 2
+
+
+def real_tokens(data: dict) -> int:
+    from xtuner_assistant.packing import real_token_count
+
+    if "document_ids" in data:
+        return real_token_count(data)
+    mask = data.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(data["input_ids"].numel())
+
+
+def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int, real_token_budget: int,
+              warmup_steps: int, shape: dict, device: str, log_every_tokens: int) -> dict:
+    """Step until `real_token_budget` real tokens have been trained after `warmup_steps` steps."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(0), num_workers=1 if device == "cuda" else 0)
+    linear = linear_parameters(shape)
+    layers, hidden = shape["num_hidden_layers"], shape["hidden_size"]
+    cuda = device == "cuda"
+    model.train()
+    steps, tokens, pairs, seconds = 0, 0, 0, 0.0
+    curve, window_loss, window_tokens = [], 0.0, 0
+    losses_since_log = []
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    batches = iter(loader)
+    step_index = 0
+    while tokens < real_token_budget:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        data = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch["data"].items()}
+        step_real = real_tokens(batch["data"])
+        step_pairs = attention_pairs(batch["data"])
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with optim_wrapper.optim_context(model):
+            loss = model(data, mode="loss")["loss"]
+        optim_wrapper.update_params(loss)
+        if cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        step_index += 1
+        if step_index <= warmup_steps:
+            continue
+        steps += 1
+        tokens += step_real
+        pairs += step_pairs
+        seconds += elapsed
+        losses_since_log.append((loss.item(), step_real))
+        window_tokens += step_real
+        if window_tokens >= log_every_tokens or tokens >= real_token_budget:
+            mean = sum(l * n for l, n in losses_since_log) / sum(n for _, n in losses_since_log)
+            curve.append({"real_tokens": tokens, "loss": round(mean, 4)})
+            losses_since_log, window_tokens = [], 0
+    # Frozen base: forward 2 FLOPs per weight per token and attention 2*2*d per query-key pair a
+    # layer; backward computes input gradients only (about as much again). Recomputation by
+    # gradient checkpointing and work on padding or across conversations count as overhead.
+    useful_flops = 2 * (2 * linear * tokens + 4 * layers * hidden * pairs)
+    result = {
+        "recipe": name, "steps": steps, "real_tokens": tokens, "seconds": round(seconds, 3),
+        "real_tokens_per_s": round(tokens / seconds, 1), "step_ms": round(1000 * seconds / steps, 1),
+        "real_tokens_per_step": round(tokens / steps, 1),
+        "mfu": round(useful_flops / seconds / H200_BF16_DENSE_FLOPS, 4) if cuda else None,
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None,
+        "peak_gpu_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20) if cuda else None,
+        "loss_curve": curve,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "loss_curve"}), flush=True)
+    return result
+
+
+def evaluation_seconds(model, tokenizer_dir: Path, device: str, max_new_tokens: int) -> float:
+    """Wall time of one evaluation: greedy answers to the tutorial's three questions."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from xtuner_assistant.chat_template import generation_prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    llm = model.llm
+    llm.eval()
+    llm.config.use_cache = True
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for question in TUTORIAL_INPUTS:
+            ids = torch.tensor([generation_prompt_ids(tokenizer, [{"role": "user", "content": question}])], device=device)
+            llm.generate(input_ids=ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    llm.config.use_cache = False
+    llm.train()
+    return time.perf_counter() - start
+
+
+def release() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run(args) -> dict:
+    import torch
+
+    smoke = args.smoke or not torch.cuda.is_available()
+    device = "cpu" if smoke else "cuda"
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    name = "internlm2-chat-1.8b"
+    overrides = json.loads(args.shape_overrides) if args.shape_overrides else None
+    shape = {**SHAPES[name], **(overrides or {})}
+    model_dir = make_random_model(name, Path(args.model_dir or work / "model"), Path(args.tokenizer), overrides=overrides)
+    data = Path(args.data).resolve()
+    results = {"device": torch.cuda.get_device_name() if not smoke else "cpu", "model_shape": name,
+               "weights": "random (throughput does not depend on the values)", "data": str(data),
+               "real_token_budget": args.real_tokens, "torch": torch.__version__, "runs": []}
+    stock_config = tutorial_stock_config(model_dir, data, work / "internlm2_chat_1_8b_qlora_alpaca_e3_tutorial.py")
+    recipes = [("stock XTuner (tutorial config)", stock_config, {})]
+    for pack in args.pack_tokens:
+        recipes.append((f"ours (pack_tokens={pack})", OUR_CONFIG, {
+            "XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0",
+            "XA_PACK_TOKENS": str(pack), "XA_ACCUMULATIVE_COUNTS": str(max(1, 16 * 1024 // pack)),
+            "XA_MAX_LENGTH": "1024"}))
+    for label, config, env in recipes:
+        torch.manual_seed(0)
+        model, dataset, collate, optim_wrapper, batch_size = build(config, env, smoke)
+        result = train_for(label, model, dataset, collate, optim_wrapper, batch_size, args.real_tokens,
+                           args.warmup_steps, shape, device, args.log_every_tokens)
+        result["accumulative_counts"] = optim_wrapper._accumulative_counts
+        if args.eval_new_tokens and not smoke:
+            one = evaluation_seconds(model, model_dir, device, args.eval_new_tokens)
+            # The tutorial evaluates every 300 steps of 1024 tokens: that much training per evaluation.
+            train_seconds = 300 * 1024 / result["real_tokens_per_s"]
+            result["evaluation"] = {"seconds": round(one, 2), "new_tokens_per_answer": args.eval_new_tokens,
+                                    "share_of_wall_time_every_300x1024_tokens": round(one / (one + train_seconds), 4)}
+        results["runs"].append(result)
+        del model, dataset, optim_wrapper
+        release()
+    stock = results["runs"][0]
+    for result in results["runs"][1:]:
+        result["speedup_vs_stock"] = round(result["real_tokens_per_s"] / stock["real_tokens_per_s"], 2)
+        if stock["peak_gpu_mib"]:
+            result["peak_memory_vs_stock"] = round(result["peak_gpu_mib"] / stock["peak_gpu_mib"], 3)
+    Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    print_table(results)
+    return results
+
+
+def print_table(results: dict) -> None:
+    print(f"\n{results['device']}  {results['model_shape']}  {results['real_token_budget']} real tokens each")
+    print(f"{'recipe':<34} {'tok/s':>9} {'step ms':>8} {'tok/step':>9} {'peak MiB':>9} {'MFU':>6} {'speed-up':>8}")
+    for r in results["runs"]:
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+        print(f"{r['recipe']:<34} {r['real_tokens_per_s']:>9} {r['step_ms']:>8} {r['real_tokens_per_step']:>9} "
+              f"{str(r['peak_gpu_mib']):>9} {mfu:>6} {str(r.get('speedup_vs_stock', '1.0')):>8}")
+    print("loss at equal real tokens:")
+    for r in results["runs"]:
+        print(f"  {r['recipe']:<34} " + " ".join(f"{p['loss']:.3f}" for p in r["loss_curve"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    data = verbs.add_parser("data", help="write the benchmark's conversations (needs the data packages)")
+    data.add_argument("--out", required=True)
+    data.add_argument("--identity-samples", type=int, default=2000)
+    data.add_argument("--seed", type=int, default=0)
+    bench = verbs.add_parser("run", help="train stock and ours, print the comparison")
+    bench.add_argument("--data", required=True)
+    bench.add_argument("--tokenizer", required=True, help="stand-in tokenizer folder")
+    bench.add_argument("--work", default="/tmp/xtuner-assistant-bench")
+    bench.add_argument("--out", default="bench_results.json")
+    bench.add_argument("--model-dir", help="random-weight model folder (made there if missing; default WORK/model)")
+    bench.add_argument("--real-tokens", type=int, default=262144, help="real tokens trained by each recipe")
+    bench.add_argument("--warmup-steps", type=int, default=3)
+    bench.add_argument("--pack-tokens", type=int, nargs="+", default=[8192])
+    bench.add_argument("--log-every-tokens", type=int, default=16384)
+    bench.add_argument("--eval-new-tokens", type=int, default=100)
+    bench.add_argument("--shape-overrides", default="", help="JSON, e.g. a tiny shape for a CPU smoke run")
+    bench.add_argument("--smoke", action="store_true", help="CPU, float32, no 4-bit: checks the harness only")
+    args = parser.parse_args()
+    if args.verb == "data":
+        print(json.dumps(write_data(Path(args.out), args.identity_samples, args.seed)))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+# The tutorial's task, done our way: InternLM2-Chat-1.8B, QLoRA (nf4), max_length 1024, identity
+# data mixed with general chat, whole conversations packed into 8k-token rows that attend only to
+# themselves. InternLM2 weights do not come with this package: point `model` at your folder.
+#   xtuner-assistant train configs/internlm2_chat_1_8b_qlora_assistant.py \
+#       --set model=/root/ft/model --set name=小菜鸡 [--deepspeed deepspeed_zero2]
+#   (or: XA_MODEL=/root/ft/model XA_NAME=小菜鸡 xtuner train THIS_FILE; NPROC_PER_NODE=2 for 2 GPUs)
+_base_ = ["./_base_/runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
+
+from xtuner_assistant.recipe import (assistant_eval_hook, chat_tokenizer, identity_source, optimizer, packed_dataloader,
+                                     packed_lora_model, required_setting, schedule, setting)
+
+#######################################################################
+#                          PART 1  Settings                           #
+#######################################################################
+model_path = required_setting("model", "the folder of InternLM2-Chat-1.8B (the tutorial's /root/ft/model)")
+name = setting("name", "小菜鸡")
+author = setting("author", "")
+base_model = setting("base_model", "书生·浦语 InternLM2-Chat-1.8B")
+identity_file = setting("identity_file", "")  # the tutorial's personal_assistant.json works too
+identity_samples = setting("identity_samples", 2000)
+general = [s for s in setting("general", "packaged:chatterbot,packaged:chitchat").split(",") if s]  # "" = none
+general_ratio = setting("general_ratio", 1.0)  # general conversations per identity one; 0 = the tutorial's data alone
+max_length = setting("max_length", 1024)
+pack_tokens = setting("pack_tokens", 8192)  # tokens per row: 8 of the tutorial's 1024-token rows
+rows_per_batch = setting("rows_per_batch", 1)
+accumulative_counts = setting("accumulative_counts", 2)  # 2 x 8192 = the tutorial's 16 x 1024 tokens a step
+lr = setting("lr", 2e-4)
+max_epochs = setting("max_epochs", 2)
+warmup_iters = setting("warmup_iters", 10)
+lora_r = setting("lora_r", 64)
+lora_alpha = setting("lora_alpha", 16)
+save_steps = setting("save_steps", 40)
+save_total_limit = setting("save_total_limit", 3)
+evaluation_freq = setting("evaluation_freq", 20)  # iterations between identity/collapse checks; 0 = off
+seed = setting("seed", 0)
+quantize_4bit = setting("quantize_4bit", True)  # nf4 needs a CUDA GPU; false: plain LoRA
+dtype = setting("dtype", "bfloat16")  # float32 (with quantize_4bit=false) trains on a CPU
+
+#######################################################################
+#                  PART 2  Wiring (xtuner_assistant/recipe.py)        #
+#######################################################################
+tokenizer = chat_tokenizer(model_path)
+model = packed_lora_model(model_path, r=lora_r, alpha=lora_alpha, dropout=0.1, quantize_4bit=quantize_4bit,
+                          dtype=f"torch.{dtype}")
+train_dataloader = packed_dataloader(
+    tokenizer, identity_source(identity_file, name, author, base_model, identity_samples, seed),
+    general, general_ratio, max_length, pack_tokens, rows_per_batch, seed)
+optim_wrapper = optimizer(lr, accumulative_counts, mixed_precision=None if dtype == "float32" else dtype)
+param_scheduler, train_cfg = schedule(max_epochs, warmup_iters)
+default_hooks = dict(checkpoint=dict(interval=save_steps, max_keep_ckpts=save_total_limit))
+randomness = dict(seed=seed)
+custom_hooks = [assistant_eval_hook(name, author, base_model, seed, evaluation_freq)] if evaluation_freq else []
