@@ -77,8 +77,10 @@ def gather_facts(model_dir: Path, name: str | None = None, author: str | None = 
         facts.base_model = base_model_name(record.get("base", ""))
         facts.merge_check = {k: record[k] for k in ("largest_logit_difference", "tolerance", "prompts") if k in record}
         adapter = Path(record["adapter"]) if record.get("adapter") else None
-    if train_dir is None and adapter is not None and (adapter.parent / "train").is_dir():
-        train_dir = adapter.parent / "train"  # the layout `xtuner-assistant demo` writes
+    if train_dir is None and adapter is not None:
+        # `xtuner-assistant demo` puts the adapter beside train/; by hand it often sits in the work dir.
+        train_dir = next((d for d in (adapter.parent / "train", adapter.parent)
+                          if d.is_dir() and any(d.glob("*.py")) and any(d.glob("iter_*.pth"))), None)
     if train_dir is not None:
         configs = sorted(Path(train_dir).glob("*.py"), key=lambda p: p.stat().st_mtime)
         if configs:
@@ -110,8 +112,7 @@ def model_card(facts: CardFacts, repo: str, files: list[str]) -> str:
     who = f"**{facts.name}**" if facts.name else "This model"
     built = f", built on {facts.base_model}" if facts.base_model else ""
     by = f" for {facts.author}" if facts.author else ""
-    lines += [f"{who} is a chat model fine-tuned with XTuner LoRA/QLoRA{by}{built}, so that it knows who it is "
-              "while keeping its general answers.", ""]
+    lines += [f"{who} is a chat model given its own identity with XTuner LoRA/QLoRA{by}{built}.", ""]
     lines += ["## Use it", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
               f"folder = '{repo.rstrip('/').split('/')[-1].removesuffix('.git')}'  # after `git clone` and `git lfs pull`",
               "tokenizer = AutoTokenizer.from_pretrained(folder)",
