@@ -67,6 +67,10 @@ def base_model_name(base: str) -> str:
         return folder.name
 
 
+def looks_like_training_run(folder: Path) -> bool:
+    return any(folder.glob("iter_*.pth")) or (folder / "last_checkpoint").is_file() or (folder / "identity_eval").is_dir()
+
+
 def gather_facts(model_dir: Path, name: str | None = None, author: str | None = None,
                  train_dir: Path | None = None) -> CardFacts:
     facts = CardFacts()
@@ -80,7 +84,7 @@ def gather_facts(model_dir: Path, name: str | None = None, author: str | None = 
     if train_dir is None and adapter is not None:
         # `xtuner-assistant demo` puts the adapter beside train/; by hand it often sits in the work dir.
         train_dir = next((d for d in (adapter.parent / "train", adapter.parent)
-                          if d.is_dir() and any(d.glob("*.py")) and any(d.glob("iter_*.pth"))), None)
+                          if d.is_dir() and any(d.glob("*.py")) and looks_like_training_run(d)), None)
     if train_dir is not None:
         configs = sorted(Path(train_dir).glob("*.py"), key=lambda p: p.stat().st_mtime)
         if configs:
