@@ -49,7 +49,7 @@ streamers.TextIteratorStreamer.put = _slow_put
 def start_page(tmp_path: Path, model: Path, compare: Path | None, max_new_tokens: int = 48, slow: bool = False):
     port = free_port()
     log = open(tmp_path / f"streamlit-{port}.log", "w")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "STREAMLIT_HOME": str(tmp_path / "streamlit-home")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if slow:
         (tmp_path / "slow").mkdir()
         (tmp_path / "slow" / "sitecustomize.py").write_text(ONE_TOKEN_EVERY_20_MS)
