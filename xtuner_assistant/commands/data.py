@@ -1,6 +1,8 @@
 """`data identity`: write identity training data and its held-out questions."""
 from pathlib import Path
 
+from xtuner_assistant.identity_files import DEFAULT_SAMPLES
+
 
 def register(subparsers):
     parser = subparsers.add_parser("data", help="make training data")
@@ -9,7 +11,8 @@ def register(subparsers):
     identity.add_argument("--name", required=True, help="the name the assistant gives itself")
     identity.add_argument("--author", default="", help="who made it (optional)")
     identity.add_argument("--base-model", default="", help="what it is built on, e.g. SmolLM2-135M-Instruct")
-    identity.add_argument("-n", "--samples", type=int, default=400, help="training conversations (default 400)")
+    identity.add_argument("-n", "--samples", type=int, default=DEFAULT_SAMPLES,
+                          help=f"training conversations (default {DEFAULT_SAMPLES})")
     identity.add_argument("--seed", type=int, default=0)
     identity.add_argument("--languages", default="zh,en", help="comma-separated: zh,en")
     identity.add_argument("--out", default="data/identity", help="output folder (default data/identity)")
