@@ -59,6 +59,12 @@ def accuracy_by_type(rows: list[dict], key: str) -> dict:
     return {"overall": overall, "by_type": table}
 
 
+def test_mix(by_type: dict, shares: dict) -> float:
+    """Per-type accuracies weighted as the whole test split mixes the types (74 % yes/no), which is
+    what `overall` means when every question is scored; with --per-type it differs."""
+    return sum(by_type[t]["accuracy"] * shares[t] for t in by_type) / sum(shares[t] for t in by_type)
+
+
 def evaluate(model, test_file: Path, image_folder: Path, per_type: int = 0, batch_size: int = 16,
              seed: int = 0) -> dict:
     from xtuner_assistant.llava import answer
@@ -68,6 +74,7 @@ def evaluate(model, test_file: Path, image_folder: Path, per_type: int = 0, batc
         if not {"image", "question", "answer", "question_type"} <= record.keys():
             raise VQADataError(f"{test_file} record {index}: needs image, question, answer and question_type "
                                "(the test.json that `xtuner-assistant vqa data` writes)")
+    split_shares = {t: n / len(records) for t, n in Counter(r["question_type"] for r in records).items()}
     records = sample_per_type(records, per_type, seed)
     train_file = Path(test_file).with_name("train.json")
     majority = majority_answers(train_file) if train_file.is_file() else {}
@@ -93,8 +100,11 @@ def evaluate(model, test_file: Path, image_folder: Path, per_type: int = 0, batc
     report = {"model": str(model.path), "test_file": str(test_file), "questions": len(rows),
               "per_type_sample": per_type, "seed": seed, "seconds": round(time.monotonic() - start, 1),
               **accuracy_by_type(rows, "correct")}
+    report["overall_test_mix"] = test_mix(report["by_type"], split_shares)
     if majority:
-        report["majority_baseline"] = {"answers": majority, **accuracy_by_type(rows, "majority_correct")}
+        baseline = accuracy_by_type(rows, "majority_correct")
+        baseline["overall_test_mix"] = test_mix(baseline["by_type"], split_shares)
+        report["majority_baseline"] = {"answers": majority, **baseline}
     report["replies"] = rows
     return report
 
@@ -114,6 +124,10 @@ def format_report(report: dict) -> str:
     if "majority_baseline" in report:
         overall += f"  {report['majority_baseline']['overall']:>8.3f}"
     lines.append(overall)
+    mixed = f"{'test mix':<8} {'':>9} {report['overall_test_mix']:>9.3f}"
+    if "majority_baseline" in report:
+        mixed += f"  {report['majority_baseline']['overall_test_mix']:>8.3f}"
+    lines.append(mixed)
     return "\n".join(lines)
 
 
