@@ -1,11 +1,13 @@
 """`config list [-p PATTERN]` and `config copy NAME DIR`: XTuner's list-cfg / copy-cfg for our configs.
 
-A copy brings the `_base_` files it inherits, so the copied config runs from its new folder."""
+A copy brings the `_base_` files it inherits into DIR/_base_/, with their `_base_` lines pointed
+there, so the copied config runs from its new folder."""
 from __future__ import annotations
 
-import filecmp
-import shutil
+import re
 from pathlib import Path
+
+from xtuner_assistant.paths import write_text_atomic
 
 from xtuner_assistant.cli import UserError
 
@@ -21,7 +23,10 @@ def shipped_config_dir() -> Path:
 
 
 def shipped_configs() -> dict[str, Path]:
-    return {path.stem: path for path in sorted(shipped_config_dir().glob("*.py"))}
+    """name -> file, for every config under configs/ (LLaVA ones included), bases left out."""
+    root = shipped_config_dir()
+    found = [path for path in root.rglob("*.py") if "_base_" not in path.relative_to(root).parts]
+    return {path.stem: path for path in sorted(found, key=lambda path: path.stem)}
 
 
 def base_files(config: Path) -> list[Path]:
@@ -39,6 +44,14 @@ def base_files(config: Path) -> list[Path]:
                 found.append(base)
                 pending.append(base)
     return found
+
+
+def with_bases_in(text: str, folder: str) -> str:
+    """The `_base_ = [...]` line of a config, with each inherited file named as `folder/<file name>`."""
+    def point(match):
+        return re.sub(r"(['\"])([^'\"]+)\1", lambda q: f"{q[1]}{folder}/{Path(q[2]).name}{q[1]}", match[0])
+
+    return re.sub(r"^_base_\s*=\s*\[[^\]]*\]", point, text, count=1, flags=re.M)
 
 
 def register(subparsers):
@@ -68,17 +81,14 @@ def run_copy(args):
         raise UserError(f"no shipped config named {args.name!r}; the names are: {', '.join(configs)}")
     source = configs[args.name]
     save_dir = Path(args.save_dir)
-    target = save_dir / f"{source.stem}_copy{source.suffix}"
-    root = shipped_config_dir()
-    bases = [(base, save_dir / base.relative_to(root)) for base in base_files(source)]
-    for base, copied in bases:
-        if copied.exists() and not filecmp.cmp(base, copied, shallow=False):
-            raise UserError(f"{copied} exists and differs from the shipped {base.name}; "
+    copies = [(source, save_dir / f"{source.stem}_copy{source.suffix}", "./_base_")]
+    copies += [(base, save_dir / "_base_" / base.name, ".") for base in base_files(source)]
+    for original, target, folder in copies[1:]:
+        text = with_bases_in(original.read_text(encoding="utf-8"), folder)
+        if target.exists() and target.read_text(encoding="utf-8") != text:
+            raise UserError(f"{target} exists and differs from the shipped {original.name}; "
                             "copy into another folder, or move that file away")
-    for base, copied in bases:
-        copied.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(base, copied)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    print(f"Copy to {target}")
+    for original, target, folder in copies:
+        write_text_atomic(target, with_bases_in(original.read_text(encoding="utf-8"), folder))
+    print(f"Copy to {copies[0][1]}")
     return 0

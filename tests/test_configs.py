@@ -1,0 +1,124 @@
+"""The shipped configs: they load, say what the tutorial's task asks for, can be listed and copied
+like XTuner's own, and a packed config trains with plain `xtuner train` on a CPU."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+from xtuner_assistant.cli import main as cli
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").glob("*.py"))
+INTERNLM2 = REPO / "configs" / "internlm2_chat_1_8b_qlora_assistant.py"
+QWEN_05B = REPO / "configs" / "qwen2_5_0_5b_qlora_assistant.py"
+
+
+@pytest.fixture
+def settings(monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("XA_MODEL", str(tiny_model_dir))
+    return monkeypatch
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_loads_and_inherits_the_one_base(path, settings, tiny_model_dir):
+    cfg = Config.fromfile(str(path))
+    assert cfg.model.llm.pretrained_model_name_or_path == str(tiny_model_dir)
+    assert cfg.custom_imports["imports"] == ["xtuner_assistant"]  # from configs/_base_/runtime.py
+    assert "_base_/runtime.py" in path.read_text()
+
+
+def test_internlm2_config_is_the_tutorials_task_on_packed_qlora(settings):
+    cfg = Config.fromfile(str(INTERNLM2))
+    quantization = cfg.model.llm.quantization_config
+    assert (quantization.load_in_4bit, quantization.bnb_4bit_quant_type) == (True, "nf4")
+    assert cfg.model.type.endswith("PackedSupervisedFinetune")
+    assert cfg.model.llm.attn_implementation == "sdpa"
+    assert (cfg.model.lora.r, cfg.model.lora.lora_alpha) == (64, 16)  # XTuner's QLoRA settings
+    packed = cfg.train_dataloader.dataset
+    assert packed.dataset.max_length == 1024  # the tutorial's edit
+    # Same tokens per optimizer step as the tutorial (16 rows of 1024), in 2 rows of 8192.
+    assert packed.pack_tokens * cfg.optim_wrapper.accumulative_counts == 16 * 1024
+    assert cfg.train_cfg.max_epochs == 2 and cfg.default_hooks.checkpoint.max_keep_ckpts == 3
+    assert [hook.type for hook in cfg.custom_hooks] == ["IdentityEvalHook"]
+
+
+def test_internlm2_config_without_a_model_folder_says_what_to_set(monkeypatch):
+    monkeypatch.delenv("XA_MODEL", raising=False)
+    with pytest.raises(Exception, match="needs `model`.*--set model="):
+        Config.fromfile(str(INTERNLM2))
+
+
+def test_settings_turn_a_gpu_config_into_a_cpu_one(settings):
+    settings.setenv("XA_QUANTIZE_4BIT", "false")
+    settings.setenv("XA_DTYPE", "float32")
+    settings.setenv("XA_EVALUATION_FREQ", "0")
+    cfg = Config.fromfile(str(QWEN_05B))
+    assert "quantization_config" not in cfg.model.llm
+    assert cfg.model.llm.torch_dtype == "torch.float32"
+    assert cfg.optim_wrapper.type == "OptimWrapper"
+    assert cfg.custom_hooks == []
+
+
+def test_config_list_and_copy_mirror_xtuners_list_cfg_and_copy_cfg(tmp_path, capsys, settings):
+    assert cli(["config", "list", "-p", "qwen"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("=")]
+    assert listed == ["qwen2_5_0_5b_qlora_assistant", "qwen2_5_1_5b_qlora_assistant"]
+
+    assert cli(["config", "copy", "internlm2_chat_1_8b_qlora_assistant", str(tmp_path)]) == 0
+    copied = tmp_path / "internlm2_chat_1_8b_qlora_assistant_copy.py"
+    assert copied.is_file() and (tmp_path / "_base_" / "runtime.py").is_file()
+    assert Config.fromfile(str(copied)).model.type.endswith("PackedSupervisedFinetune")
+
+
+def test_config_copy_does_not_overwrite_a_different_base_file(tmp_path, capsys):
+    (tmp_path / "_base_").mkdir()
+    (tmp_path / "_base_" / "runtime.py").write_text("# the user's own\n")
+    assert cli(["config", "copy", "qwen2_5_0_5b_qlora_assistant", str(tmp_path)]) == 2
+    assert "exists and differs" in capsys.readouterr().err
+    assert (tmp_path / "_base_" / "runtime.py").read_text() == "# the user's own\n"
+    assert cli(["config", "copy", "no_such_config", str(tmp_path)]) == 2
+    assert "qwen2_5_0_5b_qlora_assistant" in capsys.readouterr().err
+
+
+def test_packed_data_builds_before_the_model_is_imported(tmp_path, tiny_model_dir):
+    """DeepSpeed's runner builds the data before the model; the packed dataset must resolve then."""
+    code = (
+        "import sys; from mmengine.config import Config; from mmengine.registry import DATASETS\n"
+        "cfg = Config.fromfile(sys.argv[1])\n"
+        "assert 'xtuner_assistant.packed_finetune' not in sys.modules\n"
+        "rows = DATASETS.build(cfg.train_dataloader.dataset)\n"
+        "print(len(rows), rows.report['samples'], max(len(rows[i]['input_ids']) for i in range(len(rows))))\n"
+    )
+    env = {"XA_MODEL": str(tiny_model_dir), "XA_IDENTITY_SAMPLES": "40", "XA_GENERAL": "", "XA_GENERAL_RATIO": "0",
+           "XA_PACK_TOKENS": "1024", "XA_EVALUATION_FREQ": "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, str(INTERNLM2)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows, samples, longest = map(int, done.stdout.split()[-3:])
+    assert samples == 40 and 1 <= rows < samples and longest <= 1024
+
+
+@pytest.mark.slow
+def test_a_packed_config_trains_with_xtuner_train_on_a_cpu(tmp_path, tiny_model_dir):
+    from xtuner_assistant.xtuner_tools import run_tool
+
+    work_dir = tmp_path / "train"
+    status = run_tool("train", [str(QWEN_05B), "--work-dir", str(work_dir)], {
+        "model": str(tiny_model_dir), "quantize_4bit": "false", "dtype": "float32", "identity_samples": "48",
+        "general": "", "general_ratio": "0", "max_length": "256", "pack_tokens": "512", "max_epochs": "1",
+        "save_steps": "2", "evaluation_freq": "0", "lora_r": "8"})
+    assert status == 0
+    assert (work_dir / "last_checkpoint").is_file()
+    assert list(work_dir.glob("iter_*.pth"))
+
+
+def test_a_copied_configs_bases_are_pointed_at_its_own_base_folder():
+    from xtuner_assistant.commands.config import with_bases_in
+
+    text = '_base_ = ["../../_base_/runtime.py", \'./_base_/llava_runtime.py\']  # first statement\nx = 1\n'
+    assert with_bases_in(text, "./_base_").splitlines()[0] == (
+        '_base_ = ["./_base_/runtime.py", \'./_base_/llava_runtime.py\']  # first statement')
+    assert with_bases_in("_base_ = []\n", ".") == "_base_ = []\n"

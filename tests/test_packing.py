@@ -1,0 +1,140 @@
+"""Packing several conversations into one row must train exactly what they would train alone:
+no attention across conversations, positions restarting per conversation, the same loss."""
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from xtuner_assistant.chat_template import IGNORE_INDEX
+from xtuner_assistant.packed_finetune import DocumentAttention, answer_token_loss, causal_lm_parts
+from xtuner_assistant.packing import (PADDING_DOCUMENT, PackedChatDataset, block_diagonal_causal_mask, pack_samples,
+                                      packed_collate_fn, plan_packs, real_token_count)
+
+CONVERSATIONS = [
+    {"input_ids": [5, 6, 7, 8, 9, 10, 11], "labels": [IGNORE_INDEX] * 3 + [8, 9, 10, 11]},
+    {"input_ids": [12, 13, 14, 15], "labels": [IGNORE_INDEX, IGNORE_INDEX, 14, 15]},
+    {"input_ids": [16, 17, 18, 19, 20], "labels": [IGNORE_INDEX, 17, 18, 19, 20]},
+]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+
+
+def packed_batch(pad_to=32):
+    return packed_collate_fn([pack_samples(CONVERSATIONS)], pad_index=0, pad_to_multiple_of=pad_to)["data"]
+
+
+def alone_logits(model):
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([c["input_ids"]])).logits[0] for c in CONVERSATIONS]
+
+
+def split(row_logits):
+    pieces, start = [], 0
+    for conversation in CONVERSATIONS:
+        pieces.append(row_logits[start:start + len(conversation["input_ids"])])
+        start += len(conversation["input_ids"])
+    return pieces
+
+
+def test_plan_packs_puts_every_sample_in_exactly_one_row_within_the_budget():
+    lengths = [700, 300, 1024, 5, 5, 512, 512, 90, 1000, 24]
+    packs = plan_packs(lengths, pack_tokens=1024, seed=3)
+    assert sorted(i for pack in packs for i in pack) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in pack) <= 1024 for pack in packs)
+    assert len(packs) == 5  # first-fit decreasing reaches the lower bound ceil(4172 / 1024) here
+
+
+def test_a_sample_longer_than_a_row_is_refused_with_what_to_do():
+    with pytest.raises(ValueError, match="sample 1 has 2000 tokens.*set pack_tokens >= max_length"):
+        plan_packs([10, 2000], pack_tokens=1024)
+
+
+def test_collate_pads_with_its_own_document_and_no_labels():
+    data = packed_batch(pad_to=32)
+    assert data["input_ids"].shape == (1, 32)
+    assert real_token_count(data) == 16
+    assert (data["document_ids"][0, 16:] == PADDING_DOCUMENT).all()
+    assert (data["labels"][0, 16:] == IGNORE_INDEX).all()
+    assert data["position_ids"][0, :16].tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 0, 1, 2, 3, 4]
+
+
+def test_packed_conversations_do_not_attend_to_each_other(model):
+    data = packed_batch()
+    mask = block_diagonal_causal_mask(data["document_ids"], torch.float32)
+    with torch.no_grad():
+        packed = model(input_ids=data["input_ids"], attention_mask=mask, position_ids=data["position_ids"]).logits[0]
+        concatenated = model(input_ids=data["input_ids"]).logits[0]  # stock packing: one long sequence
+    for alone, ours, stock in zip(alone_logits(model), split(packed), split(concatenated)):
+        assert torch.allclose(alone, ours, atol=1e-5)
+    # The test can see the difference: without the mask the later conversations read the earlier ones.
+    assert (split(concatenated)[2] - alone_logits(model)[2]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("flex", [True, False], ids=["flex_attention", "dense_fallback"])
+def test_document_attention_computes_the_same_as_each_conversation_alone(model, monkeypatch, flex):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    router = DocumentAttention()
+    router.flex = flex_attention if flex else None  # eager flex: the compiled kernel needs a GPU
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", router.as_function())
+    data = packed_batch(pad_to=128)
+    router.set_documents(data["document_ids"])
+    zero_stride_mask = torch.zeros(()).expand(1, 1, 128, 128)
+    with torch.no_grad():
+        packed = model(input_ids=data["input_ids"], attention_mask=zero_stride_mask,
+                       position_ids=data["position_ids"]).logits[0]
+    for alone, ours in zip(alone_logits(model), split(packed)):
+        assert torch.allclose(alone, ours, atol=1e-5)
+
+
+def test_chunked_answer_token_loss_equals_the_models_own_loss(model):
+    conversation = CONVERSATIONS[0]
+    ids, labels = torch.tensor([conversation["input_ids"]]), torch.tensor([conversation["labels"]])
+    with torch.no_grad():
+        expected = model(input_ids=ids, labels=labels).loss
+        decoder, head = causal_lm_parts(model)
+        hidden = decoder(input_ids=ids).last_hidden_state
+        ours = answer_token_loss(hidden, labels, head, chunk_tokens=2)
+    assert torch.allclose(ours, expected, atol=1e-6)
+
+
+def test_packed_finetune_trains_the_token_mean_of_the_conversations_losses(tiny_model_dir):
+    from mmengine.config import ConfigDict
+    from peft import LoraConfig
+
+    from xtuner_assistant.packed_finetune import PackedSupervisedFinetune
+
+    torch.manual_seed(0)
+    finetune = PackedSupervisedFinetune(
+        llm=ConfigDict(type=AutoModelForCausalLM.from_pretrained, pretrained_model_name_or_path=str(tiny_model_dir),
+                       attn_implementation="sdpa"),
+        lora=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM"),
+        use_activation_checkpointing=False)
+    loss = finetune(packed_batch(), mode="loss")["loss"]
+
+    total, answer_tokens = 0.0, 0
+    for conversation in CONVERSATIONS:
+        labels = torch.tensor([conversation["labels"]])
+        with torch.no_grad():
+            logits = finetune.llm(input_ids=torch.tensor([conversation["input_ids"]])).logits
+        total += F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=IGNORE_INDEX, reduction="sum").item()
+        answer_tokens += int((labels[0, 1:] != IGNORE_INDEX).sum())
+    assert loss.item() == pytest.approx(total / answer_tokens, abs=1e-5)
+
+    loss.backward()
+    lora_grads = [p.grad for name, p in finetune.named_parameters() if "lora_B" in name]
+    assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
+
+
+def test_packed_dataset_keeps_every_conversation_once():
+    samples = [{"input_ids": list(range(n)), "labels": list(range(n))} for n in (30, 50, 20, 64, 1, 33)]
+    dataset = PackedChatDataset(samples, pack_tokens=64, seed=0)
+    rows = [dataset[i] for i in range(len(dataset))]
+    assert all(len(row["input_ids"]) <= 64 for row in rows)
+    assert sum(len(row["input_ids"]) for row in rows) == sum(len(s["input_ids"]) for s in samples)
+    assert sum(max(row["document_ids"]) + 1 for row in rows) == len(samples)
+    assert dataset.report["real_tokens"] == 198 and dataset.report["rows"] == len(rows)
