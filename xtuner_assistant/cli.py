@@ -21,7 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `eval vqa ...` reads naturally but `eval` takes a model or work dir as its first argument, so the
+# VQA scorer (commands/vqa.py) is reached through this alias rather than a second parser.
+ALIASES = {("eval", "vqa"): ["vqa", "eval"]}
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for prefix, replacement in ALIASES.items():
+        if tuple(argv[:len(prefix)]) == prefix:
+            argv = replacement + argv[len(prefix):]
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)

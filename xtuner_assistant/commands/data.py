@@ -17,6 +17,11 @@ def register(subparsers):
     identity.add_argument("--languages", default="zh,en", help="comma-separated: zh,en")
     identity.add_argument("--out", default="data/identity", help="output folder (default data/identity)")
     identity.set_defaults(run=run_identity)
+    # The LLaVA data verbs live with the rest of LLaVA (commands/vqa.py); here under the names users guess.
+    from xtuner_assistant.commands import vqa
+
+    vqa.register_data(verbs, "vqa")
+    vqa.register_repeat(verbs, "repeat")
 
 
 def run_identity(args):
