@@ -4,6 +4,7 @@ stream in, and keep a screenshot in test-artifacts/."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -165,18 +166,32 @@ def test_page_streams_both_models_answers_and_keeps_one_conversation_per_session
         stop(process)
 
 
-def test_page_says_clearly_when_a_model_path_is_wrong(browser, two_models, tmp_path):
+def run_page(monkeypatch, *page_args):
+    """The page's script run in-process by Streamlit's own test runner (no server, no browser)."""
+    from streamlit.testing.v1 import AppTest
+
+    from xtuner_assistant.commands.web import WEB_APP
+
+    monkeypatch.setattr("sys.argv", [str(WEB_APP), *map(str, page_args)])
+    page = AppTest.from_file(str(WEB_APP), default_timeout=120)
+    page.run()
+    assert not page.exception, page.exception
+    return page
+
+
+def test_page_says_clearly_when_a_model_path_is_wrong_or_will_not_load(two_models, tmp_path, monkeypatch):
     fine_tuned, _ = two_models
-    process, url = start_page(tmp_path, fine_tuned, tmp_path / "no-such-model")
-    try:
-        page = browser.new_page()
-        page.goto(url)
-        error = page.locator('[data-testid="stAlert"]').first
-        error.wait_for(timeout=60_000)
-        assert "Base model" in error.inner_text() and "no-such-model: no such folder" in error.inner_text()
-        assert page.locator('[data-testid="stChatInput"]').count() == 0
-    finally:
-        stop(process)
+    page = run_page(monkeypatch, "--model", fine_tuned, "--compare", tmp_path / "no-such-model")
+    errors = [error.value for error in page.error]
+    assert len(errors) == 1 and errors[0].startswith("Base model:") and "no-such-model: no such folder" in errors[0]
+    assert len(page.chat_input) == 0, "no chat box for a page that cannot answer"
+
+    broken = tmp_path / "broken"
+    shutil.copytree(fine_tuned, broken)
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    page = run_page(monkeypatch, "--model", broken)
+    errors = [error.value for error in page.error]
+    assert len(errors) == 1 and errors[0].startswith(f"Fine-tuned model at {broken} could not be loaded"), errors
 
 
 def test_web_command_refuses_a_wrong_model_path_before_starting(tmp_path, capsys, two_models):

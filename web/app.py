@@ -88,6 +88,9 @@ def main(argv: list[str]) -> None:
         except ChatTemplateError as error:
             st.error(f"{panel['label']} model: {error}")
             st.stop()
+        except (OSError, ValueError) as error:  # unreadable weights or config: say which model, no traceback
+            st.error(f"{panel['label']} model at {panel['path']} could not be loaded: {error}")
+            st.stop()
 
     columns = st.columns(len(panels))
     for column, panel in zip(columns, panels):
