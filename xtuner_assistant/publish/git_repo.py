@@ -157,7 +157,11 @@ def push_files(files: Files, url: str, message: str, branch: str = "main") -> Pu
         run_git(["init", "-q", "-b", branch], staging, env, "git init")
         run_git(["lfs", "install", "--local"], staging, env, "git lfs install")
         run_git(["remote", "add", "origin", url], staging, env, "git remote add")
-        heads = run_git(["ls-remote", "--heads", "origin", branch], staging, env, f"reading {shown}")
+        try:
+            heads = run_git(["ls-remote", "--heads", "origin", branch], staging, env, f"reading {shown}")
+        except PublishError as error:
+            raise PublishError(f"{error}\nDoes the repository exist, and can you reach it? Create it on the "
+                               "platform first (for a local path: `git init --bare -b main PATH`).") from None
         if heads.strip():
             run_git(["fetch", "-q", "--depth", "1", "origin", branch], staging, env, f"fetching {shown}")
             run_git(["checkout", "-q", "-B", branch, "FETCH_HEAD"], staging, env, "git checkout")
