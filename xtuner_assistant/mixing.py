@@ -56,11 +56,11 @@ class MixedChatDataset(Dataset):
             general_pool += conversations
             self.report["sources"].append(report.summary())
         mixed = [("identity", c) for c in identity_conversations]
-        mixed += [("general", c) for c in _draw(general_pool, round(len(identity_conversations) * general_ratio), rng, self.report, "general")]
+        mixed += [("general", c) for c in _draw_like(identity_conversations, general_pool, general_ratio, rng, self.report, "general")]
         if replay:
             replayed, report = load_conversations(replay)
             self.report["sources"].append(report.summary())
-            mixed += [("replay", c) for c in _draw(replayed, round(len(identity_conversations) * replay_ratio), rng, self.report, "replay")]
+            mixed += [("replay", c) for c in _draw_like(identity_conversations, replayed, replay_ratio, rng, self.report, "replay")]
         rng.shuffle(mixed)
         self.items, self.kinds = [], []
         truncated = unlearnable = 0
@@ -94,12 +94,42 @@ class MixedChatDataset(Dataset):
         return self.items[index]
 
 
+def language_of(conversation: dict) -> str:
+    """'zh' when the first user turn has CJK characters, else 'en': enough to balance a bilingual mix."""
+    text = next((m["content"] for m in conversation["messages"] if m["role"] == "user"), "")
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+
+
+def _draw_like(identity: list, pool: list, ratio: float, rng: random.Random, report: dict, kind: str) -> list:
+    """`ratio` pool conversations per identity conversation, language by language.
+
+    Drawing general chat in the identity data's language mix matters: with too little general data in
+    one language, every question in that language starts to get the identity answer (leakage).
+    A language the pool lacks falls back to the whole pool, and the report says so.
+    """
+    by_language: dict[str, list] = {}
+    for conversation in pool:
+        by_language.setdefault(language_of(conversation), []).append(conversation)
+    wanted: dict[str, int] = {}
+    for conversation in identity:
+        language = language_of(conversation)
+        wanted[language] = wanted.get(language, 0) + 1
+    drawn = []
+    for language, count in sorted(wanted.items()):
+        source = by_language.get(language)
+        if not source:
+            report.setdefault(f"{kind}_language_fallback", []).append(language)
+            source = pool
+        drawn += _draw(source, round(count * ratio), rng, report, f"{kind}_{language}")
+    return drawn
+
+
 def _draw(pool: list, count: int, rng: random.Random, report: dict, kind: str) -> list:
     """`count` items without repeats while the pool lasts; repeats are counted in the report."""
     if count <= 0:
         return []
     if not pool:
-        raise ValueError(f"{kind}_ratio asks for {count} {kind} conversations but the {kind} sources are empty")
+        raise ValueError(f"the mix asks for {count} {kind} conversations but their sources are empty")
     shuffled = pool[:]
     rng.shuffle(shuffled)
     drawn = [shuffled[i % len(shuffled)] for i in range(count)]

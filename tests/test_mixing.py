@@ -1,0 +1,70 @@
+"""The mixed dataset: the stated ratio, language by language, with everything drawn, repeated,
+truncated or skipped counted in its report."""
+import json
+
+import pytest
+
+from xtuner_assistant.chat_template import IGNORE_INDEX
+from xtuner_assistant.general_data import GeneralDataError
+from xtuner_assistant.mixing import MixedChatDataset, language_of
+
+
+def conversation(question, answer):
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+@pytest.fixture
+def general_file(tmp_path):
+    rows = [conversation(f"question {i}?", f"answer {i}.") for i in range(30)]
+    rows += [conversation(f"问题{i}？", f"回答{i}。") for i in range(5)]
+    path = tmp_path / "general.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    return path
+
+
+IDENTITY = dict(type="IdentityConversations", name="Zed", n=40, seed=0)
+
+
+def test_ratio_is_kept_per_language_and_reported(tokenizer, general_file):
+    data = MixedChatDataset(tokenizer, IDENTITY, general=[str(general_file)], general_ratio=0.5, max_length=512)
+    identity_languages = [language_of(c) for c in IdentityConversationsView(IDENTITY)]
+    zh, en = identity_languages.count("zh"), identity_languages.count("en")
+    assert data.report["general_zh_drawn"] == round(zh * 0.5) and data.report["general_en_drawn"] == round(en * 0.5)
+    assert data.report["general_zh_repeated"] == max(0, round(zh * 0.5) - 5)  # only 5 Chinese in the pool
+    assert data.kinds.count("identity") == 40 and data.kinds.count("general") == round(zh * 0.5) + round(en * 0.5)
+    assert len(data) == data.report["total"] and data.report["real_tokens"] == sum(data.length)
+
+
+def IdentityConversationsView(cfg):
+    from xtuner_assistant.identity import IdentityConversations
+
+    return IdentityConversations(**{k: v for k, v in cfg.items() if k != "type"})
+
+
+def test_identity_only_when_ratio_is_zero(tokenizer):
+    data = MixedChatDataset(tokenizer, IDENTITY, general=[], general_ratio=0.0)
+    assert set(data.kinds) == {"identity"} and len(data) == 40
+
+
+def test_every_item_is_learnable_and_bounded(tokenizer, general_file):
+    data = MixedChatDataset(tokenizer, IDENTITY, general=[str(general_file)], general_ratio=1.0, max_length=40)
+    for item in data:
+        assert len(item["input_ids"]) == len(item["labels"]) <= 40
+        assert any(label != IGNORE_INDEX for label in item["labels"])
+    assert data.report["truncated_to_max_length"] > 0  # identity answers are longer than 40 tokens
+    skipped = data.report["skipped_no_answer_within_max_length"]
+    assert data.report["total"] + skipped == 40 + sum(v for k, v in data.report.items() if k.endswith("_drawn"))
+
+
+def test_a_bad_general_file_stops_the_build_naming_the_line(tokenizer, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(conversation("q", "a")) + "\n" + json.dumps({"messages": []}) + "\n")
+    with pytest.raises(GeneralDataError, match="bad.jsonl:2: field 'messages' must be a non-empty list"):
+        MixedChatDataset(tokenizer, IDENTITY, general=[str(path)], general_ratio=1.0)
+
+
+def test_identity_from_a_file_of_conversations(tokenizer, tmp_path):
+    path = tmp_path / "identity.jsonl"
+    path.write_text("\n".join(json.dumps(conversation(f"who are you {i}", "I am Zed.")) for i in range(6)))
+    data = MixedChatDataset(tokenizer, str(path), general=[], general_ratio=0.0)
+    assert len(data) == 6 and data.report["identity"] == 6
