@@ -7,10 +7,10 @@
 # Each step is skipped when a warm machine already did it (installed wheels, random models).
 # Expects, beside the repo: .whl/ (the wheels of ../shared/gpu/fetch-wheels.sh + deepspeed's sdist and
 # its needs), .gpu/tokenizer (a stand-in tokenizer) and .gpu/bench_data.json (`bench/speed.py data`).
-# Writes its results under $OUT (default ./gpu_out).
+# Writes its results under $OUT (default /tmp/xtuner-assistant-gpu-out).
 set -u
 MODE=${1:-single}
-OUT=${OUT:-$PWD/gpu_out}
+OUT=${OUT:-/tmp/xtuner-assistant-gpu-out}
 mkdir -p "$OUT"
 SITE=/tmp/site
 LOG="$OUT/runs.log"
@@ -61,7 +61,7 @@ train() {  # LABEL CONFIG MODEL_DIR [extra args...]; settings come from XA_* in 
   local rc=$?
   grep -E "Iter\(train\)|IdentityEvalHook|Error|error:|Traceback|Saving checkpoint|PackedChat|Mixed" "$WORK/$label.log" | grep -v "^\s*$" | tail -40 >>"$LOG"
   [ $rc -ne 0 ] && tail -30 "$WORK/$label.log" >>"$LOG"
-  local last=$(grep -E "Iter\(train\)" "$WORK/$label.log" | tail -1 | sed -E 's/.*(Iter\(train\) \[[^]]*\]).*time: ([0-9.]+).*memory: ([0-9]+).*loss: ([0-9.]+).*/\1 time \2 s memory \3 MB loss \4/')
+  local last=$(grep -E "Iter\(train\)" "$WORK/$label.log" | tail -1 | sed -E 's/.*(Iter\(train\) \[[^]]*\]).* time: ([0-9.]+).*memory: ([0-9]+).*loss: ([0-9.]+).*/\1 time \2 s memory \3 MB loss \4/')
   local first=$(grep -E "Iter\(train\)" "$WORK/$label.log" | head -1 | sed -E 's/.*loss: ([0-9.]+).*/first-logged loss \1/')
   local eval=$(grep -E "evaluation took" "$WORK/$label.log" | tail -1 | sed -E 's/.*(evaluation took [0-9]+ s in all).*/\1/')
   note "$label: exit $rc, $((SECONDS - t0)) s wall; $first; last: $last; ${eval:-no eval line}; checkpoints: $(ls $WORK/wd_$label 2>/dev/null | grep -E '^iter_' | tr '\n' ' ')"
@@ -98,8 +98,12 @@ multi() {
   NPROC_PER_NODE=2 XA_EVALUATION_FREQ=0 train qwen0.5b_2gpu_ddp configs/qwen2_5_0_5b_qlora_assistant.py "$Q05"
 }
 
-random_model internlm2-chat-1.8b >/dev/null
+[ "$MODE" = quick ] || random_model internlm2-chat-1.8b >/dev/null
 case "$MODE" in
+  quick)  # the shortest check of DeepSpeed ZeRO-2 and the flex_attention path on one GPU
+    XA_EVALUATION_FREQ=0 train qwen0.5b_1gpu_zero2 configs/qwen2_5_0_5b_qlora_assistant.py \
+      "$(random_model qwen2.5-0.5b)" --deepspeed deepspeed_zero2
+    grep -h "flex_attention" "$WORK"/*.log | sort | uniq -c | head -3 | tee -a "$SUMMARY" ;;
   bench) bench; train internlm2_1gpu configs/internlm2_chat_1_8b_qlora_assistant.py "$WORK/internlm2-chat-1.8b" ;;
   single) single ;;
   multi) multi ;;
