@@ -6,7 +6,8 @@ at the same batch size, so the same number of training tokens seen):
 - tutorial:  one identity pair repeated, no mixing, the tutorial's LoRA (r=64, alpha=16,
              dropout 0.1) and lr 2e-4, stock `EvaluateChatHook` on its three questions. The user
              keeps the last checkpoint (the tutorial picks by reading logs; we score the last).
-- tutorial-data: the same single repeated pair with our LoRA/lr, to separate data from settings.
+- tutorial-data: the same single repeated pair, no mixing, stock `EvaluateChatHook`, but our LoRA
+             and lr: the only differences from `ours` are the data and the hook.
 - ours:      varied bilingual identity data (held-out questions never trained on) mixed with
              packaged general chat and the base model's own replayed answers, our LoRA/lr, and
              `IdentityEvalHook`, which keeps the best checkpoint and may stop early.
@@ -79,7 +80,7 @@ def arm_config(arm: str, args, model_path: str, out: Path, replay: str) -> dict:
         general, replay = [], ""
         eval_hook.update(early_stop=False, save_best=False)
         hooks = [eval_hook]
-        if arm == "tutorial":
+        if arm in ("tutorial", "tutorial-data"):
             hooks.insert(0, dict(type="xtuner.engine.hooks.EvaluateChatHook", tokenizer=None,
                                  every_n_iters=args.eval_every, evaluation_inputs=TUTORIAL_QUESTIONS,
                                  prompt_template="xtuner.utils.PROMPT_TEMPLATE.qwen_chat", max_new_tokens=64))
@@ -92,7 +93,7 @@ def arm_config(arm: str, args, model_path: str, out: Path, replay: str) -> dict:
         hooks = [eval_hook]
     return dict(settings, runtime=str(REPO / "configs" / "_base_" / "runtime.py"), model_path=model_path,
                 identity=identity, general=general, replay=replay, max_length=args.max_length,
-                batch_size=args.batch_size, seed=args.seed, iters=args.iters, warmup=max(1, args.iters // 10),
+                batch_size=args.batch_size, seed=args.seed, iters=args.iters, warmup=max(2, args.iters // 10),
                 eval_every=args.eval_every, hooks=hooks)
 
 

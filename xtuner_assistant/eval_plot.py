@@ -22,6 +22,7 @@ def plot_history(history: list[dict], path: str | Path, title: str, best_iter: i
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     path = Path(path)
     iterations = [h["iter"] for h in history]
@@ -35,6 +36,7 @@ def plot_history(history: list[dict], path: str | Path, title: str, best_iter: i
     if stopped_iter is not None:
         axes.axvline(stopped_iter, color="red", alpha=0.5, linestyle="-.", label=f"stopped early (iter {stopped_iter})")
     axes.set(xlabel="training iteration", ylabel="share of answers (0..1)", ylim=(-0.03, 1.05), title=title)
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()

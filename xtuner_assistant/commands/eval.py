@@ -106,7 +106,7 @@ def report_model(args, model_dir: Path) -> int:
     general_answers = generate(evaluation.general_prompts, args.max_new_tokens)
     del model
     base_answers = base_model_answers(base, evaluation.general_prompts, args.max_new_tokens) if base else None
-    scores = evaluation.score(identity_answers, general_answers, base_answers, tokenizer)
+    scores = evaluation.score(identity_answers, general_answers, base_answers)
     out = Path(args.out) if args.out else model_dir.parent / f"eval_{model_dir.name}"
     write_json_atomic(out / "report.json", {"model": str(model_dir), "base": base, "scores": scores,
                                             **evaluation.answers_record(identity_answers, general_answers, base_answers)})

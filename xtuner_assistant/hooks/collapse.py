@@ -111,11 +111,14 @@ class IdentityEvalHook(Hook):
     def _evaluate(self, runner, iteration: int, general_answers: list[str] | None = None) -> dict:
         start = time.monotonic()
         model = _unwrap(runner.model)
+        identity_prompts = self.evaluation.identity_prompts
+        prompts = identity_prompts + (self.evaluation.general_prompts if general_answers is None else [])
         with _inference(model):
-            generate = self.evaluation.generator(model.llm, self.tokenizer)
-            identity_answers = generate(self.evaluation.identity_prompts, self.max_new_tokens)
-            if general_answers is None:
-                general_answers = generate(self.evaluation.general_prompts, self.max_new_tokens)
+            # One pass over all prompts: full batches, the fewest generation loops.
+            answers = self.evaluation.generator(model.llm, self.tokenizer)(prompts, self.max_new_tokens)
+        identity_answers = answers[:len(identity_prompts)]
+        if general_answers is None:
+            general_answers = answers[len(identity_prompts):]
         scores = self.evaluation.score(identity_answers, general_answers, self.base_answers)
         seconds = time.monotonic() - start
         self.eval_seconds += seconds
