@@ -32,13 +32,14 @@ evaluation_freq = setting("evaluation_freq", 20)  # iterations between identity/
 seed = setting("seed", 0)
 quantize_4bit = setting("quantize_4bit", True)  # nf4 needs a CUDA GPU; false: plain LoRA
 dtype = setting("dtype", "bfloat16")  # float32 (with quantize_4bit=false) trains on a CPU
+flex_attention = setting("flex_attention", False)  # CUDA: skip attention between packed conversations (not yet measured)
 
 #######################################################################
 #                  PART 2  Wiring (xtuner_assistant/recipe.py)        #
 #######################################################################
 tokenizer = chat_tokenizer(model_path)
 model = packed_lora_model(model_path, r=lora_r, alpha=lora_alpha, dropout=0.1, quantize_4bit=quantize_4bit,
-                          dtype=f"torch.{dtype}")
+                          dtype=f"torch.{dtype}", flex_attention=flex_attention)
 train_dataloader = packed_dataloader(
     tokenizer, identity_source(identity_file, name, author, base_model, identity_samples, seed),
     general, general_ratio, max_length, pack_tokens, rows_per_batch, seed)

@@ -36,6 +36,7 @@ def test_internlm2_config_is_the_tutorials_task_on_packed_qlora(settings):
     assert (quantization.load_in_4bit, quantization.bnb_4bit_quant_type) == (True, "nf4")
     assert cfg.model.type.endswith("PackedSupervisedFinetune")
     assert cfg.model.llm.attn_implementation == "sdpa"
+    assert cfg.model.flex_attention is False  # the measured path by default (docs/BENCHMARKS.md)
     assert (cfg.model.lora.r, cfg.model.lora.lora_alpha) == (64, 16)  # XTuner's QLoRA settings
     packed = cfg.train_dataloader.dataset
     assert packed.dataset.max_length == 1024  # the tutorial's edit

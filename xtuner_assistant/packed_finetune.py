@@ -4,9 +4,9 @@ Two things make stock XTuner slow on short chat samples at one GPU: rows of ~1k 
 GPU idle between kernels, and the (tokens x vocabulary) float32 logits (0.4 GB per 1k tokens for
 InternLM2's 92,544 words, plus their gradient) cap how many tokens fit in a step. Here:
 - rows come from `PackedChatDataset` and attend only within each conversation (packing.py);
-- on CUDA, attention runs as flex_attention with a block mask built from the document ids, so the
-  blocks between conversations are skipped instead of computed and masked (a dense masked SDPA
-  over an 8k row costs more than the model's matrix products); elsewhere, SDPA with the mask;
+- on CUDA, attention is routed through the per-conversation mask by `DocumentAttention` (dense,
+  or with `flex_attention=True` as flex_attention with a block mask that skips the blocks between
+  conversations: not yet measured on a GPU); elsewhere, SDPA with the additive mask;
 - logits are computed only at answer tokens (labels != -100) and in chunks, each chunk recomputed
   in the backward pass, so their memory stays one chunk whatever the row length.
 The loss is the same token-mean cross-entropy as `SupervisedFinetune` (tests/test_packing.py).
@@ -31,40 +31,49 @@ _log = logging.getLogger(__name__)
 
 class DocumentAttention:
     """Routes the models' own `F.scaled_dot_product_attention` calls for the current packed batch
-    to flex_attention with a per-conversation block mask. Installed once; the batch's mask stays
-    current until the next packed forward, so gradient checkpointing's recomputation in the
-    backward pass uses it too. Calls of any other shape (generation, other models) pass through.
-    Should flex_attention fail (an old torch or triton), the same mask is applied densely."""
+    through the per-conversation mask: as a dense boolean mask (what the measured GPU runs used),
+    or with `flex=True` as flex_attention with a block mask that skips the blocks between
+    conversations. Installed once; the batch's documents stay current until the next packed
+    forward, so gradient checkpointing's recomputation in the backward pass uses them too. Calls of
+    any other shape (generation, other models) pass through. Should flex_attention fail (an old
+    torch or triton), the dense mask is used from then on, with a warning."""
 
     def __init__(self):
-        from torch.nn.attention.flex_attention import flex_attention
-
         self.original = torch.nn.functional.scaled_dot_product_attention
-        self.flex = torch.compile(flex_attention, dynamic=False)
+        self.flex = None
+        self.flex_failed = False
         self.block_mask = self.documents = None
 
     @classmethod
-    def available(cls) -> "DocumentAttention | None":
+    def installed(cls, flex: bool = False) -> "DocumentAttention":
         global _document_attention
         if _document_attention is None:
-            _document_attention = False
+            _document_attention = cls()
+            torch.nn.functional.scaled_dot_product_attention = _document_attention.as_function()
+        if flex and _document_attention.flex is None and not _document_attention.flex_failed:
             try:
-                _document_attention = cls()
-                torch.nn.functional.scaled_dot_product_attention = _document_attention.as_function()
+                from torch.nn.attention.flex_attention import flex_attention
+
+                _document_attention.flex = torch.compile(flex_attention, dynamic=False)
             except ImportError as error:
-                _log.warning("flex_attention unavailable (%s); packed rows use SDPA with a dense mask", error)
-        return _document_attention or None
+                _document_attention._give_up_flex(error)
+        return _document_attention
+
+    def _give_up_flex(self, error) -> None:
+        _log.warning("flex_attention failed (%s); packed rows use SDPA with a dense mask", error)
+        self.flex, self.flex_failed, self.block_mask = None, True, None
 
     def set_documents(self, document_ids: torch.Tensor) -> None:
+        self.documents = document_ids
+        self.block_mask = None
+        if self.flex is None:
+            return
         from torch.nn.attention.flex_attention import create_block_mask
 
-        documents = document_ids
-
         def same_document_causal(b, h, q, k):
-            return (documents[b, q] == documents[b, k]) & (q >= k)
+            return (document_ids[b, q] == document_ids[b, k]) & (q >= k)
 
         batch, n = document_ids.shape
-        self.documents = document_ids
         self.block_mask = create_block_mask(same_document_causal, batch, None, n, n, device=document_ids.device)
 
     def as_function(self):
@@ -85,18 +94,17 @@ class DocumentAttention:
         if not self._ours(query, key, attn_mask, dropout_p):
             return self.original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                  scale=scale, **kwargs)
-        if self.flex is not None:
+        if self.flex is not None and self.block_mask is not None:
             try:
                 return self.flex(query, key, value, block_mask=self.block_mask, scale=scale)
             except Exception as error:  # noqa: BLE001 -- compile failures come in many types
-                _log.warning("flex_attention failed (%s); packed rows use SDPA with a dense mask", error)
-                self.flex = None
+                self._give_up_flex(error)
         documents = self.documents
         allowed = (documents[:, :, None] == documents[:, None, :]).tril()[:, None]
         return self.original(query, key, value, attn_mask=allowed, scale=scale)
 
 
-_document_attention: DocumentAttention | bool | None = None
+_document_attention: DocumentAttention | None = None
 
 
 def _chunk_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
@@ -137,6 +145,10 @@ class PackedSupervisedFinetune(SupervisedFinetune):
 
     loss_chunk_tokens = LOSS_CHUNK_TOKENS
 
+    def __init__(self, *args, flex_attention: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.flex_attention = flex_attention
+
     def _dispatch_lm_model_cfg(self, cfg, max_position_embeddings=None):
         cfg = super()._dispatch_lm_model_cfg(cfg, max_position_embeddings)
         wanted = cfg.get("attn_implementation")
@@ -157,11 +169,10 @@ class PackedSupervisedFinetune(SupervisedFinetune):
             dtype = decoder.get_input_embeddings().weight.dtype
             if not dtype.is_floating_point or dtype == torch.float32:
                 dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.float32
-            flex = DocumentAttention.available() if document_ids.is_cuda else None
-            if flex is not None:
-                flex.set_documents(document_ids)
-                # The models still need a 4-D mask to skip their own causal mask; flex ignores its
-                # values, so a zero-stride one costs no memory.
+            if document_ids.is_cuda:
+                DocumentAttention.installed(self.flex_attention).set_documents(document_ids)
+                # The models still need a 4-D mask to skip their own causal mask; the router
+                # ignores its values, so a zero-stride one costs no memory.
                 batch, n = document_ids.shape
                 data["attention_mask"] = torch.zeros((), dtype=dtype, device=document_ids.device).expand(batch, 1, n, n)
             else:

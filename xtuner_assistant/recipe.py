@@ -132,13 +132,14 @@ def required_setting(name: str, hint: str) -> str:
 
 def packed_lora_model(model_path: str, *, r: int, alpha: int, dropout: float, quantize_4bit: bool,
                       dtype: str = "torch.bfloat16", gradient_checkpointing: bool = True,
-                      attn_implementation: str = "sdpa") -> dict:
+                      attn_implementation: str = "sdpa", flex_attention: bool = False) -> dict:
     """`lora_model`, trained on packed rows (packing.py) with the chunked answer-token loss
     (packed_finetune.py). SDPA honours the per-conversation mask; flash-attn 2 would ignore it."""
     model = lora_model(model_path, r=r, alpha=alpha, dropout=dropout, quantize_4bit=quantize_4bit,
                        dtype=dtype, gradient_checkpointing=gradient_checkpointing)
     model["type"] = "xtuner_assistant.packed_finetune.PackedSupervisedFinetune"
     model["llm"]["attn_implementation"] = attn_implementation
+    model["flex_attention"] = flex_attention
     return model
 
 
