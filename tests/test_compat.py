@@ -55,3 +55,16 @@ def test_gguf_loaded_model_saveable_drops_quantizer_state(tiny_model_dir, tmp_pa
     compat.gguf_loaded_model_saveable(model)
     model.save_pretrained(tmp_path / "saved")
     assert "quantization_config" not in (tmp_path / "saved" / "config.json").read_text()
+
+
+def test_mmengine_checkpoints_with_a_message_hub_load_for_resume(tmp_path):
+    """torch >= 2.6 refuses the numpy scalars and HistoryBuffer that mmengine 0.10.6 checkpoints hold."""
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    path = tmp_path / "iter_1.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "message_hub": {"loss": HistoryBuffer([np.float64(1.5)], [np.int64(1)])}}, path)
+    loaded = CheckpointLoader.load_checkpoint(str(path), map_location="cpu")
+    assert loaded["state_dict"]["w"].sum().item() == 2.0
+    assert isinstance(loaded["message_hub"]["loss"], HistoryBuffer)

@@ -47,6 +47,23 @@ def bitsandbytes_without_triton_ops() -> None:
     sys.modules[utils.__name__] = utils
 
 
+def trusted_local_checkpoints() -> None:
+    """torch >= 2.6 loads with `weights_only=True` by default; mmengine 0.10.6 checkpoints also hold
+    the message hub (HistoryBuffer, numpy scalars), which that refuses, so resuming a run fails.
+    A local checkpoint here is one the user's own training wrote into its work dir: load it as
+    mmengine 0.10.6 was written to (`weights_only=False`). Remote schemes are left as they are."""
+    import torch
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    def load_from_local(filename, map_location):
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f"{filename} can not be found.")
+        return torch.load(filename, map_location=map_location, weights_only=False)
+
+    load_from_local.xtuner_assistant_fix = True
+    CheckpointLoader.register_scheme(prefixes="", force=True)(load_from_local)
+
+
 def gguf_loaded_model_saveable(model) -> None:
     """transformers 4.48: a model loaded from GGUF keeps `hf_quantizer` and a `quantization_config`
     that describe the GGUF file, and `save_pretrained` then refuses or writes a config that cannot be
@@ -72,5 +89,6 @@ def apply() -> None:
         return
     cpu_bf16_probe()
     bitsandbytes_without_triton_ops()
+    trusted_local_checkpoints()
     _applied = True
 

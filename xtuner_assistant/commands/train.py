@@ -31,5 +31,8 @@ def run(args):
     if args.resume:
         from xtuner_assistant.work_dir import last_checkpoint
 
-        extra += ["--resume", str(last_checkpoint(work_dir))]
+        last_checkpoint(work_dir)  # a clear error when there is nothing to resume from
+        # mmengine's own auto-resume (work_dir/last_checkpoint), not xtuner's `--resume PATH`, which
+        # reads the seed with a bare torch.load that torch >= 2.6 refuses for these checkpoints.
+        extra += ["--cfg-options", "resume=True"]
     return run_tool("train", [str(config), *extra], settings)
