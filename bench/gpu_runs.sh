@@ -71,7 +71,7 @@ train() {  # LABEL CONFIG MODEL_DIR [extra args...]; settings come from XA_* in 
 bench() {
   python3 bench/speed.py run --data .gpu/bench_data.json --tokenizer .gpu/tokenizer --work $WORK/bench \
     --model-dir $WORK/internlm2-chat-1.8b \
-    --out "$OUT/bench_results.json" --real-tokens ${BENCH_TOKENS:-131072} --pack-tokens 4096 8192 \
+    --out "$OUT/bench_results.json" --real-tokens ${BENCH_TOKENS:-131072} --pack-tokens 2048 4096 8192 \
     >"$WORK/bench.log" 2>&1 || { note "bench failed"; tail -40 "$WORK/bench.log" >>"$LOG"; }
   sed -n '/^cuda\|^NVIDIA\|recipe \|^stock\|^ours\|^loss at\|^  /p' "$WORK/bench.log" | tail -14 | tee -a "$SUMMARY"
   grep -E "^\{" "$WORK/bench.log" >>"$LOG"
