@@ -102,18 +102,37 @@ def test_chunked_answer_token_loss_equals_the_models_own_loss(model):
     assert torch.allclose(ours, expected, atol=1e-6)
 
 
-def test_packed_finetune_trains_the_token_mean_of_the_conversations_losses(tiny_model_dir):
+def packed_finetune(model_dir):
     from mmengine.config import ConfigDict
     from peft import LoraConfig
 
     from xtuner_assistant.packed_finetune import PackedSupervisedFinetune
 
     torch.manual_seed(0)
-    finetune = PackedSupervisedFinetune(
-        llm=ConfigDict(type=AutoModelForCausalLM.from_pretrained, pretrained_model_name_or_path=str(tiny_model_dir),
-                       attn_implementation="sdpa"),
+    return PackedSupervisedFinetune(
+        llm=ConfigDict(type=AutoModelForCausalLM.from_pretrained, pretrained_model_name_or_path=str(model_dir),
+                       trust_remote_code=True, attn_implementation="sdpa"),
         lora=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM"),
         use_activation_checkpointing=False)
+
+
+@pytest.fixture(scope="module")
+def internlm2_dir(tiny_model_dir, tmp_path_factory):
+    from xtuner_assistant.stand_in_models import random_internlm2_chat
+
+    return random_internlm2_chat(tmp_path_factory.mktemp("internlm2") / "model", tiny_model_dir, real_shape=False)
+
+
+def test_internlm2_gets_sdpa_although_its_config_says_eager(internlm2_dir):
+    finetune = packed_finetune(internlm2_dir)
+    llm = finetune.llm.get_base_model()
+    assert llm.config.attn_implementation == "sdpa"
+    assert {type(layer.attention).__name__ for layer in llm.model.layers} == {"InternLM2SdpaAttention"}
+
+
+@pytest.mark.parametrize("architecture", ["llama", "internlm2"])
+def test_packed_finetune_trains_the_token_mean_of_the_conversations_losses(tiny_model_dir, internlm2_dir, architecture):
+    finetune = packed_finetune(tiny_model_dir if architecture == "llama" else internlm2_dir)
     loss = finetune(packed_batch(), mode="loss")["loss"]
 
     total, answer_tokens = 0.0, 0
