@@ -18,13 +18,13 @@ identity_samples = setting("identity_samples", 240)
 general = setting("general", "packaged:chatterbot").split(",")
 general_ratio = setting("general_ratio", 1.0)
 max_length = setting("max_length", 256)
-batch_size = setting("batch_size", 8)
-accumulative_counts = setting("accumulative_counts", 1)
+batch_size = setting("batch_size", 4)
+accumulative_counts = setting("accumulative_counts", 2)  # 4 x 2 = 8 per step; half the peak RAM of 8 x 1
 lr = setting("lr", 1e-3)
 max_epochs = setting("max_epochs", 1)
-warmup_iters = setting("warmup_iters", 10)
+warmup_iters = setting("warmup_iters", 20)
 lora_r = setting("lora_r", 16)
-save_steps = setting("save_steps", 20)
+save_steps = setting("save_steps", 40)
 seed = setting("seed", 0)
 
 #######################################################################
