@@ -138,8 +138,12 @@ def test_efficientnet_lite0_serves_as_llava_vision_encoder(tiny_model_dir, easy_
     assert hidden.shape == (2, 1 + 2 * 2, 1280)  # 64 px / 32 = 2x2 image tokens after the pooled one
     assert torch.allclose(hidden[:, 1:], tower.backbone.extract_features(pixels).flatten(2).transpose(1, 2))
 
+    with_block = EfficientNetLiteVisionTower(image_size=64, feature_block=8)  # + a stride-16 block's 112 channels
+    assert with_block(pixels).hidden_states[-1].shape == (2, 5, 1280 + 112) and with_block.config.hidden_size == 1392
+
     model.train()
-    assert not any(m.training for m in tower.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not tower.backbone.training  # frozen: no batch-norm updates, no stochastic depth
+    assert torch.equal(tower(pixels).hidden_states[-1], hidden)
     loss = model(batch["data"], mode="loss")["loss"]
     assert torch.isfinite(loss)
     loss.backward()

