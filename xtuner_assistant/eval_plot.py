@@ -50,3 +50,4 @@ def plot_history(history: list[dict], path: str | Path, title: str, best_iter: i
         plt.close(figure)
         Path(temporary).unlink(missing_ok=True)
     return path
+

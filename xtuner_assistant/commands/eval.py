@@ -66,7 +66,8 @@ def report_work_dir(work_dir: Path, out: Path, rescore: bool = False) -> int:
     summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
     best, stopped = summary.get("best"), summary.get("stopped_early")
     name = summary.get("name", work_dir.name)
-    plot = plot_history(history, out / "metrics.png", f"{name}: {work_dir.name}",
+    # The name stays out of the title: matplotlib's own font has no CJK glyphs.
+    plot = plot_history(history, out / "metrics.png", f"identity metrics over training: {work_dir.name}",
                         best["iter"] if best else None, stopped["iter"] if stopped else None)
     report = {"work_dir": str(work_dir), "name": name, "rule": summary.get("rule"), "rescored": rescore,
               "best": best, "stopped_early": stopped, "plot": str(plot), "history": history}
