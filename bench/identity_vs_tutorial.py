@@ -160,9 +160,17 @@ def main(argv=None) -> int:
     parser.add_argument("--base-model", default=None, help="what the identity says it is built on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parallel", action="store_true", help="run the arms side by side (one thread each)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                        help="change a setting of our arm, e.g. --set general_ratio=0.5 (lr, lora_r, "
+                             "lora_alpha, lora_dropout, general_ratio, replay_ratio)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args(argv)
 
+    for pair in args.overrides:
+        key, _, value = pair.partition("=")
+        if key not in OURS:
+            parser.error(f"--set {pair}: unknown setting; known: {', '.join(OURS)}")
+        OURS[key] = type(OURS[key])(value)
     from xtuner_assistant.fetch import fetch
     from xtuner_assistant.replay import replay_file
 
