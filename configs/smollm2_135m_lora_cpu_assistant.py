@@ -3,8 +3,8 @@
 # Any setting below can be overridden with --set NAME=VALUE (or XA_NAME=VALUE xtuner train ...).
 _base_ = ["./_base_/runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.recipe import (chat_tokenizer, identity_source, lora_model, mixed_dataloader,
-                                     optimizer, packaged_model, schedule, setting)
+from xtuner_assistant.recipe import (assistant_eval_hook, chat_tokenizer, identity_source, lora_model,
+                                     mixed_dataloader, optimizer, packaged_model, schedule, setting)
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -26,6 +26,9 @@ warmup_iters = setting("warmup_iters", 20)
 lora_r = setting("lora_r", 16)
 save_steps = setting("save_steps", 40)
 seed = setting("seed", 0)
+# Iterations between identity/leakage/collapse checks (IdentityEvalHook, docs/identity.md); 0 = off.
+# Off by default on a CPU, where one check costs about as much as 10-20 training iterations.
+evaluation_freq = setting("evaluation_freq", 0)
 
 #######################################################################
 #                  PART 2  Wiring (xtuner_assistant/recipe.py)        #
@@ -40,3 +43,4 @@ optim_wrapper = optimizer(lr, accumulative_counts, mixed_precision=None)
 param_scheduler, train_cfg = schedule(max_epochs, warmup_iters)
 default_hooks = dict(checkpoint=dict(interval=save_steps))
 randomness = dict(seed=seed)
+custom_hooks = [assistant_eval_hook(name, author, base_model, seed, evaluation_freq)] if evaluation_freq else []
