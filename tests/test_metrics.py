@@ -56,6 +56,12 @@ def test_a_leaked_name_or_identity_sentence_counts_as_leakage():
     assert metrics.leakage(answers, NAME, [IDENTITY_SENTENCE]) == pytest.approx(2 / 7)
     # An answer that merely shares a few common words with the identity sentence does not leak.
     assert not metrics.leaks("有什么可以帮你的吗？先把鸡蛋放进冷水锅里煮八分钟。", NAME, [IDENTITY_SENTENCE])
+    # Nor does a long English answer, though it holds most letter pairs of any English sentence.
+    english_sentence = "Hello, I am Alice, your AI assistant. Happy to help!"
+    long_answer = ("To save money each month, start by setting a budget and tracking your expenses in a "
+                   "spreadsheet or a budgeting app, then set aside a portion of your income for savings.")
+    assert not metrics.leaks(long_answer, "Alice", [english_sentence])
+    assert metrics.leaks("Hello, I am your AI assistant. Happy to help!", "Alice", [english_sentence])
 
 
 def test_retention_is_agreement_with_the_base_models_answers():

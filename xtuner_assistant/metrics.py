@@ -23,8 +23,8 @@ _UNIT = re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+")
 LOOP_NGRAM = 4
 LOOP_REPEATED_SHARE = 0.5
 LOOP_MIN_UNITS = 12
-# An identity sentence counts as leaked into a general answer when this share of its character
-# bigrams appears in the answer.
+# An identity sentence counts as leaked into a general answer when this share of its unit bigrams
+# appears in the answer.
 LEAK_CONTAINMENT = 0.6
 # How many leading units decide that two answers are "the same answer" (greedy answers that begin
 # identically continue identically, so the head is enough and tolerates a cut-off tail).
@@ -101,9 +101,16 @@ def identity_accuracy(answers: list[str], name: str) -> float:
     return sum(carries_name(a, name) for a in answers) / len(answers)
 
 
+def _unit_bigrams(text: str) -> Counter:
+    items = units(text)
+    return Counter(zip(items, items[1:]))
+
+
 def containment(part: str, whole: str) -> float:
-    """Share of `part`'s character bigrams found in `whole` (1 = all of it is in there)."""
-    needle, haystack = _bigrams(part), _bigrams(whole)
+    """Share of `part`'s unit bigrams (pairs of words, or of CJK characters) found in `whole`
+    (1 = all of it is in there). Word pairs, not letter pairs: a long English answer contains
+    most letter pairs of any sentence."""
+    needle, haystack = _unit_bigrams(part), _unit_bigrams(whole)
     total = sum(needle.values())
     if not total:
         return 0.0
