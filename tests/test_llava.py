@@ -140,6 +140,10 @@ def test_efficientnet_lite0_serves_as_llava_vision_encoder(tiny_model_dir, easy_
 
     with_block = EfficientNetLiteVisionTower(image_size=64, feature_block=8)  # + a stride-16 block's 112 channels
     assert with_block(pixels).hidden_states[-1].shape == (2, 5, 1280 + 112) and with_block.config.hidden_size == 1392
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # how `xtuner convert pth_to_hf` builds the model
+        assert EfficientNetLiteVisionTower(image_size=64, feature_block=8).config.hidden_size == 1392
 
     model.train()
     assert not tower.backbone.training  # frozen: no batch-norm updates, no stochastic depth

@@ -64,8 +64,10 @@ class EfficientNetLiteVisionTower(nn.Module):
         self.backbone._fc = nn.Identity()
         self.backbone.set_swish(memory_efficient=False)
         self.feature_block = feature_block
-        with torch.no_grad():
-            width = self.forward(torch.zeros(1, 3, image_size, image_size)).last_hidden_state.shape[-1]
+        # Counted, not measured with a forward pass: pth_to_hf builds the model on the meta device.
+        width = self.backbone._bn1.num_features
+        if feature_block >= 0:
+            width += self.backbone._blocks[feature_block]._bn2.num_features
         self.config = SimpleNamespace(hidden_size=width, image_size=image_size, name_or_path=weights_path or "random",
                                       model_type="efficientnet-lite0")
         self.gradient_checkpointing = False
