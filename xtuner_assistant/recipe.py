@@ -98,10 +98,12 @@ def schedule(max_epochs: int, warmup_iters: int) -> tuple[list, dict]:
     """Linear warm-up over the first iterations, cosine decay over all epochs (the two chain).
     Warm-up is counted in iterations so that small data sets still get one."""
     param_scheduler = [
-        dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=max(1, warmup_iters)),
         dict(type="CosineAnnealingLR", eta_min=0.0, by_epoch=True, begin=0, end=max_epochs,
              convert_to_iter_based=True),
     ]
+    # mmengine's LinearLR over a single iteration never ramps up and leaves the rate at start_factor.
+    if warmup_iters >= 2:
+        param_scheduler.insert(0, dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=warmup_iters))
     return param_scheduler, dict(type="xtuner.engine.runner.TrainLoop", max_epochs=max_epochs)
 
 
