@@ -28,11 +28,12 @@ def render(tokenizer, messages, add_generation_prompt: bool) -> str:
     )
 
 
-def encode_conversation(tokenizer, messages, max_length: int) -> dict:
+def encode_conversation(tokenizer, messages, max_length: int, encode_prompt=None) -> dict:
     """input_ids and labels for one conversation; labels are IGNORE_INDEX outside assistant turns.
 
     Each assistant turn is found by rendering the conversation up to the turn with the generation
     prompt (the prefix the model sees at inference) and up to the end of the turn.
+    `encode_prompt(tokenizer, text)` tokenizes the prompt parts (LLaVA keeps image placeholders there).
     """
     input_ids: list[int] = []
     labels: list[int] = []
@@ -47,7 +48,8 @@ def encode_conversation(tokenizer, messages, max_length: int) -> dict:
                 "the chat template does not render conversations as a growing prefix, so assistant "
                 "turns cannot be located for training labels"
             )
-        prompt_ids = tokenizer.encode(prompt[len(rendered):], add_special_tokens=False)
+        prompt_ids = (encode_prompt(tokenizer, prompt[len(rendered):]) if encode_prompt
+                      else tokenizer.encode(prompt[len(rendered):], add_special_tokens=False))
         answer_ids = tokenizer.encode(full[len(prompt):], add_special_tokens=False)
         input_ids += prompt_ids + answer_ids
         labels += [IGNORE_INDEX] * len(prompt_ids) + answer_ids

@@ -21,7 +21,7 @@ from xtuner.dataset.utils import expand2square
 from xtuner.registry import BUILDER
 from xtuner.utils import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
-from xtuner_assistant.chat_template import ChatTemplateError, render, require_chat_template
+from xtuner_assistant.chat_template import encode_conversation, render, require_chat_template
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
@@ -59,23 +59,7 @@ def llava_messages(conversations: list[dict], where: str) -> list[dict]:
 
 def encode_image_conversation(tokenizer, messages: list[dict], max_length: int) -> dict:
     """input_ids/labels like chat_template.encode_conversation, with image placeholders kept."""
-    input_ids: list[int] = []
-    labels: list[int] = []
-    rendered = ""
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = render(tokenizer, messages[:i], add_generation_prompt=True)
-        full = render(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        if not prompt.startswith(rendered) or not full.startswith(prompt):
-            raise ChatTemplateError("the chat template does not render conversations as a growing prefix, so "
-                                    "assistant turns cannot be located for training labels")
-        prompt_ids = encode_with_image(tokenizer, prompt[len(rendered):])
-        answer_ids = tokenizer.encode(full[len(prompt):], add_special_tokens=False)
-        input_ids += prompt_ids + answer_ids
-        labels += [IGNORE_INDEX] * len(prompt_ids) + answer_ids
-        rendered = full
-    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
+    return encode_conversation(tokenizer, messages, max_length, encode_prompt=encode_with_image)
 
 
 def image_prompt_ids(tokenizer, question: str) -> list[int]:
