@@ -4,6 +4,8 @@
 #   bench/gpu_runs.sh single   # 1 GPU: deepspeed_zero2, the Qwen configs, QLoRA merge check
 #   bench/gpu_runs.sh multi    # 2 GPUs: NPROC_PER_NODE=2 with deepspeed_zero2
 #   bench/gpu_runs.sh all      # 2 GPUs: bench on one while single runs on the other, then multi
+#   bench/gpu_runs.sh speed    # 1 GPU: the speed benchmark alone (stock twice, ours per pack size and loss chunk)
+#   bench/gpu_runs.sh deepspeed  # deepspeed_zero2: the three QLoRA configs on 1 GPU, InternLM2 on 2 GPUs
 # Each step is skipped when a warm machine already did it (installed wheels, random models).
 # Expects, beside the repo: .whl/ (the wheels of ../shared/gpu/fetch-wheels.sh + deepspeed's sdist and
 # its needs), .gpu/tokenizer (a stand-in tokenizer) and .gpu/bench_data.json (`bench/speed.py data`).
@@ -68,10 +70,11 @@ train() {  # LABEL CONFIG MODEL_DIR [extra args...]; settings come from XA_* in 
   return $rc
 }
 
-bench() {
+bench() {  # stock twice (two data orders: the loss curve's noise), ours per pack size and loss chunk
   python3 bench/speed.py run --data .gpu/bench_data.json --tokenizer .gpu/tokenizer --work $WORK/bench \
-    --model-dir $WORK/internlm2-chat-1.8b \
-    --out "$OUT/bench_results.json" --real-tokens ${BENCH_TOKENS:-131072} --pack-tokens 2048 4096 8192 \
+    --model-dir $WORK/internlm2-chat-1.8b --stock-seeds 0 1 --eval-new-tokens ${BENCH_EVAL_TOKENS:-0} \
+    --out "$OUT/bench_results.json" --real-tokens ${BENCH_TOKENS:-196608} --pack-tokens ${BENCH_PACKS:-4096 8192} \
+    --loss-chunk-tokens ${BENCH_CHUNKS:-256 1024} \
     >"$WORK/bench.log" 2>&1 || { note "bench failed"; tail -40 "$WORK/bench.log" >>"$LOG"; }
   sed -n '/^cuda\|^NVIDIA\|recipe \|^stock\|^ours\|^loss at\|^  /p' "$WORK/bench.log" | tail -14 | tee -a "$SUMMARY"
   grep -E "^\{" "$WORK/bench.log" >>"$LOG"
@@ -107,9 +110,17 @@ case "$MODE" in
   bench) bench; train internlm2_1gpu configs/internlm2_chat_1_8b_qlora_assistant.py "$WORK/internlm2-chat-1.8b" ;;
   single) single ;;
   multi) multi ;;
-  deepspeed)  # the shortest check of DeepSpeed ZeRO-2 over 2 GPUs
+  speed) bench ;;
+  deepspeed)  # DeepSpeed ZeRO-2: each QLoRA config on 1 GPU, InternLM2 over 2 GPUs
+    XA_EVALUATION_FREQ=0 train qwen0.5b_1gpu_zero2 configs/qwen2_5_0_5b_qlora_assistant.py \
+      "$(random_model qwen2.5-0.5b)" --deepspeed deepspeed_zero2
+    XA_EVALUATION_FREQ=0 train qwen1.5b_1gpu_zero2 configs/qwen2_5_1_5b_qlora_assistant.py \
+      "$(random_model qwen2.5-1.5b)" --deepspeed deepspeed_zero2
+    XA_EVALUATION_FREQ=0 train internlm2_1gpu_zero2 configs/internlm2_chat_1_8b_qlora_assistant.py \
+      "$WORK/internlm2-chat-1.8b" --deepspeed deepspeed_zero2
     NPROC_PER_NODE=2 XA_EVALUATION_FREQ=0 train internlm2_2gpu_zero2 configs/internlm2_chat_1_8b_qlora_assistant.py \
-      "$WORK/internlm2-chat-1.8b" --deepspeed deepspeed_zero2 ;;
+      "$WORK/internlm2-chat-1.8b" --deepspeed deepspeed_zero2
+    grep -h "varlen\|attention route" "$WORK"/*.log | sort | uniq -c | head -5 | tee -a "$SUMMARY" ;;
   all)  # 2 GPUs: the benchmark alone on GPU 0 while the 1-GPU runs use GPU 1; then both together.
     CUDA_VISIBLE_DEVICES=0 bench &
     CUDA_VISIBLE_DEVICES=1 single &

@@ -139,13 +139,13 @@ def real_tokens(data: dict) -> int:
 
 
 def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int, real_token_budget: int,
-              warmup_steps: int, shape: dict, device: str, log_every_tokens: int) -> dict:
+              warmup_steps: int, shape: dict, device: str, log_every_tokens: int, seed: int = 0) -> dict:
     """Step until `real_token_budget` real tokens have been trained after `warmup_steps` steps."""
     import torch
     from torch.utils.data import DataLoader
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(0), num_workers=1 if device == "cuda" else 0)
+                        generator=torch.Generator().manual_seed(seed), num_workers=1 if device == "cuda" else 0)
     linear = linear_parameters(shape)
     layers, hidden = shape["num_hidden_layers"], shape["hidden_size"]
     cuda = device == "cuda"
@@ -248,25 +248,39 @@ def run(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     name = "internlm2-chat-1.8b"
     overrides = json.loads(args.shape_overrides) if args.shape_overrides else None
-    shape = {**SHAPES[name], **(overrides or {})}
-    model_dir = make_random_model(name, Path(args.model_dir or work / "model"), Path(args.tokenizer), overrides=overrides)
+    real_model = args.model_dir and (Path(args.model_dir) / "config.json").is_file()
+    if real_model:  # a real model's folder: its own shape, its own tokenizer
+        name = json.loads((Path(args.model_dir) / "config.json").read_text()).get("model_type", "model")
+        shape = {**json.loads((Path(args.model_dir) / "config.json").read_text()), **(overrides or {})}
+        model_dir = Path(args.model_dir)
+    else:
+        shape = {**SHAPES[name], **(overrides or {})}
+        model_dir = make_random_model(name, Path(args.model_dir or work / "model"), Path(args.tokenizer), overrides=overrides)
     data = Path(args.data).resolve()
     results = {"device": torch.cuda.get_device_name() if not smoke else "cpu", "model_shape": name,
-               "weights": "random (throughput does not depend on the values)", "data": str(data),
-               "real_token_budget": args.real_tokens, "torch": torch.__version__, "runs": []}
+               "weights": f"real ({model_dir})" if real_model else "random (throughput does not depend on the values)",
+               "data": str(data), "real_token_budget": args.real_tokens, "torch": torch.__version__, "runs": []}
     stock_config = tutorial_stock_config(model_dir, data, work / "internlm2_chat_1_8b_qlora_alpaca_e3_tutorial.py")
-    recipes = [("stock XTuner (tutorial config)", stock_config, {})]
+    recipes = [(f"stock XTuner (tutorial config){' seed ' + str(seed) if seed else ''}", stock_config, {}, seed, None)
+               for seed in args.stock_seeds]
     for pack in args.pack_tokens:
-        recipes.append((f"ours (pack_tokens={pack})", OUR_CONFIG, {
-            "XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0",
-            "XA_PACK_TOKENS": str(pack), "XA_ACCUMULATIVE_COUNTS": str(max(1, 16 * 1024 // pack)),
-            "XA_MAX_LENGTH": "1024"}))
-    for label, config, env in recipes:
-        torch.manual_seed(0)
+        for chunk in args.loss_chunk_tokens:
+            recipes.append((f"ours (pack_tokens={pack}, loss chunk {chunk})", OUR_CONFIG, {
+                "XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0",
+                "XA_PACK_TOKENS": str(pack), "XA_ACCUMULATIVE_COUNTS": str(max(1, 16 * 1024 // pack)),
+                "XA_MAX_LENGTH": "1024"}, 0, chunk))
+    for label, config, env, seed, chunk in recipes:
+        torch.manual_seed(seed)
         model, dataset, collate, optim_wrapper, batch_size = build(config, env, smoke)
+        if chunk:
+            model.loss_chunk_tokens = chunk
         result = train_for(label, model, dataset, collate, optim_wrapper, batch_size, args.real_tokens,
-                           args.warmup_steps, shape, device, args.log_every_tokens)
+                           args.warmup_steps, shape, device, args.log_every_tokens, seed)
         result["accumulative_counts"] = optim_wrapper._accumulative_counts
+        from xtuner_assistant.document_attention import DocumentAttention
+
+        if "ours" in label and DocumentAttention.installed().route_used:
+            result["attention_route"] = DocumentAttention.installed().route_used
         if args.eval_new_tokens and not smoke:
             one = evaluation_seconds(model, model_dir, device, args.eval_new_tokens)
             # The tutorial evaluates every 300 steps of 1024 tokens: that much training per evaluation.
@@ -278,6 +292,8 @@ def run(args) -> dict:
         release()
     stock = results["runs"][0]
     for result in results["runs"][1:]:
+        if result["recipe"].startswith("stock"):
+            continue
         result["speedup_vs_stock"] = round(result["real_tokens_per_s"] / stock["real_tokens_per_s"], 2)
         if stock["peak_gpu_mib"]:
             result["peak_memory_vs_stock"] = round(result["peak_gpu_mib"] / stock["peak_gpu_mib"], 3)
@@ -298,6 +314,30 @@ def print_table(results: dict) -> None:
         print(f"  {r['recipe']:<34} " + " ".join(f"{p['loss']:.3f}" for p in r["loss_curve"]))
 
 
+def plot(results_path: Path, out: Path) -> Path:
+    """The loss curves of every recipe against real tokens trained, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = json.loads(Path(results_path).read_text())
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    for run in results["runs"]:
+        points = run["loss_curve"]
+        style = "--" if run["recipe"].startswith("stock") else "-"
+        axis.plot([p["real_tokens"] for p in points], [p["loss"] for p in points], style, marker=".",
+                  label=f"{run['recipe']}: {run['real_tokens_per_s']:,.0f} tok/s")
+    axis.set_xlabel("real (non-padding) tokens trained")
+    axis.set_ylabel("training loss (answer tokens)")
+    axis.set_title(f"{results['model_shape']}, {results['weights'].split(' (')[0]} weights, {results['device']}", fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -310,16 +350,26 @@ def main() -> None:
     bench.add_argument("--tokenizer", required=True, help="stand-in tokenizer folder")
     bench.add_argument("--work", default="/tmp/xtuner-assistant-bench")
     bench.add_argument("--out", default="bench_results.json")
-    bench.add_argument("--model-dir", help="random-weight model folder (made there if missing; default WORK/model)")
+    bench.add_argument("--model-dir", help="a real model folder (used as is, with its own tokenizer), or where random "
+                       "weights of InternLM2-Chat-1.8B's shape are made (default WORK/model)")
     bench.add_argument("--real-tokens", type=int, default=262144, help="real tokens trained by each recipe")
     bench.add_argument("--warmup-steps", type=int, default=3)
     bench.add_argument("--pack-tokens", type=int, nargs="+", default=[8192])
+    bench.add_argument("--loss-chunk-tokens", type=int, nargs="+", default=[0],
+                       help="answer tokens per logits chunk of our loss (0: the shipped default)")
+    bench.add_argument("--stock-seeds", type=int, nargs="+", default=[0],
+                       help="data orders for stock XTuner; two or more show the loss curve's noise")
     bench.add_argument("--log-every-tokens", type=int, default=16384)
     bench.add_argument("--eval-new-tokens", type=int, default=100)
     bench.add_argument("--shape-overrides", default="", help="JSON, e.g. a tiny shape for a CPU smoke run")
     bench.add_argument("--smoke", action="store_true", help="CPU, float32, no 4-bit: checks the harness only")
+    drawing = verbs.add_parser("plot", help="draw the loss curves of a results file")
+    drawing.add_argument("results")
+    drawing.add_argument("--out", required=True)
     args = parser.parse_args()
-    if args.verb == "data":
+    if args.verb == "plot":
+        print(plot(Path(args.results), Path(args.out)))
+    elif args.verb == "data":
         print(json.dumps(write_data(Path(args.out), args.identity_samples, args.seed)))
     else:
         run(args)

@@ -157,3 +157,68 @@ def test_packed_dataset_keeps_every_conversation_once():
     assert sum(len(row["input_ids"]) for row in rows) == sum(len(s["input_ids"]) for s in samples)
     assert sum(max(row["document_ids"]) + 1 for row in rows) == len(samples)
     assert dataset.report["real_tokens"] == 198 and dataset.report["rows"] == len(rows)
+
+
+def reference_varlen_kernel(query, key, value, offsets, longest, scale):
+    """What a varlen flash kernel computes, one conversation at a time with causal SDPA: (tokens, heads, dim)."""
+    pieces = []
+    for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        q, k, v = (x[start:end].transpose(0, 1)[None] for x in (query, key, value))
+        pieces.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)[0].transpose(0, 1))
+    assert longest == max(end - start for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+    return torch.cat(pieces)
+
+
+def test_document_boundaries_split_runs_of_ids_and_every_row():
+    from xtuner_assistant.document_attention import document_boundaries
+
+    ids = torch.tensor([[0, 0, 0, 1, 1, -1], [0, 0, 1, 1, 1, 1]])
+    offsets, longest = document_boundaries(ids)
+    assert offsets.tolist() == [0, 3, 5, 6, 8, 12] and offsets.dtype == torch.int32
+    assert longest == 4
+    # Two rows ending and starting with the same id are still two documents.
+    assert document_boundaries(torch.tensor([[0, 1, 1], [1, 1, 2]]))[0].tolist() == [0, 1, 3, 5, 6]
+
+
+def varlen_router(kernel):
+    router = DocumentAttention(varlen_kernel=kernel)
+    router.varlen_dtypes = (torch.float32,)  # the test runs the CPU reference in float32
+    return router
+
+
+def test_varlen_route_computes_the_same_as_each_conversation_alone(model, monkeypatch):
+    router = varlen_router(reference_varlen_kernel)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", router.as_function())
+    data = packed_collate_fn([pack_samples(CONVERSATIONS), pack_samples(CONVERSATIONS[::-1])],
+                             pad_index=0, pad_to_multiple_of=32)["data"]
+    router.set_documents(data["document_ids"])
+    zero_stride_mask = torch.zeros(()).expand(2, 1, 32, 32)
+    with torch.no_grad():
+        packed = model(input_ids=data["input_ids"], attention_mask=zero_stride_mask,
+                       position_ids=data["position_ids"]).logits
+    assert router.route_used == "varlen" and router.varlen is not None
+    for alone, ours in zip(alone_logits(model), split(packed[0])):
+        assert torch.allclose(alone, ours, atol=1e-5)
+    reversed_alone = alone_logits(model)[::-1]
+    start = 0
+    for alone in reversed_alone:  # the second row holds the conversations in reverse order
+        assert torch.allclose(alone, packed[1, start:start + len(alone)], atol=1e-5)
+        start += len(alone)
+
+
+def test_a_varlen_kernel_that_disagrees_is_dropped_for_the_dense_route(model, monkeypatch, caplog):
+    def attends_across_conversations(query, key, value, offsets, longest, scale):
+        q, k, v = (x.transpose(0, 1)[None] for x in (query, key, value))
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)[0].transpose(0, 1)
+
+    router = varlen_router(attends_across_conversations)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", router.as_function())
+    data = packed_batch(pad_to=32)
+    router.set_documents(data["document_ids"])
+    with torch.no_grad():  # as under gradient checkpointing: the check must still take gradients
+        packed = model(input_ids=data["input_ids"], attention_mask=torch.zeros(()).expand(1, 1, 32, 32),
+                       position_ids=data["position_ids"]).logits[0]
+    assert router.varlen is None and router.route_used == "dense"
+    assert "varlen flash attention unusable here" in caplog.text
+    for alone, ours in zip(alone_logits(model), split(packed)):
+        assert torch.allclose(alone, ours, atol=1e-5)
