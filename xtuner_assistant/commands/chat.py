@@ -1,10 +1,13 @@
-"""`chat MODEL`: talk to a model in the terminal, streamed, in the model's own chat template."""
+"""`chat MODEL`: talk to a model in the terminal, streamed, in the model's own chat template;
+`chat LLAVA_MODEL --image FILE`: ask a LLaVA model (a `vqa convert` folder) about an image."""
 import sys
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("chat", help="chat in the terminal (or --prompt for one reply)")
-    parser.add_argument("model", help="merged model folder, or a LoRA adapter folder")
+    parser = subparsers.add_parser("chat", help="chat in the terminal (or --prompt for one reply); "
+                                                "--image for a LLaVA model")
+    parser.add_argument("model", help="merged model folder, a LoRA adapter folder, or a LLaVA folder (`vqa convert`)")
+    parser.add_argument("--image", help="image file to ask a LLaVA model about")
     parser.add_argument("--base", help="base model for an adapter folder")
     parser.add_argument("--prompt", help="answer this one prompt and exit (for scripts)")
     parser.add_argument("--system", help="a system message to start the conversation with")
@@ -16,14 +19,33 @@ def register(subparsers):
 
 
 def run(args):
+    from xtuner_assistant.cli import UserError
+    from xtuner_assistant.image_chat import is_llava_model
+
+    if is_llava_model(args.model):
+        if not args.image:
+            raise UserError(f"{args.model} is a LLaVA model: give the image to ask about with --image FILE")
+        if args.base or args.system:
+            raise UserError("--base and --system are for text models; a LLaVA folder names its LLM in "
+                            "xtuner_config.py and answers each question about the image on its own")
+        return chat_about_image(args.model, args.image, args.prompt, args.max_new_tokens)
+    if args.image:
+        raise UserError(f"--image needs a LLaVA model folder (projector/ and xtuner_config.py, written by "
+                        f"`xtuner-assistant vqa convert`); {args.model} is not one")
+    return chat_with_text(args)
+
+
+def chat_with_text(args) -> int:
     from xtuner_assistant.generation import load_chat_model, stream_reply
+    from xtuner_assistant.repl import repl
 
     model, tokenizer = load_chat_model(args.model, args.base)
     settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                     repetition_penalty=args.repetition_penalty)
-    history = [{"role": "system", "content": args.system}] if args.system else []
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(start)
 
-    def answer(text):
+    def respond(text):
         history.append({"role": "user", "content": text})
         pieces = []
         for piece in stream_reply(model, tokenizer, history, **settings):
@@ -33,21 +55,31 @@ def run(args):
         sys.stdout.write("\n")
         history.append({"role": "assistant", "content": "".join(pieces).strip()})
 
+    def reset():
+        history[:] = start
+
     if args.prompt is not None:
-        answer(args.prompt)
+        respond(args.prompt)
         return 0
-    print("Chatting with", args.model, "- type /reset to start over, /exit (or Ctrl-D) to leave.")
-    while True:
-        try:
-            text = input("\nyou> ").strip()
-        except EOFError:
-            return 0
-        if text in ("/exit", "/quit"):
-            return 0
-        if text == "/reset":
-            del history[1 if args.system else 0:]
-            print("(conversation reset)")
-            continue
-        if text:
-            sys.stdout.write("bot> ")
-            answer(text)
+    return repl(f"Chatting with {args.model} - type /reset to start over, /exit (or Ctrl-D) to leave.",
+                respond, reset)
+
+
+def chat_about_image(model_path, image_path, prompt=None, max_new_tokens=64) -> int:
+    """Each question is answered about the image on its own (the model sees no earlier turns)."""
+    from pathlib import Path
+
+    from xtuner_assistant.image_chat import read_image
+    from xtuner_assistant.llava import answer, load_llava
+    from xtuner_assistant.repl import repl
+
+    image = read_image(Path(image_path))
+    model = load_llava(Path(model_path))
+
+    def respond(text):
+        print(answer(model, [image], [text], max_new_tokens=max_new_tokens)[0])
+
+    if prompt is not None:
+        respond(prompt)
+        return 0
+    return repl(f"Asking {model_path} about {image_path} - /exit (or Ctrl-D) to leave.", respond)

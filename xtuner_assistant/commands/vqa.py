@@ -80,7 +80,7 @@ def run_convert(args):
 
 
 def register_chat(subparsers, name: str = "chat"):
-    parser = subparsers.add_parser(name, help="ask a converted LLaVA model about an image")
+    parser = subparsers.add_parser(name, help="ask a converted LLaVA model about an image (= `chat MODEL --image`)")
     parser.add_argument("model", help="folder written by `vqa convert`")
     parser.add_argument("--image", required=True, help="image file to ask about")
     parser.add_argument("--prompt", help="answer this one question and exit (else: ask in a loop)")
@@ -89,31 +89,9 @@ def register_chat(subparsers, name: str = "chat"):
 
 
 def run_chat(args):
-    from PIL import Image
+    from xtuner_assistant.commands.chat import chat_about_image
 
-    from xtuner_assistant.llava import answer, load_llava
-
-    image_path = Path(args.image)
-    if not image_path.is_file():
-        raise FileNotFoundError(f"{image_path}: no such image file")
-    try:
-        image = Image.open(image_path).convert("RGB")
-    except OSError as error:
-        raise ValueError(f"{image_path}: not an image this machine can read ({error})") from None
-    model = load_llava(Path(args.model))
-    if args.prompt is not None:
-        print(answer(model, [image], [args.prompt], max_new_tokens=args.max_new_tokens)[0])
-        return 0
-    print(f"Asking {args.model} about {image_path} - /exit (or Ctrl-D) to leave.")
-    while True:
-        try:
-            text = input("\nyou> ").strip()
-        except EOFError:
-            return 0
-        if text in ("/exit", "/quit"):
-            return 0
-        if text:
-            print("bot>", answer(model, [image], [text], max_new_tokens=args.max_new_tokens)[0])
+    return chat_about_image(args.model, args.image, args.prompt, args.max_new_tokens)
 
 
 def register_eval(subparsers, name: str = "eval"):
