@@ -1,8 +1,10 @@
 """The web demo as a person uses it: start `xtuner-assistant web` on a tiny model beside a second
 ('base') model, open the page in a real headless Chromium, ask a question, watch both answers
-stream in, and keep a screenshot in test-artifacts/."""
+stream in, and keep a screenshot in test-artifacts/. Then the same with a tiny LLaVA model: upload
+an easy-VQA picture and get an answer about it."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from talkative_model import talkative_tiny_model_dir
+from test_llava import cli as llava_cli, easy_vqa, tiny_clip, train  # noqa: F401 (fixtures: the tiny LLaVA's parts)
 from xtuner_assistant.cli import main as cli_main
 from xtuner_assistant.commands.web import streamlit_command
 
@@ -203,3 +206,75 @@ def test_web_command_refuses_a_wrong_model_path_before_starting(tmp_path, capsys
     assert cli_main(["web", str(two_models[0]), "--compare", str(tmp_path / "missing")]) == 2
     error = capsys.readouterr().err
     assert "--compare:" in error and "missing: no such folder" in error and "Traceback" not in error
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory, easy_vqa, tiny_clip) -> Path:
+    """Stage 1 (projector on captions) of a talkative tiny LLM + tiny CLIP through `xtuner train`, converted."""
+    root = tmp_path_factory.mktemp("web-llava")
+    llm = talkative_tiny_model_dir(root / "llm")
+    train("smollm2_135m_efficientnet_lite0_pretrain.py", root / "stage1", llm=llm, visual_encoder_kind="clip",
+          visual_encoder=tiny_clip, visual_select_layer=-2, data_path=easy_vqa["captions"],
+          image_folder=easy_vqa["image_folder"], batch_size=3, seed=0)
+    assert llava_cli("vqa", "convert", root / "stage1", "--out", root / "llava") == 0
+    return root / "llava"
+
+
+IMAGE_QUESTION = "what shape is in the image?"
+
+
+def test_llava_page_answers_about_an_uploaded_image(browser, tiny_llava, easy_vqa, tmp_path):
+    from xtuner_assistant.image_chat import read_image
+    from xtuner_assistant.llava import answer, load_llava
+
+    picture = easy_vqa["image_folder"] / json.loads(easy_vqa["test"].read_text())[0]["image"]
+    process, url = start_page(tmp_path, tiny_llava, None, max_new_tokens=12)
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.goto(url)
+        page.get_by_text("Image to ask about (PNG or JPEG)").wait_for(timeout=60_000)
+        box = page.locator('[data-testid="stChatInput"] textarea')
+        uploader = page.locator('[data-testid="stFileUploader"] input[type="file"]')
+
+        # A question before any image: told what to do, nothing is answered.
+        box.fill(IMAGE_QUESTION)
+        box.press("Enter")
+        page.get_by_text("Upload an image first").wait_for(timeout=60_000)
+        assert page.locator('[data-testid="stChatMessage"]').count() == 0
+
+        # A file that only claims to be a PNG: an error on the page, which keeps working.
+        uploader.set_input_files({"name": "broken.png", "mimeType": "image/png", "buffer": b"not an image at all"})
+        page.get_by_text("broken.png: not an image").wait_for(timeout=60_000)
+        assert page.locator('[data-testid="stException"]').count() == 0
+
+        uploader.set_input_files(str(picture))
+        page.locator('[data-testid="stImage"]').wait_for(timeout=60_000)
+        box.fill(IMAGE_QUESTION)
+        box.press("Enter")
+        page.wait_for_function(f"document.querySelectorAll('{ASSISTANT}').length == 1", timeout=120_000)
+        page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=60_000)
+        page.wait_for_timeout(500)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web_demo_llava.png"), full_page=True)
+
+        expected = answer(load_llava(tiny_llava, device="cpu"), [read_image(picture)], [IMAGE_QUESTION],
+                          max_new_tokens=12)[0]
+        assert words(expected), "the tiny LLaVA should say something"
+        shown = page.locator(ASSISTANT).locator(CONTENT).inner_text()
+        assert words(shown) == words(expected), (shown, expected)
+        assert f"about {picture.name}" in page.locator('[data-testid="stChatMessage"]').first.inner_text()
+
+        # Reset clears the conversation and the image.
+        page.get_by_role("button", name="Reset conversation").click()
+        page.wait_for_function("document.querySelectorAll('[data-testid=\"stChatMessage\"]').length == 0",
+                               timeout=30_000)
+        page.locator('[data-testid="stImage"]').wait_for(state="detached", timeout=30_000)
+        assert page.locator('[data-testid="stFileUploaderFile"]').count() == 0
+    finally:
+        stop(process)
+
+
+def test_web_command_takes_a_llava_folder_but_not_with_base(tiny_llava, two_models, capsys):
+    assert cli_main(["web", str(tiny_llava), "--base", str(two_models[1])]) == 2
+    error = capsys.readouterr().err
+    assert "is a LLaVA folder" in error and "Traceback" not in error

@@ -1,5 +1,5 @@
 """`web MODEL [--compare BASE]`: the Streamlit chat page (web/app.py), the fine-tuned model beside
-the base model."""
+the base model; a LLaVA model (a `vqa convert` folder) gets an image uploader."""
 from __future__ import annotations
 
 import subprocess
@@ -11,7 +11,7 @@ WEB_APP = Path(__file__).resolve().parents[2] / "web" / "app.py"
 
 def register(subparsers):
     parser = subparsers.add_parser("web", help="chat in the browser, side by side with the base model")
-    parser.add_argument("model", help="merged model folder, or a LoRA adapter folder")
+    parser.add_argument("model", help="merged model folder, a LoRA adapter folder, or a LLaVA folder (`vqa convert`)")
     parser.add_argument("--compare", metavar="BASE", help="a second model answering the same questions "
                                                           "(usually the base model)")
     parser.add_argument("--base", help="base model for an adapter folder")
@@ -39,9 +39,13 @@ def streamlit_command(model, compare=None, base=None, host="127.0.0.1", port=850
 def run(args):
     from xtuner_assistant.cli import UserError
     from xtuner_assistant.generation import ModelPathError, check_model_dir
+    from xtuner_assistant.image_chat import is_llava_model
 
+    if args.base and is_llava_model(args.model):
+        raise UserError(f"--base: {args.model} is a LLaVA folder, which names its LLM in xtuner_config.py; "
+                        "--base is only for a LoRA adapter folder")
     for what, path in (("MODEL", args.model), ("--compare", args.compare), ("--base", args.base)):
-        if path:
+        if path and not is_llava_model(path):
             try:
                 check_model_dir(path)
             except ModelPathError as error:
