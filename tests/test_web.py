@@ -274,7 +274,24 @@ def test_llava_page_answers_about_an_uploaded_image(browser, tiny_llava, easy_vq
         stop(process)
 
 
-def test_web_command_takes_a_llava_folder_but_not_with_base(tiny_llava, two_models, capsys):
+def test_llava_page_says_clearly_when_its_llm_is_gone(tiny_llava, tmp_path, monkeypatch):
+    moved = tmp_path / "llava"
+    shutil.copytree(tiny_llava, moved)
+    config = moved / "xtuner_config.py"
+    config.write_text(config.read_text().replace(str(tiny_llava.parent / "llm"), str(tmp_path / "gone")))
+    page = run_page(monkeypatch, "--model", moved)
+    errors = [error.value for error in page.error]
+    assert len(errors) == 1 and errors[0].startswith(f"Fine-tuned model at {moved} could not be loaded"), errors
+    assert f"its LLM folder {tmp_path / 'gone'} is missing" in errors[0]
+    assert len(page.chat_input) == 0
+
+
+def test_web_command_takes_a_llava_folder_but_not_with_base(tiny_llava, two_models, capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr("xtuner_assistant.commands.web.subprocess.call", lambda command: started.append(command) or 0)
+    assert cli_main(["web", str(tiny_llava), "--compare", str(two_models[1])]) == 0
+    assert started == [streamlit_command(tiny_llava, two_models[1])]
+
     assert cli_main(["web", str(tiny_llava), "--base", str(two_models[1])]) == 2
     error = capsys.readouterr().err
     assert "is a LLaVA folder" in error and "Traceback" not in error

@@ -128,7 +128,7 @@ def main(argv: list[str]) -> None:
         except ChatTemplateError as error:
             st.error(f"{panel['label']} model: {error}")
             st.stop()
-        except (OSError, ValueError, llava.LLaVAModelError) as error:  # unreadable weights or config: say which model, no traceback
+        except (OSError, ValueError, llava.LLaVAModelError) as error:  # say which model, no traceback
             st.error(f"{panel['label']} model at {panel['path']} could not be loaded: {error}")
             st.stop()
 
