@@ -161,12 +161,12 @@ def main(argv: list[str]) -> None:
         conversation.append({"role": "assistant", "content": (answer or "").strip()})
 
 
-def answer_about_image(model, image, question: str, conversation: list[dict], max_new_tokens: int) -> None:
-    if image is None:
+def answer_about_image(model, upload, question: str, conversation: list[dict], max_new_tokens: int) -> None:
+    if upload is None:
         st.warning("Upload an image first (PNG or JPEG, above): this is a LLaVA model, it answers questions "
                    "about an image.")
         return
-    image, name = image
+    image, name = upload
     conversation.append({"role": "user", "content": question, "image": name})
     show(conversation[-1])
     with st.chat_message("assistant"):
