@@ -30,6 +30,8 @@ SHAPES = {
         rms_norm_eps=1e-6, tie_word_embeddings=True),
 }
 
+RANDOM_WEIGHTS_MARK = "RANDOM_WEIGHTS"  # written beside the weights, so no report calls them real
+
 INTERNLM2_AUTO_MAP = {
     "AutoConfig": "configuration_internlm2.InternLM2Config",
     "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
@@ -93,6 +95,7 @@ def make_random_model(name: str, folder: Path, tokenizer_dir: Path, seed: int = 
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=True, torch_dtype=torch.bfloat16)
     model.save_pretrained(folder, safe_serialization=True)
+    (folder / RANDOM_WEIGHTS_MARK).write_text("random weights of the real shape, for speed and memory runs only\n")
     return folder
 
 

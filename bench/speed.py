@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from random_models import SHAPES, linear_parameters, make_random_model  # noqa: E402
+from random_models import RANDOM_WEIGHTS_MARK, SHAPES, linear_parameters, make_random_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUR_CONFIG = REPO / "configs" / "internlm2_chat_1_8b_qlora_assistant.py"
@@ -150,7 +150,7 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
     layers, hidden = shape["num_hidden_layers"], shape["hidden_size"]
     cuda = device == "cuda"
     model.train()
-    steps, tokens, pairs, seconds = 0, 0, 0, 0.0
+    steps, tokens, pairs, seconds, warmup_tokens = 0, 0, 0, 0.0, 0
     curve, window_loss, window_tokens = [], 0.0, 0
     losses_since_log = []
     if cuda:
@@ -178,6 +178,7 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
         elapsed = time.perf_counter() - start
         step_index += 1
         if step_index <= warmup_steps:
+            warmup_tokens += step_real  # trained on, so the loss curve counts them; the timing does not
             continue
         steps += 1
         tokens += step_real
@@ -187,7 +188,7 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
         window_tokens += step_real
         if window_tokens >= log_every_tokens or tokens >= real_token_budget:
             mean = sum(l * n for l, n in losses_since_log) / sum(n for _, n in losses_since_log)
-            curve.append({"real_tokens": tokens, "loss": round(mean, 4)})
+            curve.append({"real_tokens": warmup_tokens + tokens, "loss": round(mean, 4)})
             losses_since_log, window_tokens = [], 0
     # Frozen base: forward 2 FLOPs per weight per token and attention 2*2*d per query-key pair a
     # layer; backward computes input gradients only (about as much again). Recomputation by
@@ -196,7 +197,7 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
     result = {
         "recipe": name, "steps": steps, "real_tokens": tokens, "seconds": round(seconds, 3),
         "real_tokens_per_s": round(tokens / seconds, 1), "step_ms": round(1000 * seconds / steps, 1),
-        "real_tokens_per_step": round(tokens / steps, 1),
+        "real_tokens_per_step": round(tokens / steps, 1), "warmup_real_tokens": warmup_tokens,
         "mfu": round(useful_flops / seconds / H200_BF16_DENSE_FLOPS, 4) if cuda else None,
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None,
         "peak_gpu_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20) if cuda else None,
@@ -248,10 +249,14 @@ def run(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     name = "internlm2-chat-1.8b"
     overrides = json.loads(args.shape_overrides) if args.shape_overrides else None
-    real_model = args.model_dir and (Path(args.model_dir) / "config.json").is_file()
+    real_model = (args.model_dir and (Path(args.model_dir) / "config.json").is_file()
+                  and not (Path(args.model_dir) / RANDOM_WEIGHTS_MARK).exists())
     if real_model:  # a real model's folder: its own shape, its own tokenizer
         name = json.loads((Path(args.model_dir) / "config.json").read_text()).get("model_type", "model")
         shape = {**json.loads((Path(args.model_dir) / "config.json").read_text()), **(overrides or {})}
+        model_dir = Path(args.model_dir)
+    elif args.model_dir and (Path(args.model_dir) / "config.json").is_file():  # random weights made earlier
+        shape = {**SHAPES[name], **(overrides or {})}
         model_dir = Path(args.model_dir)
     else:
         shape = {**SHAPES[name], **(overrides or {})}
@@ -314,8 +319,9 @@ def print_table(results: dict) -> None:
         print(f"  {r['recipe']:<34} " + " ".join(f"{p['loss']:.3f}" for p in r["loss_curve"]))
 
 
-def plot(results_path: Path, out: Path) -> Path:
-    """The loss curves of every recipe against real tokens trained, one PNG."""
+def plot(results_path: Path, out: Path, warmup_steps: int = 0) -> Path:
+    """The loss curves of every recipe against real tokens trained, one PNG. Results written before
+    the curves counted the warm-up steps' tokens are shifted by `warmup_steps` steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -325,12 +331,15 @@ def plot(results_path: Path, out: Path) -> Path:
     figure, axis = plt.subplots(figsize=(7, 4.2))
     for run in results["runs"]:
         points = run["loss_curve"]
+        shift = 0 if "warmup_real_tokens" in run else warmup_steps * run["real_tokens_per_step"]
+        points = [dict(p, real_tokens=p["real_tokens"] + shift) for p in points]
         style = "--" if run["recipe"].startswith("stock") else "-"
         axis.plot([p["real_tokens"] for p in points], [p["loss"] for p in points], style, marker=".",
                   label=f"{run['recipe']}: {run['real_tokens_per_s']:,.0f} tok/s")
     axis.set_xlabel("real (non-padding) tokens trained")
     axis.set_ylabel("training loss (answer tokens)")
-    axis.set_title(f"{results['model_shape']}, {results['weights'].split(' (')[0]} weights, {results['device']}", fontsize=9)
+    axis.set_title(f"{results['model_shape']}, {results['weights'].split(' (')[0]} weights, {results['device']}; "
+                   "x counts warm-up steps too", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     figure.tight_layout()
@@ -366,9 +375,10 @@ def main() -> None:
     drawing = verbs.add_parser("plot", help="draw the loss curves of a results file")
     drawing.add_argument("results")
     drawing.add_argument("--out", required=True)
+    drawing.add_argument("--warmup-steps", type=int, default=0, help="for results from before warm-up tokens were counted")
     args = parser.parse_args()
     if args.verb == "plot":
-        print(plot(Path(args.results), Path(args.out)))
+        print(plot(Path(args.results), Path(args.out), args.warmup_steps))
     elif args.verb == "data":
         print(json.dumps(write_data(Path(args.out), args.identity_samples, args.seed)))
     else:

@@ -21,9 +21,12 @@ identity_samples = setting("identity_samples", 2000)
 general = [s for s in setting("general", "packaged:chatterbot,packaged:chitchat").split(",") if s]  # "" = none
 general_ratio = setting("general_ratio", 1.0)  # general conversations per identity one; 0 = the tutorial's data alone
 max_length = setting("max_length", 1024)
-pack_tokens = setting("pack_tokens", 8192)  # tokens per row: 8 of the tutorial's 1024-token rows
+# Tokens per row: 4 of the tutorial's 1024-token rows. Measured on an H200 against stock XTuner
+# (BENCHMARKS.md): 4096 ran 3.2-3.7x stock's tokens/s at 1.04x its peak memory; 8192 ran 3.5-3.9x
+# at 1.44x. Raise it where memory is plentiful.
+pack_tokens = setting("pack_tokens", 4096)
 rows_per_batch = setting("rows_per_batch", 1)
-accumulative_counts = setting("accumulative_counts", 2)  # 2 x 8192 = the tutorial's 16 x 1024 tokens a step
+accumulative_counts = setting("accumulative_counts", 4)  # 4 x 4096 = the tutorial's 16 x 1024 tokens a step
 lr = setting("lr", 2e-4)
 max_epochs = setting("max_epochs", 2)
 warmup_iters = setting("warmup_iters", 10)

@@ -222,3 +222,23 @@ def test_a_varlen_kernel_that_disagrees_is_dropped_for_the_dense_route(model, mo
     assert "varlen flash attention unusable here" in caplog.text
     for alone, ours in zip(alone_logits(model), split(packed)):
         assert torch.allclose(alone, ours, atol=1e-5)
+
+
+def test_under_autocast_float32_attention_inputs_take_the_varlen_route_in_half_precision(model, monkeypatch):
+    """Rotary embeddings kept in float32 promote q and k; SDPA would cast them under autocast, so must we."""
+    seen = []
+
+    def recording_kernel(query, key, value, offsets, longest, scale):
+        seen.append(query.dtype)
+        return reference_varlen_kernel(query, key, value, offsets, longest, scale)
+
+    router = DocumentAttention(varlen_kernel=recording_kernel)  # default: half-precision dtypes only
+    data = packed_batch(pad_to=32)
+    router.set_documents(data["document_ids"])
+    query = torch.randn(1, 2, 32, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = router(query, query, query, attn_mask=torch.zeros(()).expand(1, 1, 32, 32))
+    assert router.route_used == "varlen" and set(seen) == {torch.bfloat16} and out.dtype == torch.bfloat16
+    router.route_used = None
+    router(query, query, query, attn_mask=torch.zeros(()).expand(1, 1, 32, 32))  # no autocast: float32 stays dense
+    assert router.route_used == "dense"

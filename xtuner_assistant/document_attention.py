@@ -128,7 +128,9 @@ class DocumentAttention:
         if not self._ours(query, key, attn_mask, dropout_p):
             return self.original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                  scale=scale, **kwargs)
-        if self.varlen is not None and query.dtype in self.varlen_dtypes:
+        dtype = self._half_dtype(query)
+        if self.varlen is not None and dtype is not None:
+            query, key, value = (x.to(dtype) for x in (query, key, value))
             if not self.varlen_checked:
                 self._check_varlen(query, scale)
             if self.varlen is not None:
@@ -143,6 +145,17 @@ class DocumentAttention:
                 self._give_up_flex(error)
         self._use("dense")
         return self._dense(query, key, value, self.documents, scale)
+
+    def _half_dtype(self, query):
+        """The dtype the varlen kernel would run in, or None. Under autocast, float32 inputs (rotary
+        embeddings in float32 promote q and k) go in autocast's dtype, as SDPA itself would take them."""
+        if query.dtype in self.varlen_dtypes:
+            return query.dtype
+        device = query.device.type
+        if query.dtype == torch.float32 and torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            return dtype if dtype in self.varlen_dtypes else None
+        return None
 
     def _use(self, route: str) -> None:
         if route != self.route_used:
@@ -180,10 +193,11 @@ class DocumentAttention:
                 varlen_grads = torch.autograd.grad(varlen_out.float().square().sum(), (q, k, v))
                 dense_out = self._dense(q, k, v, documents, scale)
                 dense_grads = torch.autograd.grad(dense_out.float().square().sum(), (q, k, v))
-            worst = max((a.float() - b.float()).abs().max().item()
+            # Relative to each tensor's scale: half-precision rounding, not a wrong attention pattern.
+            worst = max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
                         for a, b in zip((varlen_out, *varlen_grads), (dense_out, *dense_grads)))
-            if worst > 5e-2:
-                raise ValueError(f"differs from the dense route by {worst:.3g}")
+            if worst > 2e-2:
+                raise ValueError(f"differs from the dense route by {worst:.3g} of its scale")
         except Exception as error:  # noqa: BLE001 -- missing kernels fail in many ways
             self._give_up_varlen(error)
 

@@ -120,7 +120,7 @@ def base_model_answers(model_path: str | Path, prompts: list[str], max_new_token
     def generate(prompts, max_new_tokens):
         from xtuner_assistant.generation import load_chat_model
 
-        model, tokenizer = load_chat_model(model_path, device="cpu")
+        model, tokenizer = load_chat_model(model_path)  # the GPU where there is one
         return generate_with(model, tokenizer)(prompts, max_new_tokens)
 
     return cached_answers(model_path, prompts, max_new_tokens, generate)

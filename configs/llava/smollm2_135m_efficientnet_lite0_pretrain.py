@@ -27,6 +27,7 @@ max_epochs = setting("max_epochs", 1)
 warmup_iters = setting("warmup_iters", 10)
 save_steps = setting("save_steps", 100)
 seed = setting("seed", 0)
+num_workers = setting("num_workers", 0)  # image-loading processes; 4-8 keep a GPU fed
 
 #######################################################################
 #             PART 2  Wiring (xtuner_assistant/llava_recipe.py)       #
@@ -36,7 +37,7 @@ visual_encoder, image_processor = vision_encoder(visual_encoder_kind, visual_enc
                                                 feature_block)
 model = llava_model(llm, visual_encoder, stage="pretrain", visual_select_layer=visual_select_layer)
 train_dataloader = llava_dataloader(data_path, image_folder, tokenizer, image_processor, max_length=max_length,
-                                    batch_size=batch_size, seed=seed)
+                                    batch_size=batch_size, seed=seed, num_workers=num_workers)
 optim_wrapper = optimizer(lr, accumulative_counts, mixed_precision=None)
 param_scheduler, train_cfg = schedule(max_epochs, warmup_iters)
 default_hooks = dict(checkpoint=dict(interval=save_steps))
