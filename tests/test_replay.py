@@ -1,0 +1,101 @@
+"""Base-model replay: the base model's own answers to a bilingual prompt pool (plus the user's), made
+once and cached, cut to whole sentences without loops, and mixed in by MixedChatDataset at a ratio."""
+import json
+
+import pytest
+
+from xtuner_assistant import replay
+from xtuner_assistant.mixing import MixedChatDataset, language_of
+from xtuner_assistant.replay import ReplayError
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XTUNER_ASSISTANT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def canned_answers(prompts, max_new_tokens):
+    """What a base model might say: whole sentences, a cut-off one, a loop, nothing."""
+    answers = []
+    for i, prompt in enumerate(prompts):
+        kind = i % 4
+        if kind == 0:
+            answers.append(f"Here is an answer to {prompt!r}. It ends well.")
+        elif kind == 1:
+            answers.append("这是一个回答。它还没有说完因为")
+        elif kind == 2:
+            answers.append("the same words " * 30)
+        else:
+            answers.append("")
+    return answers
+
+
+def test_the_pool_is_bilingual_and_user_prompts_join_it_once(tmp_path):
+    pool = replay.replay_prompts()
+    assert any(language_of({"messages": [{"role": "user", "content": p}]}) == "zh" for p in pool)
+    assert any(language_of({"messages": [{"role": "user", "content": p}]}) == "en" for p in pool)
+    extra_txt = tmp_path / "mine.txt"
+    extra_txt.write_text(f"How do tides work?\n\n{pool[0]}\n", encoding="utf-8")
+    extra_json = tmp_path / "mine.json"
+    extra_json.write_text(json.dumps(["潮汐是怎么形成的？"], ensure_ascii=False), encoding="utf-8")
+    assert replay.replay_prompts(extra_txt) == pool + ["How do tides work?"]  # a prompt already pooled is not doubled
+    assert replay.replay_prompts(extra_json)[-1] == "潮汐是怎么形成的？"
+
+
+def test_bad_prompt_files_say_what_is_wrong_and_where(tmp_path):
+    with pytest.raises(ReplayError, match="no such prompts file"):
+        replay.replay_prompts(tmp_path / "missing.txt")
+    broken = tmp_path / "broken.json"
+    broken.write_text('["fine",\n oops]', encoding="utf-8")
+    with pytest.raises(ReplayError, match=r"broken.json:2: not valid JSON"):
+        replay.replay_prompts(broken)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('["fine", 3]', encoding="utf-8")
+    with pytest.raises(ReplayError, match="item 1 is not a non-empty string"):
+        replay.replay_prompts(wrong)
+
+
+def test_answers_are_generated_once_per_model_prompts_and_length(home, tiny_model_dir):
+    calls = []
+
+    def generate(prompts, max_new_tokens):
+        calls.append((tuple(prompts), max_new_tokens))
+        return [f"answer {i}." for i in range(len(prompts))]
+
+    first = replay.cached_answers(tiny_model_dir, ["a", "b"], 32, generate)
+    again = replay.cached_answers(tiny_model_dir, ["a", "b"], 32, generate)
+    assert first == again == ["answer 0.", "answer 1."] and len(calls) == 1
+    replay.cached_answers(tiny_model_dir, ["a", "b", "c"], 32, generate)  # other prompts
+    replay.cached_answers(tiny_model_dir, ["a", "b"], 64, generate)  # another length limit
+    assert len(calls) == 3
+    assert len(list((home / "answers").glob("*.json"))) == 3
+
+
+def test_replay_keeps_whole_sentences_and_drops_loops_and_empty_answers(home, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(replay, "base_model_answers",
+                        lambda model_path, prompts, max_new_tokens: canned_answers(prompts, max_new_tokens))
+    path = replay.replay_file(tiny_model_dir)
+    conversations = [json.loads(line) for line in open(path, encoding="utf-8")]
+    prompts = replay.replay_prompts()
+    answers = [c["messages"][1]["content"] for c in conversations]
+    assert len(conversations) == len(prompts[0::4]) + len(prompts[1::4])  # loops and empty answers left out
+    assert all(a.endswith((".", "。")) for a in answers)  # "…还没有说完因为" is cut at its last full stop
+    assert "这是一个回答。" in answers and not any("the same words" in a for a in answers)
+
+
+def test_a_model_with_no_usable_answer_is_refused_with_what_to_do(home, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(replay, "base_model_answers", lambda model_path, prompts, max_new_tokens: [""] * len(prompts))
+    with pytest.raises(ReplayError, match="set replay_ratio=0"):
+        replay.replay_file(tiny_model_dir)
+
+
+def test_the_mixed_dataset_draws_replay_at_its_ratio(home, tiny_model_dir, tokenizer, monkeypatch):
+    monkeypatch.setattr(replay, "base_model_answers",
+                        lambda model_path, prompts, max_new_tokens: canned_answers(prompts, max_new_tokens))
+    identity = dict(type="IdentityConversations", name="Zed", n=40, seed=0)
+    data = MixedChatDataset(tokenizer, identity, general=[], general_ratio=0.0,
+                            replay=replay.replay_file(tiny_model_dir), replay_ratio=0.5, max_length=512)
+    assert data.kinds.count("identity") == 40
+    assert data.kinds.count("replay") == data.report["replay_zh_drawn"] + data.report["replay_en_drawn"]
+    assert 18 <= data.kinds.count("replay") <= 22  # half as many as identity conversations, language by language
