@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from xtuner_assistant import progress
+from xtuner_assistant.image_chat import is_llava_model
 from xtuner_assistant.paths import replace_dir_atomic, staging_dir_for
 from xtuner_assistant.work_dir import last_checkpoint, resolved_config
 from xtuner_assistant.xtuner_tools import run_tool
@@ -69,7 +70,7 @@ def load_llava(path: Path, device: str | None = None) -> LLaVA:
 
     path = Path(path)
     config_file = path / "xtuner_config.py"
-    if not (path / "projector").is_dir() or not config_file.is_file():
+    if not is_llava_model(path):
         raise LLaVAModelError(f"{path}: not a converted LLaVA model (needs projector/ and xtuner_config.py); "
                               "make one with `xtuner-assistant vqa convert WORK_DIR --out FOLDER`")
     cfg = Config.fromfile(str(config_file))
