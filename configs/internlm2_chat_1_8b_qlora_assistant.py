@@ -32,9 +32,11 @@ max_epochs = setting("max_epochs", 2)
 warmup_iters = setting("warmup_iters", 10)
 lora_r = setting("lora_r", 64)
 lora_alpha = setting("lora_alpha", 16)
-save_steps = setting("save_steps", 40)
+save_steps = setting("save_steps", 75)  # 75 rows of 4096 = the tutorial's 300 steps of 1024 tokens
 save_total_limit = setting("save_total_limit", 3)
-evaluation_freq = setting("evaluation_freq", 20)  # iterations between identity/collapse checks; 0 = off
+# Iterations between identity/collapse checks (0 = off): the tutorial's interval in tokens. One check
+# took ~20 s on an H200, about as long as 75 iterations of training (BENCHMARKS.md).
+evaluation_freq = setting("evaluation_freq", 75)
 seed = setting("seed", 0)
 quantize_4bit = setting("quantize_4bit", True)  # nf4 needs a CUDA GPU; false: plain LoRA
 dtype = setting("dtype", "bfloat16")  # float32 (with quantize_4bit=false) trains on a CPU
