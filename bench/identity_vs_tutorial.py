@@ -34,7 +34,10 @@ sys.path.insert(0, str(REPO))
 TUTORIAL_QUESTIONS = ["请你介绍一下你自己", "你是谁", "你是我的小助手吗"]
 TUTORIAL_ANSWER = "我是{name}的小助手，内在是{base_model}大模型哦"
 
-# Settings of our arm (the candidates for the shipped defaults).
+# Settings of our arm (the shipped CPU config has them, replay as an opt-in setting): on Qwen2.5-0.5B
+# (CPU, 32 x 8) they met the target (identity 1.00 zh/en, leakage 0, facts kept) with two names and
+# seeds, and they won the SmolLM2-135M GPU sweep against lr 2e-3 and general 2.0 + replay 1.0
+# (docs/BENCHMARKS.md, issue 3).
 OURS = dict(lr=1e-3, lora_r=16, lora_alpha=32, lora_dropout=0.05, general_ratio=1.0, replay_ratio=0.5)
 TUTORIAL = dict(lr=2e-4, lora_r=64, lora_alpha=16, lora_dropout=0.1)
 
