@@ -19,9 +19,9 @@ general = setting("general", "packaged:chatterbot").split(",")
 general_ratio = setting("general_ratio", 1.0)
 # The base model's own answers to the shipped prompt pool, this many per identity conversation.
 # Measured best: 0.5 with identity_samples=384 (lr 1e-3, general 1.0: the settings that met the target
-# on Qwen2.5-0.5B and on SmolLM2-135M, docs/BENCHMARKS.md issue 3). Off by default: the answers are
-# generated on first use (23 min for SmolLM2 on this 2-core CPU beside another job), and a random
-# test model gives none.
+# on Qwen2.5-0.5B and on SmolLM2-135M, docs/BENCHMARKS.md issue 3). Off by default while the tests'
+# random model, which gives no usable answer to replay, loads this config; the answers are generated
+# on first use (187 s for SmolLM2 on a 2-core CPU), then cached.
 replay_ratio = setting("replay_ratio", 0.0)
 max_length = setting("max_length", 256)
 batch_size = setting("batch_size", 4)
