@@ -243,24 +243,22 @@ def release() -> None:
 def run(args) -> dict:
     import torch
 
+    from xtuner_assistant import document_attention
+
     smoke = args.smoke or not torch.cuda.is_available()
     device = "cpu" if smoke else "cuda"
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     name = "internlm2-chat-1.8b"
     overrides = json.loads(args.shape_overrides) if args.shape_overrides else None
-    real_model = (args.model_dir and (Path(args.model_dir) / "config.json").is_file()
-                  and not (Path(args.model_dir) / RANDOM_WEIGHTS_MARK).exists())
+    model_dir = Path(args.model_dir or work / "model")
+    real_model = (model_dir / "config.json").is_file() and not (model_dir / RANDOM_WEIGHTS_MARK).exists()
     if real_model:  # a real model's folder: its own shape, its own tokenizer
-        name = json.loads((Path(args.model_dir) / "config.json").read_text()).get("model_type", "model")
-        shape = {**json.loads((Path(args.model_dir) / "config.json").read_text()), **(overrides or {})}
-        model_dir = Path(args.model_dir)
-    elif args.model_dir and (Path(args.model_dir) / "config.json").is_file():  # random weights made earlier
+        shape = {**json.loads((model_dir / "config.json").read_text()), **(overrides or {})}
+        name = shape.get("model_type", "model")
+    else:  # random weights of InternLM2's shape, made once (an existing folder is used as it is)
         shape = {**SHAPES[name], **(overrides or {})}
-        model_dir = Path(args.model_dir)
-    else:
-        shape = {**SHAPES[name], **(overrides or {})}
-        model_dir = make_random_model(name, Path(args.model_dir or work / "model"), Path(args.tokenizer), overrides=overrides)
+        model_dir = make_random_model(name, model_dir, Path(args.tokenizer), overrides=overrides)
     data = Path(args.data).resolve()
     results = {"device": torch.cuda.get_device_name() if not smoke else "cpu", "model_shape": name,
                "weights": f"real ({model_dir})" if real_model else "random (throughput does not depend on the values)",
@@ -282,10 +280,9 @@ def run(args) -> dict:
         result = train_for(label, model, dataset, collate, optim_wrapper, batch_size, args.real_tokens,
                            args.warmup_steps, shape, device, args.log_every_tokens, seed)
         result["accumulative_counts"] = optim_wrapper._accumulative_counts
-        from xtuner_assistant.document_attention import DocumentAttention
-
-        if "ours" in label and DocumentAttention.installed().route_used:
-            result["attention_route"] = DocumentAttention.installed().route_used
+        router = document_attention._document_attention  # installed by our model's first packed step on CUDA
+        if "ours" in label and router is not None and router.route_used:
+            result["attention_route"] = router.route_used
         if args.eval_new_tokens and not smoke:
             one = evaluation_seconds(model, model_dir, device, args.eval_new_tokens)
             # The tutorial evaluates every 300 steps of 1024 tokens: that much training per evaluation.

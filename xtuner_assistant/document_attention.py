@@ -22,6 +22,8 @@ import logging
 
 import torch
 
+from xtuner_assistant.packing import allowed_pairs
+
 _log = logging.getLogger(__name__)
 
 
@@ -70,7 +72,7 @@ class DocumentAttention:
         self.varlen_checked = False
         self.flex = None
         self.flex_failed = False
-        self.block_mask = self.documents = self.boundaries = None
+        self.block_mask = self.documents = self.boundaries = self.allowed = None
         self.route_used = None
 
     @classmethod
@@ -98,7 +100,7 @@ class DocumentAttention:
 
     def set_documents(self, document_ids: torch.Tensor) -> None:
         self.documents = document_ids
-        self.block_mask = None
+        self.block_mask = self.allowed = None
         self.boundaries = document_boundaries(document_ids) if self.varlen is not None else None
         if self.flex is None:
             return
@@ -144,7 +146,9 @@ class DocumentAttention:
             except Exception as error:  # noqa: BLE001 -- compile failures come in many types
                 self._give_up_flex(error)
         self._use("dense")
-        return self._dense(query, key, value, self.documents, scale)
+        if self.allowed is None:  # once per batch, not once per layer and recomputation
+            self.allowed = allowed_pairs(self.documents)
+        return self.original(query, key, value, attn_mask=self.allowed, scale=scale)
 
     def _half_dtype(self, query):
         """The dtype the varlen kernel would run in, or None. Under autocast, float32 inputs (rotary
@@ -174,8 +178,7 @@ class DocumentAttention:
         return out.view(batch, n, heads, value.shape[-1]).transpose(1, 2)
 
     def _dense(self, query, key, value, documents, scale):
-        allowed = (documents[:, :, None] == documents[:, None, :]).tril()[:, None]
-        return self.original(query, key, value, attn_mask=allowed, scale=scale)
+        return self.original(query, key, value, attn_mask=allowed_pairs(documents), scale=scale)
 
     def _check_varlen(self, like: torch.Tensor, scale) -> None:
         """Once, on this GPU: the varlen route's output and gradients against the dense route's,

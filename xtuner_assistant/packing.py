@@ -95,14 +95,17 @@ def packed_collate_fn(instances, pad_index: int = 0, pad_to_multiple_of: int = 6
     return {"data": data, "data_samples": None}
 
 
+def allowed_pairs(document_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, n, n) boolean: query i may see key j (same document, j <= i)."""
+    return (document_ids[:, :, None] == document_ids[:, None, :]).tril()[:, None]
+
+
 def block_diagonal_causal_mask(document_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(batch, 1, n, n) additive mask: 0 where query i may see key j (same document, j <= i),
-    the dtype's minimum elsewhere -- the "inverted" 4-D form transformers passes to SDPA as is."""
-    n = document_ids.shape[-1]
-    causal = torch.ones(n, n, dtype=torch.bool, device=document_ids.device).tril()
-    allowed = (document_ids[:, :, None] == document_ids[:, None, :]) & causal
+    """`allowed_pairs` as the additive mask transformers passes to SDPA as is ("inverted" 4-D form):
+    0 where attention is allowed, the dtype's minimum elsewhere."""
+    allowed = allowed_pairs(document_ids)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=document_ids.device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def real_token_count(data: dict) -> int:
