@@ -6,8 +6,7 @@
 #   (or: XA_MODEL=/root/ft/model XA_NAME=小菜鸡 xtuner train THIS_FILE; NPROC_PER_NODE=2 for 2 GPUs)
 _base_ = ["./_base_/runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.recipe import (assistant_eval_hook, chat_tokenizer, identity_source, optimizer, packed_dataloader,
-                                     packed_lora_model, required_setting, schedule, setting)
+from xtuner_assistant.recipe import packed_qlora_wiring, required_setting, setting
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -45,14 +44,6 @@ flex_attention = setting("flex_attention", False)  # CUDA: skip attention betwee
 #######################################################################
 #                  PART 2  Wiring (xtuner_assistant/recipe.py)        #
 #######################################################################
-tokenizer = chat_tokenizer(model_path)
-model = packed_lora_model(model_path, r=lora_r, alpha=lora_alpha, dropout=0.1, quantize_4bit=quantize_4bit,
-                          dtype=f"torch.{dtype}", flex_attention=flex_attention)
-train_dataloader = packed_dataloader(
-    tokenizer, identity_source(identity_file, name, author, base_model, identity_samples, seed),
-    general, general_ratio, max_length, pack_tokens, rows_per_batch, seed)
-optim_wrapper = optimizer(lr, accumulative_counts, mixed_precision=None if dtype == "float32" else dtype)
-param_scheduler, train_cfg = schedule(max_epochs, warmup_iters)
-default_hooks = dict(checkpoint=dict(interval=save_steps, max_keep_ckpts=save_total_limit))
-randomness = dict(seed=seed)
-custom_hooks = [assistant_eval_hook(name, author, base_model, seed, evaluation_freq)] if evaluation_freq else []
+# One function for every packed QLoRA config, so their wiring is said once. It defines tokenizer, model,
+# train_dataloader, optim_wrapper, param_scheduler, train_cfg, default_hooks, randomness, custom_hooks.
+globals().update(packed_qlora_wiring(globals()))

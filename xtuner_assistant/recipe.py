@@ -8,6 +8,7 @@ values are what `xtuner train` dumps into the work dir.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 # Types are dotted-path strings, not imported classes: mmengine resolves them at build time, and
 # the config `xtuner train` dumps into the work dir stays valid Python that convert/merge can reload.
@@ -158,3 +159,50 @@ def packed_dataloader(tokenizer: dict, identity, general: list, general_ratio: f
     # Rows are already near-equal in length: plain shuffling, no length grouping.
     loader["sampler"] = dict(type="DefaultSampler", shuffle=True, seed=seed)
     return loader
+
+
+# What PART 1 of a packed QLoRA config defines (configs/internlm2_chat_1_8b_qlora_assistant.py).
+PACKED_QLORA_SETTINGS = (
+    "model_path", "name", "author", "base_model", "identity_file", "identity_samples", "general", "general_ratio",
+    "max_length", "pack_tokens", "rows_per_batch", "accumulative_counts", "lr", "max_epochs", "warmup_iters",
+    "lora_r", "lora_alpha", "save_steps", "save_total_limit", "evaluation_freq", "seed", "quantize_4bit", "dtype",
+    "flex_attention")
+
+
+def packed_qlora_wiring(config: dict) -> dict:
+    """PART 2 of the packed QLoRA configs: tokenizer, model, data, optimizer, schedule, checkpoints,
+    seed and evaluation hook, built from PART 1's settings, as the config's top-level names
+    (`globals().update(packed_qlora_wiring(globals()))`).
+
+    `config` is the config file's namespace. A setting the file does not define is read from what it
+    inherits, which mmengine hands the file as `_base_`: the two Qwen configs share one settings base
+    and differ only in their model, so each must build its wiring from its own model."""
+    values = {**config.get("_base_", {}), **config}
+    missing = [name for name in PACKED_QLORA_SETTINGS if name not in values]
+    if missing:
+        raise SettingError(f"a packed QLoRA config needs these settings in its PART 1: {', '.join(missing)} "
+                           "(see configs/internlm2_chat_1_8b_qlora_assistant.py)")
+    settings = SimpleNamespace(**{name: values[name] for name in PACKED_QLORA_SETTINGS})
+    tokenizer = chat_tokenizer(settings.model_path)
+    identity = identity_source(settings.identity_file, settings.name, settings.author, settings.base_model,
+                               settings.identity_samples, settings.seed)
+    param_scheduler, train_cfg = schedule(settings.max_epochs, settings.warmup_iters)
+    evaluation = assistant_eval_hook(settings.name, settings.author, settings.base_model, settings.seed,
+                                     settings.evaluation_freq)
+    return dict(
+        tokenizer=tokenizer,
+        model=packed_lora_model(settings.model_path, r=settings.lora_r, alpha=settings.lora_alpha, dropout=0.1,
+                                quantize_4bit=settings.quantize_4bit, dtype=f"torch.{settings.dtype}",
+                                flex_attention=settings.flex_attention),
+        train_dataloader=packed_dataloader(tokenizer, identity, settings.general, settings.general_ratio,
+                                           settings.max_length, settings.pack_tokens, settings.rows_per_batch,
+                                           settings.seed),
+        optim_wrapper=optimizer(settings.lr, settings.accumulative_counts,
+                                mixed_precision=None if settings.dtype == "float32" else settings.dtype),
+        param_scheduler=param_scheduler,
+        train_cfg=train_cfg,
+        # Merged by mmengine into configs/_base_/runtime.py's hooks and randomness.
+        default_hooks=dict(checkpoint=dict(interval=settings.save_steps, max_keep_ckpts=settings.save_total_limit)),
+        randomness=dict(seed=settings.seed),
+        custom_hooks=[evaluation] if settings.evaluation_freq else [],
+    )
