@@ -9,11 +9,13 @@ import pytest
 from mmengine.config import Config
 
 from xtuner_assistant.cli import main as cli
+from xtuner_assistant.commands.config import base_files
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
 INTERNLM2 = REPO / "configs" / "internlm2_chat_1_8b_qlora_assistant.py"
 QWEN_05B = REPO / "configs" / "qwen2_5_0_5b_qlora_assistant.py"
+QWEN_15B = REPO / "configs" / "qwen2_5_1_5b_qlora_assistant.py"
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def test_every_shipped_config_loads_and_inherits_the_one_base(path, settings, ti
     cfg = Config.fromfile(str(path))
     assert cfg.model.llm.pretrained_model_name_or_path == str(tiny_model_dir)
     assert cfg.custom_imports["imports"] == ["xtuner_assistant"]  # from configs/_base_/runtime.py
-    assert "_base_/runtime.py" in path.read_text()
+    assert REPO / "configs" / "_base_" / "runtime.py" in base_files(path)
 
 
 def test_internlm2_config_is_the_tutorials_task_on_packed_qlora(settings):
@@ -50,6 +52,33 @@ def test_internlm2_config_without_a_model_folder_says_what_to_set(monkeypatch):
     monkeypatch.delenv("XA_MODEL", raising=False)
     with pytest.raises(Exception, match="needs `model`.*--set model="):
         Config.fromfile(str(INTERNLM2))
+
+
+def test_the_two_qwen_configs_differ_only_in_their_model(settings):
+    settings.setenv("XA_BASE_MODEL", "Qwen2.5-Coder")
+    assert Config.fromfile(str(QWEN_05B)).to_dict() == Config.fromfile(str(QWEN_15B)).to_dict()
+
+
+def test_a_setting_set_again_in_a_copied_config_reaches_its_wiring(tmp_path, capsys, settings):
+    """The Qwen settings live in their base; one set again in the config wins over the base's."""
+    assert cli(["config", "copy", "qwen2_5_0_5b_qlora_assistant", str(tmp_path)]) == 0
+    copied = tmp_path / "qwen2_5_0_5b_qlora_assistant_copy.py"
+    assert (tmp_path / "_base_" / "qwen2_5_coder_qlora.py").is_file()
+    text = copied.read_text(encoding="utf-8")
+    copied.write_text(text.replace("\nbase_model = ", "\nlr = 1e-4\npack_tokens = 2048\nbase_model = "), encoding="utf-8")
+    cfg = Config.fromfile(str(copied))
+    assert (cfg.lr, cfg.optim_wrapper.optimizer.lr) == (1e-4, 1e-4)
+    assert (cfg.pack_tokens, cfg.train_dataloader.dataset.pack_tokens) == (2048, 2048)
+    assert cfg.train_dataloader.dataset.dataset.max_length == 1024  # still the base's
+
+
+def test_a_packed_qlora_config_missing_settings_is_told_which():
+    from xtuner_assistant.recipe import SettingError, packed_qlora_wiring
+
+    # model_path and base_model defined by the config, name by its base: the rest is missing.
+    with pytest.raises(SettingError, match=r"PART 1: author, identity_file, .*, flex_attention \(see ") as raised:
+        packed_qlora_wiring({"_base_": {"name": "Zorblat"}, "model_path": "m", "base_model": "b"})
+    assert not {"model_path", "name", "base_model"} & set(str(raised.value).replace(",", " ").split())
 
 
 def test_settings_turn_a_gpu_config_into_a_cpu_one(settings):
