@@ -14,12 +14,11 @@ import lzma
 import shutil
 from pathlib import Path
 
+from xtuner_assistant.stand_in_models import INTERNLM2_1_8B, internlm2_architecture
+
 # Shapes from the models' published config.json files.
 SHAPES = {
-    "internlm2-chat-1.8b": dict(
-        family="internlm2", hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,
-        num_key_value_heads=8, intermediate_size=8192, vocab_size=92544, max_position_embeddings=32768,
-        rope_theta=1000000, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "internlm2-chat-1.8b": dict(family="internlm2", **INTERNLM2_1_8B),
     "qwen2.5-0.5b": dict(
         family="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
         intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000,
@@ -31,12 +30,6 @@ SHAPES = {
 }
 
 RANDOM_WEIGHTS_MARK = "RANDOM_WEIGHTS"  # written beside the weights, so no report calls them real
-
-INTERNLM2_AUTO_MAP = {
-    "AutoConfig": "configuration_internlm2.InternLM2Config",
-    "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
-    "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
-}
 
 
 def linear_parameters(shape: dict) -> int:
@@ -60,16 +53,8 @@ def write_config(name: str, folder: Path, overrides: dict | None = None) -> dict
     family = shape.pop("family")
     config = dict(shape, torch_dtype="bfloat16", bos_token_id=1, eos_token_id=2, pad_token_id=0, use_cache=True)
     if family == "internlm2":
-        import xtuner._lite.modelings.internlm2 as internlm2
-
-        source = Path(internlm2.__file__).parent
-        for file in ("configuration_internlm2.py", "modeling_internlm2.py"):
-            shutil.copyfile(source / file, folder / file)
-        config.update(architectures=["InternLM2ForCausalLM"], model_type="internlm2", auto_map=INTERNLM2_AUTO_MAP,
-                      bias=False, rope_scaling=None,
-                      # as published: InternLM2's own code reads this field, and without flash-attn
-                      # stock XTuner leaves it alone, so the tutorial's run uses eager attention
-                      attn_implementation="eager")
+        # The shape (and `overrides`) over the architecture's own fields, as given.
+        config = {**internlm2_architecture(folder), **config}
     else:
         config.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu",
                       use_sliding_window=False, sliding_window=shape["max_position_embeddings"], max_window_layers=21)
