@@ -5,10 +5,11 @@
 #   bench/gpu_runs.sh multi    # 2 GPUs: NPROC_PER_NODE=2 with deepspeed_zero2
 #   bench/gpu_runs.sh all      # 2 GPUs: bench on one while single runs on the other, then multi
 #   bench/gpu_runs.sh speed    # 1 GPU: the speed benchmark alone (stock twice, ours per pack size and loss chunk)
-#   bench/gpu_runs.sh deepspeed  # deepspeed_zero2: the three QLoRA configs on 1 GPU, InternLM2 on 2 GPUs
+#   bench/gpu_runs.sh deepspeed  # deepspeed_zero2: the three QLoRA configs on 1 GPU, InternLM2 on 2 GPUs where there are 2
+#                                (SKIP_INTERNLM2=1: the Qwen configs alone)
 # Each step is skipped when a warm machine already did it (installed wheels, random models).
-# Expects, beside the repo: .whl/ (the wheels of ../shared/gpu/fetch-wheels.sh + deepspeed's sdist and
-# its needs), .gpu/tokenizer (a stand-in tokenizer) and .gpu/bench_data.json (`bench/speed.py data`).
+# Expects, beside the repo: .whl/ (the wheels of ../shared/gpu/fetch-wheels.sh), .gpds/ (deepspeed's sdist and
+# pydantic), .gpu/tokenizer (a stand-in tokenizer) and .gpu/bench_data.json (`bench/speed.py data`).
 # Writes its results under $OUT (default /tmp/xtuner-assistant-gpu-out).
 set -u
 MODE=${1:-single}
@@ -27,10 +28,15 @@ note() { echo "$*" | tee -a "$SUMMARY"; }
 note "== $(date -u +%FT%TZ) mode=$MODE"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$SUMMARY"
 start=$SECONDS
+# A warm machine keeps /tmp between calls: the stand-in tokenizer and data stay for calls that carry other things.
+mkdir -p /tmp/stash && { [ -d .gpu ] && cp -r .gpu /tmp/stash/ || ln -sfn /tmp/stash/.gpu .gpu; }
 [ -d $SITE/xtuner ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .whl/*.whl >>"$LOG" 2>&1 \
   || { note "wheel install failed"; tail -20 "$LOG"; exit 1; }
-[ -d $SITE/deepspeed ] || DS_BUILD_OPS=0 PYTHONPATH=$SITE python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
-  --target $SITE .whl/deepspeed-*.tar.gz >>"$LOG" 2>&1 || note "deepspeed install failed (runs with --deepspeed will fail)"
+# DeepSpeed and pydantic travel in .gpds/ (beside .whl/ they pass the 64 MiB a call carries).
+[ -d $SITE/deepspeed ] || { ls .gpds/deepspeed-*.tar.gz >/dev/null 2>&1 \
+  && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $SITE .gpds/*.whl >>"$LOG" 2>&1 \
+  && DS_BUILD_OPS=0 PYTHONPATH=$SITE python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
+  --target $SITE .gpds/deepspeed-*.tar.gz >>"$LOG" 2>&1; } || note "deepspeed not installed (runs with --deepspeed will fail)"
 export PYTHONPATH=$SITE:$PWD
 note "installed in $((SECONDS - start)) s: $(python3 -c 'import torch, transformers, xtuner, bitsandbytes as b, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "xtuner", xtuner.__version__, "bitsandbytes", b.__version__, "peft", peft.__version__)' 2>&1 | tail -1)"
 python3 -c 'import deepspeed; print("deepspeed", deepspeed.__version__)' 2>&1 | tail -1 | tee -a "$SUMMARY"
@@ -70,14 +76,15 @@ train() {  # LABEL CONFIG MODEL_DIR [extra args...]; settings come from XA_* in 
   return $rc
 }
 
-bench() {  # stock twice (two data orders: the loss curve's noise), ours per pack size and loss chunk
+bench() {  # stock twice (two data orders: the loss curve's noise), ours per pack size and loss chunk (or BENCH_OURS)
   python3 bench/speed.py run --data .gpu/bench_data.json --tokenizer .gpu/tokenizer --work $WORK/bench \
-    --model-dir $WORK/internlm2-chat-1.8b --stock-seeds 0 1 --eval-new-tokens ${BENCH_EVAL_TOKENS:-0} \
+    --model-dir $WORK/internlm2-chat-1.8b --stock-seeds ${BENCH_STOCK_SEEDS:-0 1} --eval-new-tokens ${BENCH_EVAL_TOKENS:-0} \
     --out "$OUT/bench_results.json" --real-tokens ${BENCH_TOKENS:-196608} --pack-tokens ${BENCH_PACKS:-4096 8192} \
-    --loss-chunk-tokens ${BENCH_CHUNKS:-256 1024} \
+    --loss-chunk-tokens ${BENCH_CHUNKS:-256 1024} ${BENCH_OURS:+--ours $BENCH_OURS} \
     >"$WORK/bench.log" 2>&1 || { note "bench failed"; tail -40 "$WORK/bench.log" >>"$LOG"; }
   sed -n '/^cuda\|^NVIDIA\|recipe \|^stock\|^ours\|^loss at\|^  /p' "$WORK/bench.log" | tail -14 | tee -a "$SUMMARY"
   grep -E "^\{" "$WORK/bench.log" >>"$LOG"
+  cp "$WORK/bench.log" "$OUT/bench.log"
 }
 
 single() {
@@ -116,10 +123,10 @@ case "$MODE" in
       "$(random_model qwen2.5-0.5b)" --deepspeed deepspeed_zero2
     XA_EVALUATION_FREQ=0 train qwen1.5b_1gpu_zero2 configs/qwen2_5_1_5b_qlora_assistant.py \
       "$(random_model qwen2.5-1.5b)" --deepspeed deepspeed_zero2
-    XA_EVALUATION_FREQ=0 train internlm2_1gpu_zero2 configs/internlm2_chat_1_8b_qlora_assistant.py \
+    [ -n "${SKIP_INTERNLM2:-}" ] || XA_EVALUATION_FREQ=0 train internlm2_1gpu_zero2 configs/internlm2_chat_1_8b_qlora_assistant.py \
       "$WORK/internlm2-chat-1.8b" --deepspeed deepspeed_zero2
-    NPROC_PER_NODE=2 XA_EVALUATION_FREQ=0 train internlm2_2gpu_zero2 configs/internlm2_chat_1_8b_qlora_assistant.py \
-      "$WORK/internlm2-chat-1.8b" --deepspeed deepspeed_zero2
+    [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && NPROC_PER_NODE=2 XA_EVALUATION_FREQ=0 train internlm2_2gpu_zero2 \
+      configs/internlm2_chat_1_8b_qlora_assistant.py "$WORK/internlm2-chat-1.8b" --deepspeed deepspeed_zero2
     grep -h "varlen\|attention route" "$WORK"/*.log | sort | uniq -c | head -5 | tee -a "$SUMMARY" ;;
   all)  # 2 GPUs: the benchmark alone on GPU 0 while the 1-GPU runs use GPU 1; then both together.
     CUDA_VISIBLE_DEVICES=0 bench &

@@ -138,9 +138,52 @@ def real_tokens(data: dict) -> int:
     return int(mask.sum()) if mask is not None else int(data["input_ids"].numel())
 
 
+# XTuner's internlm2_chat template (no system prompt), as a chat template: stock's own text for the
+# held-out loss, so each recipe is scored in the template it trained with.
+STOCK_CHAT_TEMPLATE = ("{% for m in messages %}{% if m.role == 'assistant' %}{{ m.content }}<|im_end|>{% else %}"
+                       "{% if not loop.first %}\n{% endif %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>"
+                       "{% if m.role == 'user' %}\n<|im_start|>assistant\n{% endif %}{% endif %}{% endfor %}")
+
+
+def heldout_scorer(tokenizer_dir: Path, conversations: list[dict], stock: bool, device: str):
+    """f(model) -> mean answer-token loss over conversations the run never trains on, each scored
+    alone: packed rows that attend across conversations (stock's) make the training loss
+    incomparable, because repeated identity answers can be copied from the row."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from xtuner_assistant.chat_template import encode_conversation
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=True)
+    if stock:
+        tokenizer.chat_template = STOCK_CHAT_TEMPLATE
+    encoded = [encode_conversation(tokenizer, c["messages"], 1024) for c in conversations]
+
+    def score(model) -> float:
+        llm = model.llm
+        was_training = llm.training
+        llm.eval()
+        total, count = 0.0, 0
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            for sample in encoded:
+                labels = torch.tensor([sample["labels"]], device=device)
+                answer_tokens = int((labels[:, 1:] != -100).sum())
+                if not answer_tokens:
+                    continue
+                out = llm(input_ids=torch.tensor([sample["input_ids"]], device=device), labels=labels, use_cache=False)
+                total += out.loss.float().item() * answer_tokens
+                count += answer_tokens
+        llm.train(was_training)
+        return round(total / count, 4)
+
+    return score
+
+
 def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int, real_token_budget: int,
-              warmup_steps: int, shape: dict, device: str, log_every_tokens: int, seed: int = 0) -> dict:
-    """Step until `real_token_budget` real tokens have been trained after `warmup_steps` steps."""
+              warmup_steps: int, shape: dict, device: str, log_every_tokens: int, seed: int = 0,
+              heldout=None, heldout_points: int = 0) -> dict:
+    """Step until `real_token_budget` real tokens have been trained after `warmup_steps` steps;
+    `heldout(model)` is scored before training and at `heldout_points` even marks (not timed)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -158,6 +201,8 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
         torch.cuda.reset_peak_memory_stats()
     batches = iter(loader)
     step_index = 0
+    heldout_curve = [{"real_tokens": 0, "loss": heldout(model)}] if heldout else []
+    marks = [real_token_budget * (i + 1) // heldout_points for i in range(heldout_points)] if heldout else []
     while tokens < real_token_budget:
         try:
             batch = next(batches)
@@ -190,6 +235,10 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
             mean = sum(l * n for l, n in losses_since_log) / sum(n for _, n in losses_since_log)
             curve.append({"real_tokens": warmup_tokens + tokens, "loss": round(mean, 4)})
             losses_since_log, window_tokens = [], 0
+        if marks and tokens >= marks[0]:
+            while marks and tokens >= marks[0]:
+                marks.pop(0)
+            heldout_curve.append({"real_tokens": warmup_tokens + tokens, "loss": heldout(model)})
     # Frozen base: forward 2 FLOPs per weight per token and attention 2*2*d per query-key pair a
     # layer; backward computes input gradients only (about as much again). Recomputation by
     # gradient checkpointing and work on padding or across conversations count as overhead.
@@ -203,7 +252,9 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
         "peak_gpu_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20) if cuda else None,
         "loss_curve": curve,
     }
-    print(json.dumps({k: v for k, v in result.items() if k != "loss_curve"}), flush=True)
+    if heldout_curve:
+        result["heldout_loss_curve"] = heldout_curve
+    print(json.dumps(result), flush=True)  # loss curve included: a run cut short keeps what it measured
     return result
 
 
@@ -240,6 +291,21 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
+def our_arms(args) -> list[tuple[int, int, str]]:
+    """(pack tokens, loss chunk, dtype) of each run of ours: `--ours` names them one by one, else every
+    pack size with every loss chunk, in bfloat16."""
+    if not args.ours:
+        return [(pack, chunk, "bfloat16") for pack in args.pack_tokens for chunk in args.loss_chunk_tokens]
+    arms = []
+    for spec in args.ours:
+        fields = spec.split(":")
+        if not 1 <= len(fields) <= 3 or not all(f.isdigit() for f in fields[:2]) or \
+                (len(fields) == 3 and fields[2] not in ("bfloat16", "float16")):
+            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]], e.g. 4096:256:float16")
+        arms.append((int(fields[0]), int(fields[1]) if len(fields) > 1 else 0, fields[2] if len(fields) > 2 else "bfloat16"))
+    return arms
+
+
 def run(args) -> dict:
     import torch
 
@@ -260,25 +326,35 @@ def run(args) -> dict:
         shape = {**SHAPES[name], **(overrides or {})}
         model_dir = make_random_model(name, model_dir, Path(args.tokenizer), overrides=overrides)
     data = Path(args.data).resolve()
+    heldout_conversations = []
+    if args.heldout:
+        records = json.loads(data.read_text())
+        heldout_conversations = records[-args.heldout:]
+        data = work / f"train_without_last_{args.heldout}.json"
+        data.write_text(json.dumps(records[:-args.heldout], ensure_ascii=False))
     results = {"device": torch.cuda.get_device_name() if not smoke else "cpu", "model_shape": name,
                "weights": f"real ({model_dir})" if real_model else "random (throughput does not depend on the values)",
                "data": str(data), "real_token_budget": args.real_tokens, "torch": torch.__version__, "runs": []}
     stock_config = tutorial_stock_config(model_dir, data, work / "internlm2_chat_1_8b_qlora_alpaca_e3_tutorial.py")
     recipes = [(f"stock XTuner (tutorial config){' seed ' + str(seed) if seed else ''}", stock_config, {}, seed, None)
                for seed in args.stock_seeds]
-    for pack in args.pack_tokens:
-        for chunk in args.loss_chunk_tokens:
-            recipes.append((f"ours (pack_tokens={pack}, loss chunk {chunk})", OUR_CONFIG, {
-                "XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0",
-                "XA_PACK_TOKENS": str(pack), "XA_ACCUMULATIVE_COUNTS": str(max(1, 16 * 1024 // pack)),
-                "XA_MAX_LENGTH": "1024"}, 0, chunk))
+    for pack, chunk, dtype in our_arms(args):
+        recipes.append((f"ours (pack_tokens={pack}, loss chunk {chunk}{', ' + dtype if dtype != 'bfloat16' else ''})",
+                        OUR_CONFIG, {
+            "XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0",
+            "XA_REPLAY_RATIO": "0", "XA_PACK_TOKENS": str(pack), "XA_ACCUMULATIVE_COUNTS": str(max(1, args.tokens_per_step // pack)),
+            "XA_MAX_LENGTH": "1024", "XA_DTYPE": dtype}, 0, chunk))
     for label, config, env, seed, chunk in recipes:
         torch.manual_seed(seed)
         model, dataset, collate, optim_wrapper, batch_size = build(config, env, smoke)
         if chunk:
             model.loss_chunk_tokens = chunk
+        if label.startswith("stock"):  # the tutorial's 16 x 1024 tokens a step, unless told otherwise
+            optim_wrapper._accumulative_counts = max(1, args.tokens_per_step // 1024)
+        heldout = heldout_scorer(model_dir, heldout_conversations, label.startswith("stock"), device) \
+            if heldout_conversations else None
         result = train_for(label, model, dataset, collate, optim_wrapper, batch_size, args.real_tokens,
-                           args.warmup_steps, shape, device, args.log_every_tokens, seed)
+                           args.warmup_steps, shape, device, args.log_every_tokens, seed, heldout, args.heldout_points)
         result["accumulative_counts"] = optim_wrapper._accumulative_counts
         router = document_attention._document_attention  # installed by our model's first packed step on CUDA
         if "ours" in label and router is not None and router.route_used:
@@ -306,14 +382,14 @@ def run(args) -> dict:
 
 def print_table(results: dict) -> None:
     print(f"\n{results['device']}  {results['model_shape']}  {results['real_token_budget']} real tokens each")
-    print(f"{'recipe':<34} {'tok/s':>9} {'step ms':>8} {'tok/step':>9} {'peak MiB':>9} {'MFU':>6} {'speed-up':>8}")
+    print(f"{'recipe':<48} {'tok/s':>9} {'step ms':>8} {'tok/step':>9} {'peak MiB':>9} {'MFU':>6} {'speed-up':>8}")
     for r in results["runs"]:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-        print(f"{r['recipe']:<34} {r['real_tokens_per_s']:>9} {r['step_ms']:>8} {r['real_tokens_per_step']:>9} "
+        print(f"{r['recipe']:<48} {r['real_tokens_per_s']:>9} {r['step_ms']:>8} {r['real_tokens_per_step']:>9} "
               f"{str(r['peak_gpu_mib']):>9} {mfu:>6} {str(r.get('speedup_vs_stock', '1.0')):>8}")
     print("loss at equal real tokens:")
     for r in results["runs"]:
-        print(f"  {r['recipe']:<34} " + " ".join(f"{p['loss']:.3f}" for p in r["loss_curve"]))
+        print(f"  {r['recipe']:<48} " + " ".join(f"{p['loss']:.3f}" for p in r["loss_curve"]))
 
 
 def plot(results_path: Path, out: Path, warmup_steps: int = 0) -> Path:
@@ -325,7 +401,9 @@ def plot(results_path: Path, out: Path, warmup_steps: int = 0) -> Path:
     import matplotlib.pyplot as plt
 
     results = json.loads(Path(results_path).read_text())
-    figure, axis = plt.subplots(figsize=(7, 4.2))
+    heldout = any("heldout_loss_curve" in run for run in results["runs"])
+    figure, axes = plt.subplots(1, 2 if heldout else 1, figsize=(13 if heldout else 7, 4.2), squeeze=False)
+    axis = axes[0][0]
     for run in results["runs"]:
         points = run["loss_curve"]
         shift = 0 if "warmup_real_tokens" in run else warmup_steps * run["real_tokens_per_step"]
@@ -339,6 +417,17 @@ def plot(results_path: Path, out: Path, warmup_steps: int = 0) -> Path:
                    "x counts warm-up steps too", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
+    if heldout:
+        right = axes[0][1]
+        for run in results["runs"]:
+            points = run.get("heldout_loss_curve", [])
+            right.plot([p["real_tokens"] for p in points], [p["loss"] for p in points],
+                       "--" if run["recipe"].startswith("stock") else "-", marker="o", label=run["recipe"])
+        right.set_xlabel("real (non-padding) tokens trained")
+        right.set_ylabel("held-out loss, each conversation alone")
+        right.set_title("the comparable loss: conversations never trained on, scored one at a time", fontsize=9)
+        right.grid(alpha=0.3)
+        right.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     return out
@@ -363,9 +452,18 @@ def main() -> None:
     bench.add_argument("--pack-tokens", type=int, nargs="+", default=[8192])
     bench.add_argument("--loss-chunk-tokens", type=int, nargs="+", default=[0],
                        help="answer tokens per logits chunk of our loss (0: the shipped default)")
+    bench.add_argument("--ours", nargs="+", default=[], metavar="PACK[:CHUNK[:DTYPE]]",
+                       help="our runs one by one, e.g. 4096:256 4096:256:float16 (float16: stock's precision); "
+                       "replaces --pack-tokens x --loss-chunk-tokens")
     bench.add_argument("--stock-seeds", type=int, nargs="+", default=[0],
                        help="data orders for stock XTuner; two or more show the loss curve's noise")
     bench.add_argument("--log-every-tokens", type=int, default=16384)
+    bench.add_argument("--tokens-per-step", type=int, default=16384,
+                       help="tokens per optimizer step for every recipe (the tutorial's 16 x 1024)")
+    bench.add_argument("--heldout", type=int, default=0,
+                       help="keep the data file's last N conversations out of training and score each recipe "
+                       "on them, one conversation at a time (the comparable loss; see heldout_scorer)")
+    bench.add_argument("--heldout-points", type=int, default=4, help="held-out scores during training, besides the start")
     bench.add_argument("--eval-new-tokens", type=int, default=100)
     bench.add_argument("--shape-overrides", default="", help="JSON, e.g. a tiny shape for a CPU smoke run")
     bench.add_argument("--smoke", action="store_true", help="CPU, float32, no 4-bit: checks the harness only")
