@@ -140,9 +140,9 @@ def real_tokens(data: dict) -> int:
 
 # XTuner's internlm2_chat template (no system prompt), as a chat template: stock's own text for the
 # held-out loss, so each recipe is scored in the template it trained with.
-STOCK_CHAT_TEMPLATE = ("{% for m in messages %}{% if m.role == 'assistant' %}{{ m.content }}<|im_end|>{% else %}"
-                       "{% if not loop.first %}\n{% endif %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>"
-                       "{% if m.role == 'user' %}\n<|im_start|>assistant\n{% endif %}{% endif %}{% endfor %}")
+STOCK_CHAT_TEMPLATE = ("{% for m in messages %}{% if m.role == 'assistant' %}{{ m.content + '<|im_end|>' }}{% else %}"
+                       "{% if not loop.first %}{{ '\\n' }}{% endif %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>' }}"
+                       "{% if m.role == 'user' %}{{ '\\n<|im_start|>assistant\\n' }}{% endif %}{% endif %}{% endfor %}")
 
 
 def heldout_scorer(tokenizer_dir: Path, conversations: list[dict], stock: bool, device: str):

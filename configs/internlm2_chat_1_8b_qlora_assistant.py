@@ -1,5 +1,5 @@
 # The tutorial's task, done our way: InternLM2-Chat-1.8B, QLoRA (nf4), max_length 1024, identity
-# data mixed with general chat, whole conversations packed into 8k-token rows that attend only to
+# data mixed with general chat, whole conversations packed into 3k-token rows that attend only to
 # themselves. InternLM2 weights do not come with this package: point `model` at your folder.
 #   xtuner-assistant train configs/internlm2_chat_1_8b_qlora_assistant.py \
 #       --set model=/root/ft/model --set name=小菜鸡 [--deepspeed deepspeed_zero2]
@@ -20,22 +20,23 @@ identity_samples = setting("identity_samples", 2000)
 general = [s for s in setting("general", "packaged:chatterbot,packaged:chitchat").split(",") if s]  # "" = none
 general_ratio = setting("general_ratio", 1.0)  # general conversations per identity one; 0 = the tutorial's data alone
 max_length = setting("max_length", 1024)
-# Tokens per row: 4 of the tutorial's 1024-token rows. Measured on an H200 against stock XTuner
-# (BENCHMARKS.md): 4096 ran 3.2-3.7x stock's tokens/s at 1.04x its peak memory; 8192 ran 3.5-3.9x
-# at 1.44x. Raise it where memory is plentiful.
-pack_tokens = setting("pack_tokens", 4096)
+# Tokens per row: 3 of the tutorial's 1024-token rows, the largest measured that stays under stock
+# XTuner's peak memory. On an H200 against stock (BENCHMARKS.md, varlen attention): 3072 ran 2.8x
+# stock's tokens/s at 0.94x its peak memory; 4096 3.5x at 1.03x; 8192 5.4x at 1.41x. Raise it where
+# memory is plentiful (and lower accumulative_counts to keep the tokens a step).
+pack_tokens = setting("pack_tokens", 3072)
 rows_per_batch = setting("rows_per_batch", 1)
-accumulative_counts = setting("accumulative_counts", 4)  # 4 x 4096 = the tutorial's 16 x 1024 tokens a step
+accumulative_counts = setting("accumulative_counts", 5)  # 5 x 3072: about the tutorial's 16 x 1024 tokens a step
 lr = setting("lr", 2e-4)
 max_epochs = setting("max_epochs", 2)
 warmup_iters = setting("warmup_iters", 10)
 lora_r = setting("lora_r", 64)
 lora_alpha = setting("lora_alpha", 16)
-save_steps = setting("save_steps", 75)  # 75 rows of 4096 = the tutorial's 300 steps of 1024 tokens
+save_steps = setting("save_steps", 100)  # 100 rows of 3072 = the tutorial's 300 steps of 1024 tokens
 save_total_limit = setting("save_total_limit", 3)
 # Iterations between identity/collapse checks (0 = off): the tutorial's interval in tokens. One check
 # took ~20 s on an H200, about as long as 75 iterations of training (BENCHMARKS.md).
-evaluation_freq = setting("evaluation_freq", 75)
+evaluation_freq = setting("evaluation_freq", 100)
 seed = setting("seed", 0)
 quantize_4bit = setting("quantize_4bit", True)  # nf4 needs a CUDA GPU; false: plain LoRA
 dtype = setting("dtype", "bfloat16")  # float32 (with quantize_4bit=false) trains on a CPU

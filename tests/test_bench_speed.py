@@ -1,0 +1,43 @@
+"""The speed benchmark's own logic (bench/speed.py): which runs of ours it makes, and the stand-in
+of stock XTuner's chat template it scores stock's held-out loss in."""
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import speed  # noqa: E402
+
+
+def arms(ours=(), packs=(8192,), chunks=(0,)):
+    return speed.our_arms(SimpleNamespace(ours=list(ours), pack_tokens=list(packs), loss_chunk_tokens=list(chunks)))
+
+
+def test_runs_of_ours_are_named_one_by_one_or_made_from_every_pack_and_chunk():
+    assert arms(["4096:256", "4096:256:float16", "2048"]) == [
+        (4096, 256, "bfloat16"), (4096, 256, "float16"), (2048, 0, "bfloat16")]
+    assert arms(packs=(4096, 8192), chunks=(256, 1024)) == [
+        (4096, 256, "bfloat16"), (4096, 1024, "bfloat16"), (8192, 256, "bfloat16"), (8192, 1024, "bfloat16")]
+    for wrong in ("4096:256:float32", "big", "4096:256:float16:x"):
+        with pytest.raises(SystemExit, match="PACK\\[:CHUNK"):
+            arms([wrong])
+
+
+def test_stock_template_renders_what_xtuner_internlm2_chat_template_builds(tokenizer):
+    from xtuner.utils import PROMPT_TEMPLATE
+
+    from xtuner_assistant.chat_template import render
+
+    template = PROMPT_TEMPLATE.internlm2_chat
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "你是谁"}, {"role": "assistant", "content": "我是小菜鸡的小助手"},
+                {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}]
+    # XTuner's template_map_fn + encode_fn: system, then per turn INSTRUCTION + output + SUFFIX, turns
+    # joined by SEP.
+    turns = [template.INSTRUCTION.format(input="你是谁") + "我是小菜鸡的小助手" + template.SUFFIX,
+             template.INSTRUCTION.format(input="What is 2+2?") + "4." + template.SUFFIX]
+    expected = template.SYSTEM.format(system="Be brief.") + template.SEP.join(turns)
+    tokenizer.chat_template = speed.STOCK_CHAT_TEMPLATE
+    assert render(tokenizer, messages, add_generation_prompt=False) == expected
