@@ -14,15 +14,15 @@ name = setting("name", "小菜鸡")
 author = setting("author", "")
 base_model = setting("base_model", "SmolLM2-135M-Instruct")
 identity_file = setting("identity_file", "")  # from `xtuner-assistant data identity`; else made here
-identity_samples = setting("identity_samples", 240)
+identity_samples = setting("identity_samples", 384)
 general = setting("general", "packaged:chatterbot").split(",")
 general_ratio = setting("general_ratio", 1.0)
-# The base model's own answers to the shipped prompt pool, this many per identity conversation.
-# Measured best: 0.5 with identity_samples=384 (lr 1e-3, general 1.0: the settings that met the target
-# on Qwen2.5-0.5B and on SmolLM2-135M, docs/BENCHMARKS.md issue 3). Off by default while the tests'
-# random model, which gives no usable answer to replay, loads this config; the answers are generated
-# on first use (187 s for SmolLM2 on a 2-core CPU), then cached.
-replay_ratio = setting("replay_ratio", 0.0)
+# The base model's own answers to the shipped prompt pool, this many per identity conversation: they
+# hold down leakage (general questions answered with the identity) and name loops. With them and 384
+# identity conversations (lr 1e-3, general 1.0) held-out identity was 1.00 in zh and en at leakage
+# 0.04 on SmolLM2-135M and 0.00 on Qwen2.5-0.5B (docs/BENCHMARKS.md, issue 3). Generated on first
+# use (2-3 min for SmolLM2 on a 2-core CPU), then cached; replay_ratio=0 turns replay off.
+replay_ratio = setting("replay_ratio", 0.5)
 max_length = setting("max_length", 256)
 batch_size = setting("batch_size", 4)
 accumulative_counts = setting("accumulative_counts", 2)  # 4 x 2 = 8 per step; half the peak RAM of 8 x 1

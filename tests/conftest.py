@@ -22,3 +22,13 @@ def tokenizer():
 def isolated_home(tmp_path, monkeypatch):
     """Keep each test's cache writes out of the user's ~/.cache, except the real fetched models."""
     monkeypatch.setenv("XTUNER_ASSISTANT_TEST_TMP", str(tmp_path))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def replay_off():
+    """The tiny random model gives no usable answer to replay (ReplayError), and making the answers
+    costs minutes; a test about replay turns it back on. Session-wide so module fixtures that train
+    get it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XA_REPLAY_RATIO", "0")
+        yield

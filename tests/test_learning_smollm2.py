@@ -21,8 +21,11 @@ NAME = "Zorblat"  # a name the base model has no reason to say
 def test_real_model_names_itself_on_held_out_questions(tmp_path):
     base = fetch("smollm2-135m")
     paths = write_identity_files(tmp_path / "data", NAME, "Mira", "SmolLM2-135M-Instruct", samples=200, seed=7)
+    # Replay off: this claim is about learning the name, which 200 conversations show without it; the
+    # shipped replay adds ~3 min of base-model answers on a fresh CI machine and a quarter more steps.
     status = run_tool("train", [str(CONFIG), "--work-dir", str(tmp_path / "train")], {
-        "model": str(base), "identity_file": str(paths["train"]), "name": NAME, "max_epochs": "1"})
+        "model": str(base), "identity_file": str(paths["train"]), "name": NAME, "max_epochs": "1",
+        "replay_ratio": "0"})
     assert status == 0
     merged = tmp_path / "merged"
     merge_adapter(checkpoint_to_adapter(tmp_path / "train", tmp_path / "adapter"), merged, base)

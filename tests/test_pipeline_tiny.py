@@ -89,7 +89,7 @@ def test_stock_xtuner_from_the_venv_bin_works_without_activation(tmp_path, tiny_
     xtuner = Path(sys.executable).parent / "xtuner"
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "OMP_NUM_THREADS": "2",
            "XA_MODEL": str(tiny_model_dir), "XA_IDENTITY_SAMPLES": "8", "XA_GENERAL_RATIO": "0.5",
-           "XA_BATCH_SIZE": "4", "XA_MAX_EPOCHS": "1"}
+           "XA_BATCH_SIZE": "4", "XA_MAX_EPOCHS": "1", "XA_REPLAY_RATIO": "0"}  # a bare env: conftest's setting does not reach it
     subprocess.run([str(xtuner), "train", str(CONFIG), "--work-dir", str(tmp_path / "w")], env=env,
                    capture_output=True, text=True, cwd=tmp_path)
     assert (tmp_path / "w" / "iter_3.pth").is_file()

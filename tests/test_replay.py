@@ -1,12 +1,17 @@
 """Base-model replay: the base model's own answers to a bilingual prompt pool (plus the user's), made
 once and cached, cut to whole sentences without loops, and mixed in by MixedChatDataset at a ratio."""
 import json
+from pathlib import Path
 
 import pytest
+from mmengine.config import Config
 
 from xtuner_assistant import replay
+from xtuner_assistant.identity_files import DEFAULT_SAMPLES
 from xtuner_assistant.mixing import MixedChatDataset, language_of
 from xtuner_assistant.replay import ReplayError
+
+CPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smollm2_135m_lora_cpu_assistant.py"
 
 
 @pytest.fixture
@@ -99,3 +104,14 @@ def test_the_mixed_dataset_draws_replay_at_its_ratio(home, tiny_model_dir, token
     assert data.kinds.count("identity") == 40
     assert data.kinds.count("replay") == data.report["replay_zh_drawn"] + data.report["replay_en_drawn"]
     assert 18 <= data.kinds.count("replay") <= 22  # half as many as identity conversations, language by language
+
+
+def test_the_cpu_config_replays_the_base_models_answers_by_default(home, tiny_model_dir, monkeypatch):
+    monkeypatch.delenv("XA_REPLAY_RATIO")  # conftest turns replay off for every other test
+    monkeypatch.setenv("XA_MODEL", str(tiny_model_dir))
+    monkeypatch.setattr(replay, "base_model_answers",
+                        lambda model_path, prompts, max_new_tokens: canned_answers(prompts, max_new_tokens))
+    dataset = Config.fromfile(str(CPU_CONFIG)).train_dataloader.dataset
+    assert (dataset.replay_ratio, dataset.identity.n) == (0.5, 384)  # the measured recipe (docs/BENCHMARKS.md)
+    assert DEFAULT_SAMPLES == 384  # what `make demo` and `data identity` write
+    assert Path(dataset.replay).parent == home / "answers"

