@@ -18,10 +18,20 @@ def tokenizer():
     return tiny_tokenizer()
 
 
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path, monkeypatch):
-    """Keep each test's cache writes out of the user's ~/.cache, except the real fetched models."""
-    monkeypatch.setenv("XTUNER_ASSISTANT_TEST_TMP", str(tmp_path))
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home(tmp_path_factory):
+    """Keep the tests' cache writes (replayed and base-model answers of random models) out of the
+    user's ~/.cache, while the real fetched models stay shared: the test home's models/ is the user's.
+    Session-wide, so module fixtures and the subprocesses they start see it too."""
+    from xtuner_assistant.paths import home
+
+    models = home() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    test_home = tmp_path_factory.mktemp("xtuner-assistant-home")
+    (test_home / "models").symlink_to(models, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XTUNER_ASSISTANT_HOME", str(test_home))
+        yield test_home
 
 
 @pytest.fixture(scope="session", autouse=True)
