@@ -351,6 +351,9 @@ def run(args) -> dict:
             model.loss_chunk_tokens = chunk
         if label.startswith("stock"):  # the tutorial's 16 x 1024 tokens a step, unless told otherwise
             optim_wrapper._accumulative_counts = max(1, args.tokens_per_step // 1024)
+        if args.lr:  # one constant rate for every recipe (both configs say 2e-4)
+            for group in optim_wrapper.optimizer.param_groups:
+                group["lr"] = args.lr
         heldout = heldout_scorer(model_dir, heldout_conversations, label.startswith("stock"), device) \
             if heldout_conversations else None
         result = train_for(label, model, dataset, collate, optim_wrapper, batch_size, args.real_tokens,
@@ -460,6 +463,7 @@ def main() -> None:
     bench.add_argument("--log-every-tokens", type=int, default=16384)
     bench.add_argument("--tokens-per-step", type=int, default=16384,
                        help="tokens per optimizer step for every recipe (the tutorial's 16 x 1024)")
+    bench.add_argument("--lr", type=float, default=0.0, help="learning rate for every recipe (default: the configs' 2e-4)")
     bench.add_argument("--heldout", type=int, default=0,
                        help="keep the data file's last N conversations out of training and score each recipe "
                        "on them, one conversation at a time (the comparable loss; see heldout_scorer)")
