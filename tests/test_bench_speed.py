@@ -25,7 +25,8 @@ def test_runs_of_ours_are_named_one_by_one_or_made_from_every_pack_and_chunk():
             arms([wrong])
 
 
-def test_stock_template_renders_what_xtuner_internlm2_chat_template_builds(tokenizer):
+def test_stock_template_renders_what_xtuner_internlm2_chat_template_builds():
+    from tiny_models import tiny_tokenizer
     from xtuner.utils import PROMPT_TEMPLATE
 
     from xtuner_assistant.chat_template import render
@@ -39,5 +40,6 @@ def test_stock_template_renders_what_xtuner_internlm2_chat_template_builds(token
     turns = [template.INSTRUCTION.format(input="你是谁") + "我是小菜鸡的小助手" + template.SUFFIX,
              template.INSTRUCTION.format(input="What is 2+2?") + "4." + template.SUFFIX]
     expected = template.SYSTEM.format(system="Be brief.") + template.SEP.join(turns)
+    tokenizer = tiny_tokenizer()  # its own: the session's shared tokenizer keeps its template
     tokenizer.chat_template = speed.STOCK_CHAT_TEMPLATE
     assert render(tokenizer, messages, add_generation_prompt=False) == expected
