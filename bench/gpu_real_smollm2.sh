@@ -77,7 +77,7 @@ speed() {  # the loss curves of stock XTuner and ours from the same real model, 
   python3 bench/speed.py data --out $W/speed_data.json >/dev/null 2>&1 || cp .gpu/bench_data.json $W/speed_data.json
   python3 bench/speed.py run --data $W/speed_data.json --tokenizer $MODEL --model-dir $MODEL --work $W/speed \
     --stock-seeds 0 1 --ours ${SPEED_OURS:-4096:256 4096:256:float16} --real-tokens ${SPEED_TOKENS:-327680} \
-    --eval-new-tokens 0 --out $OUT/speed_real_smollm2.json >$W/speed.log 2>&1 || tail -30 $W/speed.log
+    --eval-new-tokens 0 --heldout ${SPEED_HELDOUT:-200} --out $OUT/speed_real_smollm2.json >$W/speed.log 2>&1 || tail -30 $W/speed.log
   sed -n '/^recipe \|^stock\|^ours\|^loss at\|^  /p' $W/speed.log | tee -a "$OUT/summary.txt"
 }
 

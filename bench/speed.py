@@ -236,8 +236,7 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
             curve.append({"real_tokens": warmup_tokens + tokens, "loss": round(mean, 4)})
             losses_since_log, window_tokens = [], 0
         if marks and tokens >= marks[0]:
-            while marks and tokens >= marks[0]:
-                marks.pop(0)
+            marks = [mark for mark in marks if mark > tokens]
             heldout_curve.append({"real_tokens": warmup_tokens + tokens, "loss": heldout(model)})
     # Frozen base: forward 2 FLOPs per weight per token and attention 2*2*d per query-key pair a
     # layer; backward computes input gradients only (about as much again). Recomputation by
@@ -342,7 +341,7 @@ def run(args) -> dict:
         recipes.append((f"ours (pack_tokens={pack}, loss chunk {chunk}{', ' + dtype if dtype != 'bfloat16' else ''})",
                         OUR_CONFIG, {
             "XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0",
-            "XA_REPLAY_RATIO": "0", "XA_PACK_TOKENS": str(pack), "XA_ACCUMULATIVE_COUNTS": str(max(1, args.tokens_per_step // pack)),
+            "XA_PACK_TOKENS": str(pack), "XA_ACCUMULATIVE_COUNTS": str(max(1, args.tokens_per_step // pack)),
             "XA_MAX_LENGTH": "1024", "XA_DTYPE": dtype}, 0, chunk))
     for label, config, env, seed, chunk in recipes:
         torch.manual_seed(seed)
