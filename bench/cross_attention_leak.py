@@ -21,21 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import STOCK_CHAT_TEMPLATE  # noqa: E402
-
-
-def answer_token_loss(model, rows: list[tuple[list[int], list[int]]]) -> tuple[float, int]:
-    import torch
-
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for input_ids, labels in rows:
-            answer_tokens = sum(label != -100 for label in labels[1:])
-            if answer_tokens:
-                out = model(input_ids=torch.tensor([input_ids]), labels=torch.tensor([labels]))
-                total += out.loss.item() * answer_tokens
-                count += answer_tokens
-    return total / count, count
+from speed import STOCK_CHAT_TEMPLATE, mean_answer_loss  # noqa: E402
 
 
 def main() -> None:
@@ -58,12 +44,12 @@ def main() -> None:
     records = json.loads(Path(args.data).read_text())
     random.Random(args.seed).shuffle(records)
     samples = [encode_conversation(tokenizer, r["messages"], args.row_tokens) for r in records[:args.conversations]]
-    alone = answer_token_loss(model, [(s["input_ids"], s["labels"]) for s in samples])
+    alone = mean_answer_loss(model, [(s["input_ids"], s["labels"]) for s in samples])
     ids = [t for s in samples for t in s["input_ids"]]
     labels = [t for s in samples for t in s["labels"]]
     n = args.row_tokens
     rows = [(ids[i:i + n], labels[i:i + n]) for i in range(0, len(ids) - n + 1, n)]
-    packed = answer_token_loss(model, rows)
+    packed = mean_answer_loss(model, rows)
     report = {"model": args.model, "conversations": len(samples),
               "each_alone": {"loss": round(alone[0], 4), "answer_tokens": alone[1]},
               f"rows_of_{n}_attending_across": {"loss": round(packed[0], 4), "answer_tokens": packed[1], "rows": len(rows)}}

@@ -145,11 +145,27 @@ STOCK_CHAT_TEMPLATE = ("{% for m in messages %}{% if m.role == 'assistant' %}{{ 
                        "{% if m.role == 'user' %}{{ '\\n<|im_start|>assistant\\n' }}{% endif %}{% endif %}{% endfor %}")
 
 
+def mean_answer_loss(llm, rows: list[tuple[list[int], list[int]]], device: str = "cpu") -> tuple[float, int]:
+    """(mean next-token loss over answer tokens, their count) of (input_ids, labels) rows, each row
+    one forward pass."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        for input_ids, labels in rows:
+            answer_tokens = sum(label != -100 for label in labels[1:])
+            if answer_tokens:
+                out = llm(input_ids=torch.tensor([input_ids], device=device),
+                          labels=torch.tensor([labels], device=device), use_cache=False)
+                total += out.loss.float().item() * answer_tokens
+                count += answer_tokens
+    return total / count, count
+
+
 def heldout_scorer(tokenizer_dir: Path, conversations: list[dict], stock: bool, device: str):
     """f(model) -> mean answer-token loss over conversations the run never trains on, each scored
     alone: packed rows that attend across conversations (stock's) make the training loss
     incomparable, because repeated identity answers can be copied from the row."""
-    import torch
     from transformers import AutoTokenizer
 
     from xtuner_assistant.chat_template import encode_conversation
@@ -158,23 +174,15 @@ def heldout_scorer(tokenizer_dir: Path, conversations: list[dict], stock: bool, 
     if stock:
         tokenizer.chat_template = STOCK_CHAT_TEMPLATE
     encoded = [encode_conversation(tokenizer, c["messages"], 1024) for c in conversations]
+    rows = [(sample["input_ids"], sample["labels"]) for sample in encoded]
 
     def score(model) -> float:
         llm = model.llm
         was_training = llm.training
         llm.eval()
-        total, count = 0.0, 0
-        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            for sample in encoded:
-                labels = torch.tensor([sample["labels"]], device=device)
-                answer_tokens = int((labels[:, 1:] != -100).sum())
-                if not answer_tokens:
-                    continue
-                out = llm(input_ids=torch.tensor([sample["input_ids"]], device=device), labels=labels, use_cache=False)
-                total += out.loss.float().item() * answer_tokens
-                count += answer_tokens
+        loss, _ = mean_answer_loss(llm, rows, device)
         llm.train(was_training)
-        return round(total / count, 4)
+        return round(loss, 4)
 
     return score
 
