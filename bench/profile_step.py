@@ -1,0 +1,153 @@
+"""Where does a training step's time go? One recipe (stock XTuner's tutorial config, or ours) built as
+`bench/speed.py` builds it, a few warm-up steps, then:
+  - phases timed with CUDA events over several steps: forward+loss, backward, optimizer update;
+  - torch.profiler over two steps: the top operators by GPU time and by CPU time, GPU busy share of the
+    step (kernel time / wall time), kernel launches per step; a Chrome trace (gzip) for a person to open.
+
+    python bench/profile_step.py {ours|stock} --data DATA.json --tokenizer TOK --model-dir M --out DIR
+        [--set NAME=VALUE ...]   (ours: XA_ settings, e.g. --set pack_tokens=3072)
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import speed  # noqa: E402
+from random_models import make_random_model  # noqa: E402
+
+
+def batches(dataset, collate, batch_size, device):
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(0))
+    while True:
+        for batch in loader:
+            yield {k: v.to(device) if hasattr(v, "to") else v for k, v in batch["data"].items()}
+
+
+def step(model, optim_wrapper, data):
+    with optim_wrapper.optim_context(model):
+        loss = model(data, mode="loss")["loss"]
+    optim_wrapper.update_params(loss)
+    return loss
+
+
+def phase_times(model, optim_wrapper, source, steps: int) -> dict:
+    """Median milliseconds of forward+loss, backward and update over `steps` steps (CUDA events)."""
+    import torch
+
+    forward, backward, update, wall = [], [], [], []
+    for _ in range(steps):
+        data = next(source)
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        events[0].record()
+        with optim_wrapper.optim_context(model):
+            loss = model(data, mode="loss")["loss"]
+        events[1].record()
+        optim_wrapper.backward(loss)
+        events[2].record()
+        if optim_wrapper.should_update():
+            optim_wrapper.step()
+            optim_wrapper.zero_grad()
+        events[3].record()
+        torch.cuda.synchronize()
+        wall.append(1000 * (time.perf_counter() - start))
+        forward.append(events[0].elapsed_time(events[1]))
+        backward.append(events[1].elapsed_time(events[2]))
+        update.append(events[2].elapsed_time(events[3]))
+
+    def median(values):
+        return round(sorted(values)[len(values) // 2], 1)
+
+    return {"forward_ms": median(forward), "backward_ms": median(backward), "update_ms": median(update),
+            "wall_ms": median(wall), "tokens_per_row": int(data["input_ids"].numel())}
+
+
+def profile(model, optim_wrapper, source, steps: int, out: Path, label: str) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step(model, optim_wrapper, next(source))
+        torch.cuda.synchronize()
+    wall_ms = 1000 * (time.perf_counter() - start) / steps
+    averages = prof.key_averages()
+    gpu_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in averages)
+    launches = sum(e.count for e in averages if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    try:
+        by_gpu = averages.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
+    except (KeyError, AttributeError, ValueError):  # older torch names it after CUDA
+        by_gpu = averages.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
+    by_cpu = averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70)
+    (out / f"profile_{label}.txt").write_text(f"# {label}: {wall_ms:.1f} ms a step (profiled)\n\n## by GPU time\n{by_gpu}\n\n"
+                                              f"## by CPU time\n{by_cpu}\n")
+    trace = out / f"trace_{label}.json"
+    prof.export_chrome_trace(str(trace))
+    with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb", compresslevel=6) as packed:
+        shutil.copyfileobj(raw, packed)
+    trace.unlink()
+    return {"profiled_wall_ms": round(wall_ms, 1), "gpu_busy_ms": round(gpu_us / 1000 / steps, 1),
+            "gpu_busy_share": round(gpu_us / 1000 / steps / wall_ms, 3), "kernel_launches_per_step": launches // steps}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", choices=["ours", "stock"])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--tokenizer", required=True)
+    parser.add_argument("--model-dir", required=True, help="model folder; random InternLM2-shape weights are made there if empty")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--timed", type=int, default=10)
+    parser.add_argument("--profiled", type=int, default=2)
+    parser.add_argument("--label", default="")
+    args = parser.parse_args()
+    import torch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "config.json").is_file():
+        make_random_model("internlm2-chat-1.8b", model_dir, Path(args.tokenizer))
+    data = Path(args.data).resolve()
+    if args.recipe == "stock":
+        config, env = speed.tutorial_stock_config(model_dir, data, out / "stock_tutorial_config.py"), {}
+    else:
+        config = speed.OUR_CONFIG
+        env = {"XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0",
+               "XA_MAX_LENGTH": "1024", "XA_EVALUATION_FREQ": "0"}
+        for pair in args.settings:
+            key, _, value = pair.partition("=")
+            env["XA_" + key.upper()] = value
+    torch.manual_seed(0)
+    model, dataset, collate, optim_wrapper, batch_size = speed.build(config, env, smoke=False)
+    source = batches(dataset, collate, batch_size, "cuda")
+    for _ in range(args.warmup):
+        step(model, optim_wrapper, next(source))
+    label = args.label or args.recipe
+    result = {"recipe": label, "settings": args.settings, **phase_times(model, optim_wrapper, source, args.timed),
+              **profile(model, optim_wrapper, source, args.profiled, out, label),
+              "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20)}
+    print(json.dumps(result), flush=True)
+    with open(out / "profile_results.jsonl", "a") as results:
+        results.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
