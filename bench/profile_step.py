@@ -112,6 +112,10 @@ def main() -> int:
     parser.add_argument("--model-dir", required=True, help="model folder; random InternLM2-shape weights are made there if empty")
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--cfg", dest="cfg_options", action="append", default=[], metavar="KEY=VALUE",
+                        help="like xtuner's --cfg-options, e.g. model.lora.lora_dropout=0.0 (VALUE read as Python)")
+    parser.add_argument("--patch", action="append", default=[], choices=["fuse_elementwise", "compile_layers"],
+                        help="a speed variant of bench/speed_patches.py, applied after the model is built")
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--timed", type=int, default=10)
     parser.add_argument("--profiled", type=int, default=2)
@@ -134,14 +138,27 @@ def main() -> int:
         for pair in args.settings:
             key, _, value = pair.partition("=")
             env["XA_" + key.upper()] = value
+    import ast
+
+    import speed_patches
+
+    cfg_options = {}
+    for pair in args.cfg_options:
+        key, _, value = pair.partition("=")
+        try:
+            cfg_options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            cfg_options[key] = value
     torch.manual_seed(0)
-    model, dataset, collate, optim_wrapper, batch_size = speed.build(config, env, smoke=False)
+    model, dataset, collate, optim_wrapper, batch_size = speed.build(config, env, smoke=False, cfg_options=cfg_options)
+    patched = {name: getattr(speed_patches, name)(model) for name in args.patch}
     source = batches(dataset, collate, batch_size, "cuda")
     for _ in range(args.warmup):
         step(model, optim_wrapper, next(source))
     label = args.label or args.recipe
-    result = {"recipe": label, "settings": args.settings, **phase_times(model, optim_wrapper, source, args.timed),
-              **profile(model, optim_wrapper, source, args.profiled, out, label),
+    result = {"recipe": label, "settings": args.settings, "cfg": args.cfg_options, "patched": patched,
+              **phase_times(model, optim_wrapper, source, args.timed),
+              **(profile(model, optim_wrapper, source, args.profiled, out, label) if args.profiled else {}),
               "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20)}
     print(json.dumps(result), flush=True)
     with open(out / "profile_results.jsonl", "a") as results:

@@ -84,9 +84,9 @@ def tutorial_stock_config(model_dir: Path, data: Path, out: Path) -> Path:
     return out
 
 
-def build(config_path: Path, env: dict, smoke: bool):
+def build(config_path: Path, env: dict, smoke: bool, cfg_options: dict | None = None):
     """(model, dataset, collate_fn, optim_wrapper, accumulative_counts) from a config, as
-    `xtuner train` would build them (no runner, no hooks)."""
+    `xtuner train` would build them (no runner, no hooks); `cfg_options` as `--cfg-options`."""
     os.environ.update(env)
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
@@ -96,6 +96,8 @@ def build(config_path: Path, env: dict, smoke: bool):
     import xtuner_assistant  # noqa: F401  (registers our components, applies compat fixes)
 
     cfg = Config.fromfile(str(config_path))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
     if smoke:  # CPU: no 4-bit, no mixed precision, no 32 tokenizing processes on a small machine
         if "map_num_proc" in cfg.train_dataloader.dataset or "dataset_map_fn" in cfg.train_dataloader.dataset:
             cfg.train_dataloader.dataset.map_num_proc = 1
