@@ -14,7 +14,7 @@ OUT=${OUT:-/tmp/xa-real-out}; SITE=/tmp/site; W=/tmp/xa-real
 mkdir -p "$OUT" "$W"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=$SITE:$PWD XTUNER_ASSISTANT_HOME=$W/home
 XA="python3 -m xtuner_assistant.cli"
-TRAIN='import sys; from xtuner_assistant.xtuner_tools import run_tool; sys.exit(run_tool("train", sys.argv[1:]))'
+TRAIN='import sys; from xtuner_assistant.training.xtuner_tools import run_tool; sys.exit(run_tool("train", sys.argv[1:]))'
 note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 MODEL=$W/home/models/smollm2-135m
 
@@ -59,7 +59,7 @@ identity() {  # one budget for all: 120 iterations x 8 conversations (the shippe
   local t0=$SECONDS
   # The base model's replayed answers once, before the arms start: five arms each making the same
   # cache at once on the CPU starved each other for 8 minutes (first attempt).
-  timeout 150 python3 -c "from xtuner_assistant.replay import replay_file; print(replay_file('$MODEL'))" >$W/replay.log 2>&1
+  timeout 150 python3 -c "from xtuner_assistant.data.replay import replay_file; print(replay_file('$MODEL'))" >$W/replay.log 2>&1
   note "replay cache in $((SECONDS - t0)) s: $(tail -1 $W/replay.log)"
   for v in "tutorial-data|" "ours|" "ours|--set lr=0.002" "ours|--set general_ratio=2.0 --set replay_ratio=1.0"; do
     local arm=${v%%|*} extra=${v#*|}

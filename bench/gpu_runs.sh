@@ -53,9 +53,9 @@ json.dump(records[:1000], open("/tmp/xa-gpu/train_data.json", "w"), ensure_ascii
 EOF
 
 # The library calls behind `xtuner-assistant train/convert/merge`, so these runs do not depend on the CLI.
-TRAIN='import sys; from xtuner_assistant.xtuner_tools import run_tool; sys.exit(run_tool("train", sys.argv[1:]))'
-CONVERT='import sys; from pathlib import Path; from xtuner_assistant.convert import checkpoint_to_adapter; print(checkpoint_to_adapter(Path(sys.argv[1]), Path(sys.argv[2])))'
-MERGE='import sys, json; from pathlib import Path; from xtuner_assistant.convert import merge_adapter; print(json.dumps(merge_adapter(Path(sys.argv[1]), Path(sys.argv[3]), Path(sys.argv[2]), quantized_reference=True)))'
+TRAIN='import sys; from xtuner_assistant.training.xtuner_tools import run_tool; sys.exit(run_tool("train", sys.argv[1:]))'
+CONVERT='import sys; from pathlib import Path; from xtuner_assistant.training.export import checkpoint_to_adapter; print(checkpoint_to_adapter(Path(sys.argv[1]), Path(sys.argv[2])))'
+MERGE='import sys, json; from pathlib import Path; from xtuner_assistant.training.export import merge_adapter; print(json.dumps(merge_adapter(Path(sys.argv[1]), Path(sys.argv[3]), Path(sys.argv[2]), quantized_reference=True)))'
 
 train() {  # LABEL CONFIG MODEL_DIR [extra args...]; settings come from XA_* in the environment
   local label=$1 config=$2 model=$3; shift 3

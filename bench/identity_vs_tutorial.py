@@ -42,7 +42,7 @@ OURS = dict(lr=1e-3, lora_r=16, lora_alpha=32, lora_dropout=0.05, general_ratio=
 TUTORIAL = dict(lr=2e-4, lora_r=64, lora_alpha=16, lora_dropout=0.1)
 
 CONFIG = '''_base_ = ["{runtime}"]
-from xtuner_assistant.recipe import chat_tokenizer, lora_model, mixed_dataloader, optimizer
+from xtuner_assistant.training.recipe import chat_tokenizer, lora_model, mixed_dataloader, optimizer
 model_path = {model_path!r}
 tokenizer = chat_tokenizer(model_path)
 model = lora_model(model_path, r={lora_r}, alpha={lora_alpha}, dropout={lora_dropout}, quantize_4bit=False,
@@ -109,14 +109,14 @@ def write_config(path: Path, values: dict) -> Path:
 
 
 def run_arm(arm: str, config: Path, work_dir: Path, log: Path) -> dict:
-    from xtuner_assistant.xtuner_tools import tool_path
+    from xtuner_assistant.training.xtuner_tools import tool_path
 
     start = time.monotonic()
     with open(log, "w") as output:
         status = subprocess.run([sys.executable, tool_path("train"), str(config), "--work-dir", str(work_dir)],
                                 stdout=output, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
     wall = time.monotonic() - start
-    from xtuner_assistant.evaluation import rescored_history
+    from xtuner_assistant.evaluation.identity_evaluation import rescored_history
 
     # Scored again from the saved answers, so every arm is scored by the same (current) metrics.
     history = rescored_history(work_dir / "identity_eval")
@@ -174,8 +174,8 @@ def main(argv=None) -> int:
         if key not in OURS:
             parser.error(f"--set {pair}: unknown setting; known: {', '.join(OURS)}")
         OURS[key] = type(OURS[key])(value)
-    from xtuner_assistant.fetch import fetch
-    from xtuner_assistant.replay import replay_file
+    from xtuner_assistant.models.fetch import fetch
+    from xtuner_assistant.data.replay import replay_file
 
     model_path = args.model if Path(args.model).is_dir() else str(fetch(args.model))
     args.base_model = args.base_model or Path(args.model).name

@@ -12,11 +12,11 @@ import json
 import time
 from pathlib import Path
 
-from xtuner_assistant.convert import checkpoint_to_adapter, merge_adapter
-from xtuner_assistant.fetch import fetch
-from xtuner_assistant.generation import load_chat_model, replies
-from xtuner_assistant.identity_files import write_identity_files
-from xtuner_assistant.xtuner_tools import parse_settings, run_tool
+from xtuner_assistant.training.export import checkpoint_to_adapter, merge_adapter
+from xtuner_assistant.models.fetch import fetch
+from xtuner_assistant.models.generation import load_chat_model, replies
+from xtuner_assistant.data.identity_files import write_identity_files
+from xtuner_assistant.training.xtuner_tools import parse_settings, run_tool
 
 NAME = "Zorblat"  # a name the base model has no reason to say
 

@@ -14,7 +14,7 @@ import lzma
 import shutil
 from pathlib import Path
 
-from xtuner_assistant.stand_in_models import INTERNLM2_1_8B, internlm2_architecture
+from xtuner_assistant.models.stand_ins import INTERNLM2_1_8B, internlm2_architecture
 
 # Shapes from the models' published config.json files.
 SHAPES = {

@@ -40,8 +40,8 @@ def write_data(out: Path, identity_samples: int, seed: int) -> dict:
     OpenAI-format JSON file both recipes read."""
     import random
 
-    from xtuner_assistant.general_data import load_source
-    from xtuner_assistant.identity import IdentityConversations
+    from xtuner_assistant.data.general import load_source
+    from xtuner_assistant.data.identity import IdentityConversations
     from xtuner_assistant.paths import write_json_atomic
 
     identity = list(IdentityConversations("小菜鸡", "", "书生·浦语 InternLM2-Chat-1.8B", n=identity_samples, seed=seed))
@@ -132,7 +132,7 @@ def attention_pairs(data: dict) -> int:
 
 
 def real_tokens(data: dict) -> int:
-    from xtuner_assistant.packing import real_token_count
+    from xtuner_assistant.data.packing import real_token_count
 
     if "document_ids" in data:
         return real_token_count(data)
@@ -318,7 +318,7 @@ def our_arms(args) -> list[tuple[int, int, str]]:
 def run(args) -> dict:
     import torch
 
-    from xtuner_assistant import document_attention
+    from xtuner_assistant.training import document_attention
 
     smoke = args.smoke or not torch.cuda.is_available()
     device = "cpu" if smoke else "cuda"

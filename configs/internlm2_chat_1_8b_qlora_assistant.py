@@ -6,7 +6,7 @@
 #   (or: XA_MODEL=/root/ft/model XA_NAME=小菜鸡 xtuner train THIS_FILE; NPROC_PER_NODE=2 for 2 GPUs)
 _base_ = ["./_base_/runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.recipe import packed_qlora_wiring, required_setting, setting
+from xtuner_assistant.training.recipe import packed_qlora_wiring, required_setting, setting
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -43,7 +43,7 @@ dtype = setting("dtype", "bfloat16")  # float32 (with quantize_4bit=false) train
 flex_attention = setting("flex_attention", False)  # CUDA: skip attention between packed conversations (not yet measured)
 
 #######################################################################
-#                  PART 2  Wiring (xtuner_assistant/recipe.py)        #
+#                  PART 2  Wiring (xtuner_assistant/training/recipe.py)#
 #######################################################################
 # One function for every packed QLoRA config, so their wiring is said once. It defines tokenizer, model,
 # train_dataloader, optim_wrapper, param_scheduler, train_cfg, default_hooks, randomness, custom_hooks.

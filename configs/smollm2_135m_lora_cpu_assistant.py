@@ -3,7 +3,7 @@
 # Any setting below can be overridden with --set NAME=VALUE (or XA_NAME=VALUE xtuner train ...).
 _base_ = ["./_base_/runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.recipe import (assistant_eval_hook, base_model_replay, chat_tokenizer, identity_source,
+from xtuner_assistant.training.recipe import (assistant_eval_hook, base_model_replay, chat_tokenizer, identity_source,
                                      lora_model, mixed_dataloader, optimizer, packaged_model, schedule, setting)
 
 #######################################################################
@@ -37,7 +37,7 @@ seed = setting("seed", 0)
 evaluation_freq = setting("evaluation_freq", 0)
 
 #######################################################################
-#                  PART 2  Wiring (xtuner_assistant/recipe.py)        #
+#                  PART 2  Wiring (xtuner_assistant/training/recipe.py)#
 #######################################################################
 tokenizer = chat_tokenizer(model_path)
 model = lora_model(model_path, r=lora_r, alpha=2 * lora_r, dropout=0.05, quantize_4bit=False,

@@ -21,14 +21,14 @@ import sys, torch
 sys.path.insert(0, "tests")
 from pathlib import Path
 from tiny_models import tiny_chat_model_dir
-from xtuner_assistant.stand_in_models import random_clip_vision, random_internlm2_chat
+from xtuner_assistant.models.stand_ins import random_clip_vision, random_internlm2_chat
 tokenizer_dir = tiny_chat_model_dir(Path("/tmp/g/tiny"))
 with torch.device("cuda"):
     random_clip_vision(Path("/tmp/g/clip"), real_shape=True)
     random_internlm2_chat(Path("/tmp/g/internlm2"), tokenizer_dir, real_shape=True, dtype="bfloat16")
 PY
 note "random InternLM2-1.8B + CLIP-L/14-336 built in $((SECONDS - t0)) s"
-TRAIN='import sys; from xtuner_assistant.xtuner_tools import run_tool; sys.exit(run_tool("train", sys.argv[1:]))'
+TRAIN='import sys; from xtuner_assistant.training.xtuner_tools import run_tool; sys.exit(run_tool("train", sys.argv[1:]))'
 export XA_LLM=$G/internlm2 XA_VISUAL_ENCODER=$G/clip XA_IMAGE_FOLDER=$D/vqa/images XA_SAVE_STEPS=1000 XA_WARMUP_ITERS=5
 t0=$SECONDS
 XA_DATA_PATH=$D/vqa/captions.json XA_BATCH_SIZE=8 timeout 130 python3 -c "$TRAIN" \

@@ -11,7 +11,7 @@ import pytest
 from talkative_model import talkative_tiny_model_dir
 from test_llava import easy_vqa, tiny_clip  # noqa: F401 (fixtures: easy-VQA images, a tiny CLIP)
 from test_web import tiny_llava  # noqa: F401 (fixture: a tiny LLaVA through `xtuner train`)
-from xtuner_assistant.cli import main as cli_main
+from xtuner_assistant.cli.main import main as cli_main
 
 QUESTION = "Hello, who are you?"
 IMAGE_QUESTION = "what shape is in the image?"
@@ -31,7 +31,7 @@ def replies_in(output: str) -> list[str]:
 
 
 def test_terminal_chat_keeps_the_conversation_until_reset(talkative_model, monkeypatch, capsys):
-    from xtuner_assistant.generation import load_chat_model, reply
+    from xtuner_assistant.models.generation import load_chat_model, reply
 
     typed(monkeypatch, QUESTION, QUESTION, "/reset", QUESTION, "/exit")
     assert cli_main(["chat", str(talkative_model), "--max-new-tokens", "12"]) == 0
@@ -48,8 +48,8 @@ def test_terminal_chat_keeps_the_conversation_until_reset(talkative_model, monke
 
 
 def test_chat_with_an_image_is_vqa_chat_through_the_same_loop(tiny_llava, easy_vqa, monkeypatch, capsys):
-    from xtuner_assistant.image_chat import read_image
-    from xtuner_assistant.llava import answer, load_llava
+    from xtuner_assistant.llava.image_chat import read_image
+    from xtuner_assistant.llava.model import answer, load_llava
 
     picture = easy_vqa["image_folder"] / json.loads(easy_vqa["test"].read_text())[0]["image"]
     expected = answer(load_llava(tiny_llava, device="cpu"), [read_image(picture)], [IMAGE_QUESTION],

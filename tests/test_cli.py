@@ -1,7 +1,7 @@
 """The verbs a user would guess all exist, including the LLaVA ones under `data` and `eval`."""
 import pytest
 
-from xtuner_assistant.cli import main
+from xtuner_assistant.cli.main import main
 
 
 @pytest.mark.parametrize("argv, usage", [

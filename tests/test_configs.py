@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-from xtuner_assistant.cli import main as cli
-from xtuner_assistant.commands.config import base_files
+from xtuner_assistant.cli.main import main as cli
+from xtuner_assistant.cli.config import base_files
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((REPO / "configs").glob("*.py"))
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py")
 INTERNLM2 = REPO / "configs" / "internlm2_chat_1_8b_qlora_assistant.py"
 QWEN_05B = REPO / "configs" / "qwen2_5_0_5b_qlora_assistant.py"
 QWEN_15B = REPO / "configs" / "qwen2_5_1_5b_qlora_assistant.py"
@@ -76,7 +76,7 @@ def test_a_setting_set_again_in_a_copied_config_reaches_its_wiring(tmp_path, cap
 
 
 def test_a_packed_qlora_config_missing_settings_is_told_which():
-    from xtuner_assistant.recipe import SettingError, packed_qlora_wiring
+    from xtuner_assistant.training.recipe import SettingError, packed_qlora_wiring
 
     # model_path and base_model defined by the config, name by its base: the rest is missing.
     with pytest.raises(SettingError, match=r"PART 1: author, identity_file, .*, flex_attention \(see ") as raised:
@@ -121,7 +121,7 @@ def test_packed_data_builds_before_the_model_is_imported(tmp_path, tiny_model_di
     code = (
         "import sys; from mmengine.config import Config; from mmengine.registry import DATASETS\n"
         "cfg = Config.fromfile(sys.argv[1])\n"
-        "assert 'xtuner_assistant.packed_finetune' not in sys.modules\n"
+        "assert 'xtuner_assistant.training.packed_finetune' not in sys.modules\n"
         "rows = DATASETS.build(cfg.train_dataloader.dataset)\n"
         "print(len(rows), rows.report['samples'], max(len(rows[i]['input_ids']) for i in range(len(rows))))\n"
     )
@@ -136,7 +136,7 @@ def test_packed_data_builds_before_the_model_is_imported(tmp_path, tiny_model_di
 
 @pytest.mark.slow
 def test_a_packed_config_trains_with_xtuner_train_on_a_cpu(tmp_path, tiny_model_dir):
-    from xtuner_assistant.xtuner_tools import run_tool
+    from xtuner_assistant.training.xtuner_tools import run_tool
 
     work_dir = tmp_path / "train"
     status = run_tool("train", [str(QWEN_05B), "--work-dir", str(work_dir)], {
@@ -149,7 +149,7 @@ def test_a_packed_config_trains_with_xtuner_train_on_a_cpu(tmp_path, tiny_model_
 
 
 def test_a_copied_configs_bases_are_pointed_at_its_own_base_folder():
-    from xtuner_assistant.commands.config import with_bases_in
+    from xtuner_assistant.cli.config import with_bases_in
 
     text = '_base_ = ["../../_base_/runtime.py", \'./_base_/llava_runtime.py\']  # first statement\nx = 1\n'
     assert with_bases_in(text, "./_base_").splitlines()[0] == (

@@ -3,7 +3,7 @@ import torch
 from mmengine.optim import OptimWrapper
 from mmengine.registry import PARAM_SCHEDULERS
 
-from xtuner_assistant.recipe import schedule
+from xtuner_assistant.training.recipe import schedule
 
 
 def rates(warmup_iters: int, iters: int = 30) -> list[float]:

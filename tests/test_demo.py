@@ -2,8 +2,8 @@
 `--set identity_samples` sizes the identity data it writes."""
 import pytest
 
-from xtuner_assistant import demo
-from xtuner_assistant.demo import DemoError, pick_held_out, print_comparison
+from xtuner_assistant.cli import demo
+from xtuner_assistant.cli.demo import DemoError, pick_held_out, print_comparison
 
 
 def test_held_out_questions_alternate_languages():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from xtuner_assistant.hooks.collapse import IdentityEvalHook
+from xtuner_assistant.evaluation.hook import IdentityEvalHook
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "smollm2_135m_lora_cpu_assistant.py"
@@ -45,7 +45,7 @@ def train(tmp_path: Path, tiny_model_dir: Path, hook: dict, work_dir: Path) -> s
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XTUNER_ASSISTANT_HOME": str(tmp_path / "home"),
            "XA_MODEL": str(tiny_model_dir), "XA_NAME": NAME, "XA_IDENTITY_SAMPLES": "16", "XA_GENERAL_RATIO": "0",
            "XA_BATCH_SIZE": "4", "XA_MAX_EPOCHS": "2", "XA_LR": "0.05", "XA_SAVE_STEPS": "100"}
-    from xtuner_assistant.xtuner_tools import tool_path
+    from xtuner_assistant.training.xtuner_tools import tool_path
 
     return subprocess.run([sys.executable, tool_path("train"), str(config), "--work-dir", str(work_dir)],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
@@ -97,7 +97,7 @@ def test_a_healthy_run_keeps_the_best_checkpoint_by_the_stated_rule(healthy_run)
 
 
 def test_eval_reports_plots_and_names_the_best_checkpoint(healthy_run, capsys):
-    from xtuner_assistant.commands import eval as eval_command
+    from xtuner_assistant.cli import eval as eval_command
 
     _, work_dir = healthy_run
     parser = eval_command_parser(eval_command)
@@ -111,7 +111,7 @@ def test_eval_reports_plots_and_names_the_best_checkpoint(healthy_run, capsys):
 
 
 def test_eval_scores_a_model_folder_against_its_base(tmp_path, tiny_model_dir, monkeypatch, capsys):
-    from xtuner_assistant.commands import eval as eval_command
+    from xtuner_assistant.cli import eval as eval_command
 
     monkeypatch.setenv("XTUNER_ASSISTANT_HOME", str(tmp_path / "home"))
     parser = eval_command_parser(eval_command)
@@ -125,7 +125,7 @@ def test_eval_scores_a_model_folder_against_its_base(tmp_path, tiny_model_dir, m
 
 
 def test_eval_of_a_work_dir_without_the_hook_says_what_to_do(tmp_path):
-    from xtuner_assistant.commands import eval as eval_command
+    from xtuner_assistant.cli import eval as eval_command
 
     (tmp_path / "iter_4.pth").write_bytes(b"")
     args = eval_command_parser(eval_command).parse_args(["eval", str(tmp_path)])

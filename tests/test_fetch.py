@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from xtuner_assistant import fetch as fetch_module
-from xtuner_assistant import model_zoo
-from xtuner_assistant.model_zoo import ModelPackageMissing, PackagedModel
+from xtuner_assistant.models import fetch as fetch_module
+from xtuner_assistant.models import zoo as model_zoo
+from xtuner_assistant.models.zoo import ModelPackageMissing, PackagedModel
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from xtuner_assistant.general_data import (GeneralDataError, chatterbot_conversations, load_conversations,
+from xtuner_assistant.data.general import (GeneralDataError, chatterbot_conversations, load_conversations,
                                            load_source)
 
 

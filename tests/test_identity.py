@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from xtuner_assistant.identity import Identity, IdentityError, IdentityPhrasebook
-from xtuner_assistant.identity_files import write_identity_files
+from xtuner_assistant.data.identity import Identity, IdentityError, IdentityPhrasebook
+from xtuner_assistant.data.identity_files import write_identity_files
 
 
 def user_questions(conversations):

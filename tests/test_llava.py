@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from xtuner_assistant.commands import train as train_command
-from xtuner_assistant.commands import vqa as vqa_command
-from xtuner_assistant.llava_dataset import encode_image_conversation, image_prompt_ids
-from xtuner_assistant.vqa_data import (ANSWER_INSTRUCTION, describe_images, easy_vqa_split, question_type,
+from xtuner_assistant.cli import train as train_command
+from xtuner_assistant.cli import vqa as vqa_command
+from xtuner_assistant.llava.dataset import encode_image_conversation, image_prompt_ids
+from xtuner_assistant.llava.easy_vqa import (ANSWER_INSTRUCTION, describe_images, easy_vqa_split, question_type,
                                        write_easy_vqa)
-from xtuner_assistant.vqa_eval import answer_word
+from xtuner_assistant.llava.vqa_eval import answer_word
 
 REPO = Path(__file__).resolve().parent.parent
 LLAVA_CONFIGS = REPO / "configs" / "llava"
@@ -40,7 +40,7 @@ def easy_vqa(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> Path:
-    from xtuner_assistant.stand_in_models import random_clip_vision
+    from xtuner_assistant.models.stand_ins import random_clip_vision
 
     return random_clip_vision(tmp_path_factory.mktemp("clip") / "clip", real_shape=False)
 
@@ -118,9 +118,9 @@ def test_efficientnet_lite0_serves_as_llava_vision_encoder(tiny_model_dir, easy_
     from xtuner.dataset.collate_fns import default_collate_fn
     from xtuner.model import LLaVAModel
 
-    from xtuner_assistant.llava_dataset import ChatTemplateLLaVADataset
-    from xtuner_assistant.recipe import chat_tokenizer
-    from xtuner_assistant.vision_encoder import EfficientNetLiteVisionTower, efficientnet_image_processor
+    from xtuner_assistant.llava.dataset import ChatTemplateLLaVADataset
+    from xtuner_assistant.training.recipe import chat_tokenizer
+    from xtuner_assistant.llava.vision_encoder import EfficientNetLiteVisionTower, efficientnet_image_processor
 
     torch.manual_seed(0)
     tower = EfficientNetLiteVisionTower(image_size=64)
@@ -202,7 +202,7 @@ def test_two_stages_with_xtuner_train_then_it_answers_about_the_image(tiny_model
 def test_tutorial_internlm2_clip_configs_build_and_train(tiny_model_dir, tiny_clip, easy_vqa, tmp_path, capsys):
     """The tutorial pair (InternLM2-Chat + CLIP, QLoRA + LoRA) with stand-in weights of a small shape;
     on a CPU without 4-bit kernels the LLM is LoRA-tuned in float32 instead of QLoRA."""
-    from xtuner_assistant.stand_in_models import random_internlm2_chat
+    from xtuner_assistant.models.stand_ins import random_internlm2_chat
 
     internlm2 = random_internlm2_chat(tmp_path / "internlm2", tiny_model_dir, real_shape=False)
     common = dict(llm=internlm2, visual_encoder=tiny_clip, image_folder=easy_vqa["image_folder"], dtype="float32",

@@ -3,7 +3,7 @@ base, and a merge that does not match fails loudly and leaves nothing behind."""
 import pytest
 import torch
 
-from xtuner_assistant.convert import ConversionError, merge_adapter  # first: applies the bitsandbytes fix
+from xtuner_assistant.training.export import ConversionError, merge_adapter  # first: applies the bitsandbytes fix
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 

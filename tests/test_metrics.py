@@ -1,7 +1,7 @@
 """Each metric on hand-made answers: a looping answer, a collapsed set, a leaked name, kept facts."""
 import pytest
 
-from xtuner_assistant import metrics
+from xtuner_assistant.evaluation import metrics
 
 NAME = "小菜鸡"
 IDENTITY_SENTENCE = "我是小菜鸡，你的小助手，内在是SmolLM2大模型哦。有什么可以帮你的吗？"

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from xtuner_assistant.chat_template import IGNORE_INDEX
-from xtuner_assistant.general_data import GeneralDataError
-from xtuner_assistant.mixing import MixedChatDataset, language_of
+from xtuner_assistant.data.general import GeneralDataError
+from xtuner_assistant.data.mixed import MixedChatDataset, language_of
 
 
 def conversation(question, answer):
@@ -36,7 +36,7 @@ def test_ratio_is_kept_per_language_and_reported(tokenizer, general_file):
 
 
 def IdentityConversationsView(cfg):
-    from xtuner_assistant.identity import IdentityConversations
+    from xtuner_assistant.data.identity import IdentityConversations
 
     return IdentityConversations(**{k: v for k, v in cfg.items() if k != "type"})
 

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from xtuner_assistant.chat_template import IGNORE_INDEX
-from xtuner_assistant.packed_finetune import DocumentAttention, answer_token_loss, causal_lm_parts
-from xtuner_assistant.packing import (PADDING_DOCUMENT, PackedChatDataset, block_diagonal_causal_mask, pack_samples,
+from xtuner_assistant.training.packed_finetune import DocumentAttention, answer_token_loss, causal_lm_parts
+from xtuner_assistant.data.packing import (PADDING_DOCUMENT, PackedChatDataset, block_diagonal_causal_mask, pack_samples,
                                       packed_collate_fn, plan_packs, real_token_count)
 
 CONVERSATIONS = [
@@ -106,7 +106,7 @@ def packed_finetune(model_dir):
     from mmengine.config import ConfigDict
     from peft import LoraConfig
 
-    from xtuner_assistant.packed_finetune import PackedSupervisedFinetune
+    from xtuner_assistant.training.packed_finetune import PackedSupervisedFinetune
 
     torch.manual_seed(0)
     return PackedSupervisedFinetune(
@@ -118,7 +118,7 @@ def packed_finetune(model_dir):
 
 @pytest.fixture(scope="module")
 def internlm2_dir(tiny_model_dir, tmp_path_factory):
-    from xtuner_assistant.stand_in_models import random_internlm2_chat
+    from xtuner_assistant.models.stand_ins import random_internlm2_chat
 
     return random_internlm2_chat(tmp_path_factory.mktemp("internlm2") / "model", tiny_model_dir, real_shape=False)
 
@@ -170,7 +170,7 @@ def reference_varlen_kernel(query, key, value, offsets, longest, scale):
 
 
 def test_document_boundaries_split_runs_of_ids_and_every_row():
-    from xtuner_assistant.document_attention import document_boundaries
+    from xtuner_assistant.training.document_attention import document_boundaries
 
     ids = torch.tensor([[0, 0, 0, 1, 1, -1], [0, 0, 1, 1, 1, 1]])
     offsets, longest = document_boundaries(ids)

@@ -51,7 +51,7 @@ def test_convert_merge_and_chat(trained, tiny_model_dir):
     assert not [p for p in root.iterdir() if ".staging-" in p.name], "no staging folders left behind"
     streamed = cli("chat", root / "merged", "--prompt", "Who are you?", "--max-new-tokens", "8").stdout
 
-    from xtuner_assistant.generation import load_chat_model, reply
+    from xtuner_assistant.models.generation import load_chat_model, reply
 
     model, tokenizer = load_chat_model(root / "merged", device="cpu")
     expected = reply(model, tokenizer, [{"role": "user", "content": "Who are you?"}], max_new_tokens=8)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from talkative_model import talkative_tiny_model_dir
-from xtuner_assistant.cli import main as cli_main
+from xtuner_assistant.cli.main import main as cli_main
 
 SECRET = "xa-FAKE-SECRET-7f3a9c1e"
 QUESTION = "Hello, who are you?"
@@ -68,7 +68,7 @@ def publish(capsys, *args) -> tuple[int, str, str]:
 
 
 def reply_of(folder: Path, messages=None) -> str:
-    from xtuner_assistant.generation import load_chat_model, reply
+    from xtuner_assistant.models.generation import load_chat_model, reply
 
     model, tokenizer = load_chat_model(folder, device="cpu")
     return reply(model, tokenizer, messages or [{"role": "user", "content": QUESTION}], max_new_tokens=24)
@@ -139,7 +139,7 @@ def test_publish_with_lfs_then_clone_load_chat_and_run_the_app(model_dir, tmp_pa
     assert app.MODEL_REPO_URL == str(model_remote)
     assistant = app.Assistant(fetched)
     from xtuner_assistant.chat_template import end_of_turn_token_ids
-    from xtuner_assistant.generation import load_chat_model
+    from xtuner_assistant.models.generation import load_chat_model
 
     assert assistant.stop_ids == end_of_turn_token_ids(load_chat_model(model_dir, device="cpu")[1])
     assert assistant.chat(QUESTION, max_new_tokens=24) == reply_of(model_dir)

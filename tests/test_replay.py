@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-from xtuner_assistant import replay
-from xtuner_assistant.identity_files import DEFAULT_SAMPLES
-from xtuner_assistant.mixing import MixedChatDataset, language_of
-from xtuner_assistant.replay import ReplayError
+from xtuner_assistant.data import replay
+from xtuner_assistant.models import answers as answer_cache
+from xtuner_assistant.data.identity_files import DEFAULT_SAMPLES
+from xtuner_assistant.data.mixed import MixedChatDataset, language_of
+from xtuner_assistant.data.replay import ReplayError
 
 CPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smollm2_135m_lora_cpu_assistant.py"
 
@@ -68,11 +69,11 @@ def test_answers_are_generated_once_per_model_prompts_and_length(home, tiny_mode
         calls.append((tuple(prompts), max_new_tokens))
         return [f"answer {i}." for i in range(len(prompts))]
 
-    first = replay.cached_answers(tiny_model_dir, ["a", "b"], 32, generate)
-    again = replay.cached_answers(tiny_model_dir, ["a", "b"], 32, generate)
+    first = answer_cache.cached_answers(tiny_model_dir, ["a", "b"], 32, generate)
+    again = answer_cache.cached_answers(tiny_model_dir, ["a", "b"], 32, generate)
     assert first == again == ["answer 0.", "answer 1."] and len(calls) == 1
-    replay.cached_answers(tiny_model_dir, ["a", "b", "c"], 32, generate)  # other prompts
-    replay.cached_answers(tiny_model_dir, ["a", "b"], 64, generate)  # another length limit
+    answer_cache.cached_answers(tiny_model_dir, ["a", "b", "c"], 32, generate)  # other prompts
+    answer_cache.cached_answers(tiny_model_dir, ["a", "b"], 64, generate)  # another length limit
     assert len(calls) == 3
     assert len(list((home / "answers").glob("*.json"))) == 3
 

@@ -17,8 +17,8 @@ import pytest
 
 from talkative_model import talkative_tiny_model_dir
 from test_llava import cli as llava_cli, easy_vqa, tiny_clip, train  # noqa: F401 (fixtures: the tiny LLaVA's parts)
-from xtuner_assistant.cli import main as cli_main
-from xtuner_assistant.commands.web import streamlit_command
+from xtuner_assistant.cli.main import main as cli_main
+from xtuner_assistant.serve.web import streamlit_command
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM = os.environ.get("XA_CHROMIUM", "/usr/bin/chromium")
@@ -103,7 +103,7 @@ def two_models(tmp_path_factory):
 
 
 def expected_reply(model_dir: Path, max_new_tokens: int) -> str:
-    from xtuner_assistant.generation import load_chat_model, reply
+    from xtuner_assistant.models.generation import load_chat_model, reply
 
     model, tokenizer = load_chat_model(model_dir, device="cpu")
     return reply(model, tokenizer, [{"role": "user", "content": QUESTION}], max_new_tokens=max_new_tokens)
@@ -173,10 +173,10 @@ def run_page(monkeypatch, *page_args):
     """The page's script run in-process by Streamlit's own test runner (no server, no browser)."""
     from streamlit.testing.v1 import AppTest
 
-    from xtuner_assistant.commands.web import WEB_APP
+    from xtuner_assistant.serve.web import web_app
 
-    monkeypatch.setattr("sys.argv", [str(WEB_APP), *map(str, page_args)])
-    page = AppTest.from_file(str(WEB_APP), default_timeout=120)
+    monkeypatch.setattr("sys.argv", [str(web_app()), *map(str, page_args)])
+    page = AppTest.from_file(str(web_app()), default_timeout=120)
     page.run()
     assert not page.exception, page.exception
     return page
@@ -224,8 +224,8 @@ IMAGE_QUESTION = "what shape is in the image?"
 
 
 def test_llava_page_answers_about_an_uploaded_image(browser, tiny_llava, easy_vqa, tmp_path):
-    from xtuner_assistant.image_chat import read_image
-    from xtuner_assistant.llava import answer, load_llava
+    from xtuner_assistant.llava.image_chat import read_image
+    from xtuner_assistant.llava.model import answer, load_llava
 
     picture = easy_vqa["image_folder"] / json.loads(easy_vqa["test"].read_text())[0]["image"]
     process, url = start_page(tmp_path, tiny_llava, None, max_new_tokens=12)
@@ -288,7 +288,7 @@ def test_llava_page_says_clearly_when_its_llm_is_gone(tiny_llava, tmp_path, monk
 
 def test_web_command_takes_a_llava_folder_but_not_with_base(tiny_llava, two_models, capsys, monkeypatch):
     started = []
-    monkeypatch.setattr("xtuner_assistant.commands.web.subprocess.call", lambda command: started.append(command) or 0)
+    monkeypatch.setattr("xtuner_assistant.cli.web.subprocess.call", lambda command: started.append(command) or 0)
     assert cli_main(["web", str(tiny_llava), "--compare", str(two_models[1])]) == 0
     assert started == [streamlit_command(tiny_llava, two_models[1])]
 

@@ -1,9 +1,9 @@
 """The web demo: chat with the fine-tuned model, beside its base model, in the browser.
 
 Start it with `xtuner-assistant web MODEL [--compare BASE]` (which runs `streamlit run` on this file).
-Every reply streams, formatted by the model's own chat template (xtuner_assistant.generation), and
+Every reply streams, formatted by the model's own chat template (xtuner_assistant.models.generation), and
 each browser tab keeps its own conversation. A LLaVA model (a `vqa convert` folder) gets an image
-uploader and answers each question about the uploaded image (xtuner_assistant.llava).
+uploader and answers each question about the uploaded image (xtuner_assistant.llava.model).
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import sys
 
 import streamlit as st
 
-from xtuner_assistant import llava
+from xtuner_assistant.llava import model as llava
 from xtuner_assistant.chat_template import ChatTemplateError
-from xtuner_assistant.generation import ModelPathError, check_model_dir, load_chat_model, stream_reply
-from xtuner_assistant.image_chat import IMAGE_TYPES, is_llava_model, read_image
+from xtuner_assistant.models.generation import ModelPathError, check_model_dir, load_chat_model, stream_reply
+from xtuner_assistant.llava.image_chat import IMAGE_TYPES, is_llava_model, read_image
 
 
 def page_arguments(argv: list[str]) -> argparse.Namespace:

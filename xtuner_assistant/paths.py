@@ -1,15 +1,23 @@
-"""Where xtuner-assistant keeps what it makes outside the user's work dirs, and atomic writes."""
+"""Where things are: what xtuner-assistant keeps outside the user's work dirs, the files it ships
+(configs/ and web/), atomic writes, and reading the user's JSON lists."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 
 def home() -> Path:
     return Path(os.environ.get("XTUNER_ASSISTANT_HOME", Path.home() / ".cache" / "xtuner-assistant"))
+
+
+def shipped(folder: str) -> Path:
+    """`configs` or `web`: at the top of the source tree, inside the package once installed
+    (pyproject.toml maps them to xtuner_assistant.configs and xtuner_assistant.web)."""
+    return Path(str(resources.files(f"xtuner_assistant.{folder}")))
 
 
 def model_cache_dir(name: str) -> Path:

@@ -3,7 +3,7 @@
 # (or XA_NAME=VALUE), or by setting it again in the config that inherits this file.
 _base_ = ["./runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.recipe import setting
+from xtuner_assistant.training.recipe import setting
 
 #######################################################################
 #                          PART 1  Settings                           #

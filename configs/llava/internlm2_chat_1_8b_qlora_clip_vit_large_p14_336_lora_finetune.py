@@ -7,8 +7,8 @@
 # On a CPU add --set dtype=float32 --set quantize_4bit=false (4-bit needs a GPU build of bitsandbytes).
 _base_ = ["./_base_/llava_runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.llava_recipe import chat_tokenizer, llava_dataloader, llava_model, vision_encoder
-from xtuner_assistant.recipe import optimizer, schedule, setting
+from xtuner_assistant.llava.recipe import chat_tokenizer, llava_dataloader, llava_model, vision_encoder
+from xtuner_assistant.training.recipe import optimizer, schedule, setting
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -36,7 +36,7 @@ save_steps = setting("save_steps", 500)
 seed = setting("seed", 0)
 
 #######################################################################
-#             PART 2  Wiring (xtuner_assistant/llava_recipe.py)       #
+#             PART 2  Wiring (xtuner_assistant/llava/recipe.py)       #
 #######################################################################
 tokenizer = chat_tokenizer(llm)
 visual_encoder, image_processor = vision_encoder("clip", visual_encoder_path)

@@ -5,8 +5,8 @@
 # Use Qwen2.5-0.5B instead:  --set llm=$(xtuner-assistant model fetch qwen2.5-0.5b) (and its stage 1)
 _base_ = ["./_base_/llava_runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.llava_recipe import chat_tokenizer, llava_dataloader, llava_model, vision_encoder
-from xtuner_assistant.recipe import optimizer, packaged_model, schedule, setting
+from xtuner_assistant.llava.recipe import chat_tokenizer, llava_dataloader, llava_model, vision_encoder
+from xtuner_assistant.training.recipe import optimizer, packaged_model, schedule, setting
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -35,7 +35,7 @@ seed = setting("seed", 0)
 num_workers = setting("num_workers", 0)  # image-loading processes; 4-8 keep a GPU fed
 
 #######################################################################
-#             PART 2  Wiring (xtuner_assistant/llava_recipe.py)       #
+#             PART 2  Wiring (xtuner_assistant/llava/recipe.py)       #
 #######################################################################
 tokenizer = chat_tokenizer(llm)
 visual_encoder, image_processor = vision_encoder(visual_encoder_kind, visual_encoder_path, image_size,

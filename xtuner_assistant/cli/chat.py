@@ -1,6 +1,6 @@
 """`chat MODEL`: talk to a model in the terminal, streamed, in the model's own chat template;
 `chat LLAVA_MODEL --image FILE`: ask a LLaVA model (a `vqa convert` folder) about an image."""
-import sys
+from xtuner_assistant.cli.errors import UserError
 
 
 def register(subparsers):
@@ -19,8 +19,8 @@ def register(subparsers):
 
 
 def run(args):
-    from xtuner_assistant.cli import UserError
-    from xtuner_assistant.image_chat import is_llava_model
+    from xtuner_assistant.llava.image_chat import is_llava_model
+    from xtuner_assistant.serve.terminal import chat_about_image, chat_with_text
 
     if is_llava_model(args.model):
         if not args.image:
@@ -32,54 +32,6 @@ def run(args):
     if args.image:
         raise UserError(f"--image needs a LLaVA model folder (projector/ and xtuner_config.py, written by "
                         f"`xtuner-assistant vqa convert`); {args.model} is not one")
-    return chat_with_text(args)
-
-
-def chat_with_text(args) -> int:
-    from xtuner_assistant.generation import load_chat_model, stream_reply
-    from xtuner_assistant.repl import repl
-
-    model, tokenizer = load_chat_model(args.model, args.base)
-    settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                    repetition_penalty=args.repetition_penalty)
-    start = [{"role": "system", "content": args.system}] if args.system else []
-    history = list(start)
-
-    def respond(text):
-        history.append({"role": "user", "content": text})
-        pieces = []
-        for piece in stream_reply(model, tokenizer, history, **settings):
-            pieces.append(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        history.append({"role": "assistant", "content": "".join(pieces).strip()})
-
-    def reset():
-        history[:] = start
-
-    if args.prompt is not None:
-        respond(args.prompt)
-        return 0
-    return repl(f"Chatting with {args.model} - type /reset to start over, /exit (or Ctrl-D) to leave.",
-                respond, reset)
-
-
-def chat_about_image(model_path, image_path, prompt=None, max_new_tokens=64) -> int:
-    """Each question is answered about the image on its own (the model sees no earlier turns)."""
-    from pathlib import Path
-
-    from xtuner_assistant.image_chat import read_image
-    from xtuner_assistant.llava import answer, load_llava
-    from xtuner_assistant.repl import repl
-
-    image = read_image(Path(image_path))
-    model = load_llava(Path(model_path))
-
-    def respond(text):
-        print(answer(model, [image], [text], max_new_tokens=max_new_tokens)[0])
-
-    if prompt is not None:
-        respond(prompt)
-        return 0
-    return repl(f"Asking {model_path} about {image_path} - /exit (or Ctrl-D) to leave.", respond)
+    return chat_with_text(args.model, args.base, args.prompt, args.system, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_p=args.top_p,
+                          repetition_penalty=args.repetition_penalty)

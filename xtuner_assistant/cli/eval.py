@@ -38,13 +38,13 @@ def run(args):
         raise FileNotFoundError(
             f"{target / EVAL_DIR / 'history.jsonl'}: this work dir was trained without the evaluation hook. "
             "Add it to the config (custom_hooks = [assistant_eval_hook(name, author, base_model, seed, every_n_iters)] "
-            "from xtuner_assistant.recipe) and train again, or convert+merge and run `eval` on the merged model.")
+            "from xtuner_assistant.training.recipe) and train again, or convert+merge and run `eval` on the merged model.")
     raise FileNotFoundError(f"{target}: neither a work dir with {EVAL_DIR}/history.jsonl nor a model folder "
                             "(config.json or adapter_config.json)")
 
 
 def report_work_dir(work_dir: Path, out: Path, rescore: bool = False) -> int:
-    from xtuner_assistant.eval_plot import plot_history
+    from xtuner_assistant.evaluation.plots import plot_history
     from xtuner_assistant.paths import write_json_atomic
 
     history_file = work_dir / EVAL_DIR / "history.jsonl"
@@ -59,7 +59,7 @@ def report_work_dir(work_dir: Path, out: Path, rescore: bool = False) -> int:
     if not history:
         raise ValueError(f"{history_file}: no evaluations yet; wait for the first one (every_n_iters)")
     if rescore:
-        from xtuner_assistant.evaluation import rescored_history
+        from xtuner_assistant.evaluation.identity_evaluation import rescored_history
 
         history = rescored_history(work_dir / EVAL_DIR)
     summary_file = work_dir / EVAL_DIR / "summary.json"
@@ -87,10 +87,10 @@ def report_work_dir(work_dir: Path, out: Path, rescore: bool = False) -> int:
 
 
 def report_model(args, model_dir: Path) -> int:
-    from xtuner_assistant.evaluation import IdentityEvaluation
-    from xtuner_assistant.generation import load_chat_model
+    from xtuner_assistant.evaluation.identity_evaluation import IdentityEvaluation
+    from xtuner_assistant.models.generation import load_chat_model
     from xtuner_assistant.paths import write_json_atomic, write_text_atomic
-    from xtuner_assistant.replay import base_model_answers
+    from xtuner_assistant.models.answers import base_model_answers
 
     if not args.name:
         raise ValueError(f"{model_dir}: give --name, the assistant's name the model was trained with")

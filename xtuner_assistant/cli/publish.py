@@ -48,7 +48,7 @@ def describe(title: str, url: str, branch: str, files: dict) -> list[str]:
 
 
 def run(args):
-    from xtuner_assistant.cli import UserError
+    from xtuner_assistant.cli.errors import UserError
     from xtuner_assistant.publish.app_bundle import app_files
     from xtuner_assistant.publish.git_repo import PublishError, display_url, push_files, remote_url
     from xtuner_assistant.publish.model_card import gather_facts

@@ -15,7 +15,7 @@ def register(subparsers):
 
 
 def run(args):
-    from xtuner_assistant.xtuner_tools import parse_settings, run_tool
+    from xtuner_assistant.training.xtuner_tools import parse_settings, run_tool
 
     config = Path(args.config)
     if not config.is_file():
@@ -29,7 +29,7 @@ def run(args):
     if args.deepspeed:
         extra += ["--deepspeed", args.deepspeed]
     if args.resume:
-        from xtuner_assistant.work_dir import last_checkpoint
+        from xtuner_assistant.training.work_dir import last_checkpoint
 
         last_checkpoint(work_dir)  # a clear error when there is nothing to resume from
         # mmengine's own auto-resume (work_dir/last_checkpoint), not xtuner's `--resume PATH`, which

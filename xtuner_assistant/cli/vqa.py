@@ -29,7 +29,7 @@ def register_data(subparsers, name: str = "data"):
 
 
 def run_data(args):
-    from xtuner_assistant.vqa_data import write_easy_vqa
+    from xtuner_assistant.llava.easy_vqa import write_easy_vqa
 
     result = write_easy_vqa(Path(args.out), args.train_images, args.test_images, args.turns, args.seed)
     print(f"images:   {result['image_folder']}")
@@ -51,7 +51,7 @@ def register_repeat(subparsers, name: str = "repeat"):
 
 def run_repeat(args):
     from xtuner_assistant.paths import write_json_atomic
-    from xtuner_assistant.vqa_data import load_records, repeat_records, repeat_warning
+    from xtuner_assistant.llava.easy_vqa import load_records, repeat_records, repeat_warning
 
     records = load_records(Path(args.input))
     repeated = repeat_records(records, args.times)
@@ -72,7 +72,7 @@ def register_convert(subparsers, name: str = "convert"):
 
 
 def run_convert(args):
-    from xtuner_assistant.llava import convert_llava_checkpoint
+    from xtuner_assistant.llava.model import convert_llava_checkpoint
 
     out = convert_llava_checkpoint(Path(args.work_dir), Path(args.out), Path(args.checkpoint) if args.checkpoint else None)
     print(f"LLaVA model: {out}")
@@ -89,7 +89,7 @@ def register_chat(subparsers, name: str = "chat"):
 
 
 def run_chat(args):
-    from xtuner_assistant.commands.chat import chat_about_image
+    from xtuner_assistant.serve.terminal import chat_about_image
 
     return chat_about_image(args.model, args.image, args.prompt, args.max_new_tokens)
 
@@ -108,8 +108,8 @@ def register_eval(subparsers, name: str = "eval"):
 
 
 def run_eval(args):
-    from xtuner_assistant.llava import load_llava
-    from xtuner_assistant.vqa_eval import evaluate, format_report
+    from xtuner_assistant.llava.model import load_llava
+    from xtuner_assistant.llava.vqa_eval import evaluate, format_report
 
     test = Path(args.test)
     images = Path(args.image_folder) if args.image_folder else test.parent / "images"

@@ -55,7 +55,7 @@ class Identity:
 
 
 def _phrases() -> dict:
-    return json.loads(resources.files("xtuner_assistant.data").joinpath("identity_phrases.json").read_text("utf-8"))
+    return json.loads(resources.files("xtuner_assistant.data").joinpath("phrases", "identity_phrases.json").read_text("utf-8"))
 
 
 def fill(template: str, identity: Identity, language: str, fills: dict) -> str:

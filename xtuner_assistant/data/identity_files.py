@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xtuner_assistant.identity import Identity, IdentityPhrasebook
+from xtuner_assistant.data.identity import Identity, IdentityPhrasebook
 from xtuner_assistant.paths import write_json_atomic, write_jsonl_atomic
 
 TRAIN_FILE = "identity.jsonl"

@@ -10,7 +10,7 @@ from mmengine.registry import DATASETS
 from torch.utils.data import Dataset
 
 from xtuner_assistant.chat_template import IGNORE_INDEX, encode_conversation, require_chat_template
-from xtuner_assistant.general_data import load_conversations, load_source
+from xtuner_assistant.data.general import load_conversations, load_source
 
 DEFAULT_GENERAL = ("packaged:chatterbot", "packaged:chitchat")
 

@@ -64,7 +64,7 @@ class PackedChatDataset(Dataset):
     (a `MixedChatDataset` config, or any such dataset)."""
 
     def __init__(self, dataset, pack_tokens: int, seed: int = 0):
-        from xtuner_assistant.mixing import build_component
+        from xtuner_assistant.data.mixed import build_component
 
         samples = build_component(dataset, "dataset")
         self.samples = [samples[i] for i in range(len(samples))]

@@ -3,8 +3,8 @@ checkpoint, and stops training once the model collapses.
 
 Every `every_n_iters` iterations (and before training, and at the end) the model answers, greedily
 and through its own chat template, the held-out identity questions (never trained on) and a
-bilingual pool of general prompts (xtuner_assistant/evaluation.py). The scores
-(xtuner_assistant/metrics.py) go to the visualizer (scalars.json), to
+bilingual pool of general prompts (identity_evaluation.py). The scores
+(metrics.py) go to the visualizer (scalars.json), to
 `<work_dir>/identity_eval/history.jsonl`, and with every answer to a readable
 `<work_dir>/identity_eval/iter_NNNNNN.txt` (and .json).
 
@@ -30,9 +30,9 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from xtuner_assistant import metrics
-from xtuner_assistant.evaluation import DEFAULT_MAX_NEW_TOKENS, IdentityEvaluation
-from xtuner_assistant.identity import LANGUAGES
+from xtuner_assistant.evaluation import metrics
+from xtuner_assistant.evaluation.identity_evaluation import DEFAULT_MAX_NEW_TOKENS, IdentityEvaluation
+from xtuner_assistant.data.identity import LANGUAGES
 from xtuner_assistant.paths import write_json_atomic, write_text_atomic
 
 EVAL_DIR = "identity_eval"
@@ -79,7 +79,7 @@ class IdentityEvalHook(Hook):
         model = _unwrap(runner.model)
         self.tokenizer = self._build_tokenizer(runner)
         path = self.base_model_path or _llm_path(runner)
-        from xtuner_assistant.replay import base_model_answers, cached_answers
+        from xtuner_assistant.models.answers import base_model_answers, cached_answers
 
         start = time.monotonic()
         fresh = runner.iter == 0

@@ -1,19 +1,29 @@
 """One identity evaluation: which prompts are asked, how the answers are scored, and how they are
-written for a person to read. Shared by the training hook (hooks/collapse.py) and
+written for a person to read. Shared by the training hook (evaluation/hook.py) and
 `xtuner-assistant eval`, so a score during training and a score of a merged model mean the same.
 
 Prompts: the held-out identity questions of the phrasebook (never trained on, same name/seed/split
-as the training data) and the held-out general prompts and facts of data/general_prompts.json.
+as the training data) and the general prompts and facts of evaluation/general_prompts.json.
 """
 from __future__ import annotations
 
 import json
+from importlib import resources
 
-from xtuner_assistant import metrics
-from xtuner_assistant.identity import LANGUAGES, Identity, IdentityPhrasebook
-from xtuner_assistant.replay import general_eval_prompts
+from xtuner_assistant.data.identity import LANGUAGES, Identity, IdentityPhrasebook
+from xtuner_assistant.evaluation import metrics
 
 DEFAULT_MAX_NEW_TOKENS = 64
+
+
+def general_eval_prompts() -> list[dict]:
+    """General prompts never trained on: {prompt, language, accepted} (accepted is None unless a fact)."""
+    pool = json.loads(resources.files("xtuner_assistant.evaluation").joinpath("general_prompts.json")
+                      .read_text("utf-8"))
+    items = [{"prompt": p, "language": language, "accepted": None}
+             for language in pool["eval"] for p in pool["eval"][language]]
+    items += [{"prompt": f["prompt"], "language": f["language"], "accepted": f["accepted"]} for f in pool["facts"]]
+    return items
 
 
 class IdentityEvaluation:
@@ -39,7 +49,7 @@ class IdentityEvaluation:
 
     def generator(self, model, tokenizer):
         """`generate(prompts, max_new_tokens) -> answers`: greedy, in the model's chat template."""
-        from xtuner_assistant.generation import replies
+        from xtuner_assistant.models.generation import replies
 
         def generate(prompts, max_new_tokens):
             return replies(model, tokenizer, prompts, batch_size=self.batch_size, max_new_tokens=max_new_tokens)

@@ -1,6 +1,6 @@
 """Questions about an image the user gives, as `chat --image`, `vqa chat` and the web page take them:
 which model folders are LLaVA ones, and reading the user's image with an error that says what was
-wrong. The model itself is xtuner_assistant.llava (load_llava, answer)."""
+wrong. The model itself is xtuner_assistant.llava.model (load_llava, answer)."""
 from __future__ import annotations
 
 import io

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from xtuner_assistant import progress
-from xtuner_assistant.image_chat import is_llava_model
+from xtuner_assistant.llava.image_chat import is_llava_model
 from xtuner_assistant.paths import replace_dir_atomic, staging_dir_for
-from xtuner_assistant.work_dir import last_checkpoint, resolved_config
-from xtuner_assistant.xtuner_tools import run_tool
+from xtuner_assistant.training.work_dir import last_checkpoint, resolved_config
+from xtuner_assistant.training.xtuner_tools import run_tool
 
 
 class LLaVAModelError(RuntimeError):
@@ -119,7 +119,7 @@ def answer(model: LLaVA, images, questions: list[str], max_new_tokens: int = 64)
     """Greedy answers, one per (image, question) pair, batched with left padding."""
     from xtuner.model.utils import prepare_inputs_labels_for_multimodal
 
-    from xtuner_assistant.llava_dataset import image_prompt_ids
+    from xtuner_assistant.llava.dataset import image_prompt_ids
 
     features = image_features(model, images)
     embeddings = []

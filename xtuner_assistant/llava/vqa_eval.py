@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from xtuner_assistant import progress
-from xtuner_assistant.vqa_data import ANSWERS, QUESTION_TYPES, VQADataError, load_records, question_type
+from xtuner_assistant.llava.easy_vqa import ANSWERS, QUESTION_TYPES, VQADataError, load_records, question_type
 
 SYNONYMS = {"grey": "gray", "square": "rectangle", "oval": "circle"}
 
@@ -67,7 +67,7 @@ def test_mix(by_type: dict, shares: dict) -> float:
 
 def evaluate(model, test_file: Path, image_folder: Path, per_type: int = 0, batch_size: int = 16,
              seed: int = 0) -> dict:
-    from xtuner_assistant.llava import answer
+    from xtuner_assistant.llava.model import answer
 
     records = load_records(test_file)
     for index, record in enumerate(records):

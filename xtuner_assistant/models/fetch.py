@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from xtuner_assistant import compat, progress
-from xtuner_assistant.model_zoo import MODELS, PackagedModel, get_model
+from xtuner_assistant.models.zoo import MODELS, PackagedModel, get_model
 from xtuner_assistant.paths import model_cache_dir, replace_dir_atomic, staging_dir_for, write_json_atomic
 
 MANIFEST = "xtuner_assistant_model.json"

@@ -58,7 +58,7 @@ def literal_settings(config_file: Path) -> dict:
 
 def base_model_name(base: str) -> str:
     """The packaged model's name for a folder fetched by `xtuner-assistant model fetch`, else the folder's name."""
-    from xtuner_assistant.model_zoo import get_model
+    from xtuner_assistant.models.zoo import get_model
 
     folder = Path(base)
     try:

@@ -15,7 +15,7 @@ LFS_POINTER = b"version https://git-lfs"
 
 
 def check_publishable(model_dir: Path) -> None:
-    from xtuner_assistant.generation import ModelPathError, check_model_dir
+    from xtuner_assistant.models.generation import ModelPathError, check_model_dir
 
     model_dir = Path(model_dir)
     if (model_dir / "adapter_config.json").is_file():

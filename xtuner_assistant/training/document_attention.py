@@ -1,6 +1,6 @@
 """Attention that stays inside each packed conversation, routed under the models' own SDPA calls.
 
-Packed rows (packing.py) hold several conversations; each must attend only to itself. Transformers'
+Packed rows (data/packing.py) hold several conversations; each must attend only to itself. Transformers'
 Llama/Qwen2 and InternLM2's own code call `F.scaled_dot_product_attention`; `DocumentAttention`
 replaces that function once and, for calls shaped like the current packed batch, computes, best
 first:
@@ -22,7 +22,7 @@ import logging
 
 import torch
 
-from xtuner_assistant.packing import allowed_pairs
+from xtuner_assistant.data.packing import allowed_pairs
 
 _log = logging.getLogger(__name__)
 

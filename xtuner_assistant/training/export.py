@@ -13,8 +13,8 @@ import torch
 
 from xtuner_assistant import progress
 from xtuner_assistant.paths import replace_dir_atomic, staging_dir_for
-from xtuner_assistant.work_dir import last_checkpoint, resolved_config
-from xtuner_assistant.xtuner_tools import run_tool
+from xtuner_assistant.training.work_dir import last_checkpoint, resolved_config
+from xtuner_assistant.training.xtuner_tools import run_tool
 
 MERGE_TOLERANCE = 1e-3  # largest |logit difference| allowed between merged and base+adapter, float32
 

@@ -3,7 +3,7 @@
 Two things make stock XTuner slow on short chat samples at one GPU: rows of ~1k tokens leave the
 GPU idle between kernels, and the (tokens x vocabulary) float32 logits (0.4 GB per 1k tokens for
 InternLM2's 92,544 words, plus their gradient) cap how many tokens fit in a step. Here:
-- rows come from `PackedChatDataset` and attend only within each conversation (packing.py);
+- rows come from `PackedChatDataset` and attend only within each conversation (data/packing.py);
 - on CUDA, attention stays inside each conversation through `DocumentAttention`
   (document_attention.py: varlen flash attention where torch has it, else a dense mask);
   elsewhere, SDPA with the additive mask;
@@ -20,8 +20,8 @@ from transformers import AutoConfig
 from xtuner.model import SupervisedFinetune
 
 from xtuner_assistant.chat_template import IGNORE_INDEX
-from xtuner_assistant.document_attention import DocumentAttention
-from xtuner_assistant.packing import block_diagonal_causal_mask
+from xtuner_assistant.training.document_attention import DocumentAttention
+from xtuner_assistant.data.packing import block_diagonal_causal_mask
 
 LOSS_CHUNK_TOKENS = 256  # H200, InternLM2 shape: 9% less peak memory than 1024 at 4k-token rows, as fast (BENCHMARKS.md)
 

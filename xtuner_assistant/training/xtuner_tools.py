@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from xtuner_assistant.recipe import ENV_PREFIX
+from xtuner_assistant.training.recipe import ENV_PREFIX
 
 
 def tool_path(name: str) -> str:
