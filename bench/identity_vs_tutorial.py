@@ -117,11 +117,11 @@ def run_arm(arm: str, config: Path, work_dir: Path, log: Path) -> dict:
                                 stdout=output, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
     wall = time.monotonic() - start
     from xtuner_assistant.evaluation.identity_evaluation import rescored_history
+    from xtuner_assistant.evaluation.records import read_summary
 
     # Scored again from the saved answers, so every arm is scored by the same (current) metrics.
-    history = rescored_history(work_dir / "identity_eval")
-    summary_file = work_dir / "identity_eval" / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    history = rescored_history(work_dir)
+    summary = read_summary(work_dir)
     if arm == "ours" and summary.get("best"):
         chosen = next(h for h in history if h["iter"] == summary["best"]["iter"])
         how = f"best (hook), iter {chosen['iter']}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -204,7 +203,7 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
     cuda = device == "cuda"
     model.train()
     steps, tokens, pairs, seconds, warmup_tokens = 0, 0, 0, 0.0, 0
-    curve, window_loss, window_tokens = [], 0.0, 0
+    curve, window_tokens = [], 0
     losses_since_log = []
     if cuda:
         torch.cuda.synchronize()

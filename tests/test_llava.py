@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from xtuner_assistant.cli import train as train_command
 from xtuner_assistant.cli import vqa as vqa_command

@@ -63,3 +63,19 @@ def replace_dir_atomic(staging: Path, final: Path) -> None:
 def staging_dir_for(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
+
+
+def read_json_list(path: str | os.PathLike, holding: str, error: type[Exception] = ValueError,
+                   missing: str = "no such file") -> list:
+    """The list in a JSON file the user gave, or `error` saying what is wrong and where: the file is
+    missing (`missing` says what to do), not JSON (with its line), or not a list of `holding`."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {missing}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as bad:
+        raise error(f"{path}:{bad.lineno}: not valid JSON ({bad.msg} at column {bad.colno})") from None
+    if not isinstance(data, list):
+        raise error(f"{path}: expected a JSON list of {holding}")
+    return data

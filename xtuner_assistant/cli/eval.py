@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-EVAL_DIR = "identity_eval"
+from xtuner_assistant.evaluation import records
 
 
 def register(subparsers):
@@ -30,16 +30,16 @@ def register(subparsers):
 
 def run(args):
     target = Path(args.target)
-    if (target / EVAL_DIR / "history.jsonl").is_file():
-        return report_work_dir(target, Path(args.out) if args.out else target / EVAL_DIR, args.rescore)
+    if records.history_file(target).is_file():
+        return report_work_dir(target, Path(args.out) if args.out else records.eval_dir(target), args.rescore)
     if (target / "config.json").is_file() or (target / "adapter_config.json").is_file():
         return report_model(args, target)
     if target.is_dir() and (any(target.glob("*.py")) or any(target.glob("iter_*.pth"))):
         raise FileNotFoundError(
-            f"{target / EVAL_DIR / 'history.jsonl'}: this work dir was trained without the evaluation hook. "
+            f"{records.history_file(target)}: this work dir was trained without the evaluation hook. "
             "Add it to the config (custom_hooks = [assistant_eval_hook(name, author, base_model, seed, every_n_iters)] "
             "from xtuner_assistant.training.recipe) and train again, or convert+merge and run `eval` on the merged model.")
-    raise FileNotFoundError(f"{target}: neither a work dir with {EVAL_DIR}/history.jsonl nor a model folder "
+    raise FileNotFoundError(f"{target}: neither a work dir with {records.EVAL_DIR}/history.jsonl nor a model folder "
                             "(config.json or adapter_config.json)")
 
 
@@ -47,23 +47,15 @@ def report_work_dir(work_dir: Path, out: Path, rescore: bool = False) -> int:
     from xtuner_assistant.evaluation.plots import plot_history
     from xtuner_assistant.paths import write_json_atomic
 
-    history_file = work_dir / EVAL_DIR / "history.jsonl"
-    history = []
-    for number, line in enumerate(history_file.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                history.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{history_file}:{number}: not valid JSON ({error.msg}); "
-                                 "was training killed while writing? delete that line") from None
+    history = records.read_history(work_dir)
     if not history:
-        raise ValueError(f"{history_file}: no evaluations yet; wait for the first one (every_n_iters)")
+        raise ValueError(f"{records.history_file(work_dir)}: no evaluations yet; wait for the first one "
+                         "(every_n_iters)")
     if rescore:
         from xtuner_assistant.evaluation.identity_evaluation import rescored_history
 
-        history = rescored_history(work_dir / EVAL_DIR)
-    summary_file = work_dir / EVAL_DIR / "summary.json"
-    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+        history = rescored_history(work_dir)
+    summary = records.read_summary(work_dir)
     best, stopped = summary.get("best"), summary.get("stopped_early")
     name = summary.get("name", work_dir.name)
     # The name stays out of the title: matplotlib's own font has no CJK glyphs.

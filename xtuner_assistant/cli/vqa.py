@@ -5,7 +5,6 @@ name (e.g. `data vqa`, `eval vqa`) with the same options and the same `run`.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

@@ -9,6 +9,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xtuner_assistant.paths import read_json_list
+
 ROLES = ("system", "user", "assistant")
 # Categories of chatterbot-corpus whose answers claim a different identity ("I am a bot called ...").
 IDENTITY_CATEGORIES = {"botprofile", "ai"}
@@ -98,12 +100,7 @@ def _records(path: Path):
             except json.JSONDecodeError as error:
                 yield where, GeneralDataError(f"{where}: not valid JSON ({error.msg} at column {error.colno})")
         return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise GeneralDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-    if not isinstance(data, list):
-        raise GeneralDataError(f"{path}: expected a JSON list of records (or use .jsonl, one record a line)")
+    data = read_json_list(path, "records (or use .jsonl, one record a line)", GeneralDataError)
     for index, record in enumerate(data):
         yield f"{path}: record {index}", record
 

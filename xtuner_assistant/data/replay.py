@@ -14,7 +14,7 @@ from pathlib import Path
 
 from xtuner_assistant.evaluation import metrics
 from xtuner_assistant.models.answers import base_model_answers, cache_path
-from xtuner_assistant.paths import write_jsonl_atomic
+from xtuner_assistant.paths import read_json_list, write_jsonl_atomic
 
 DEFAULT_MAX_NEW_TOKENS = 96
 SENTENCE_END = re.compile(r"[.!?。！？]")
@@ -35,21 +35,16 @@ def replay_prompts(extra_prompts: str | Path | None = None) -> list[str]:
 
 def user_prompts(path: str | Path) -> list[str]:
     path = Path(path)
-    if not path.is_file():
-        raise ReplayError(f"{path}: no such prompts file (a .txt with one prompt a line, or a JSON list of strings)")
-    text = path.read_text(encoding="utf-8")
+    missing = "no such prompts file (a .txt with one prompt a line, or a JSON list of strings)"
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ReplayError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-        if not isinstance(data, list):
-            raise ReplayError(f"{path}: expected a JSON list of prompt strings")
+        data = read_json_list(path, "prompt strings", ReplayError, missing)
         for i, item in enumerate(data):
             if not isinstance(item, str) or not item.strip():
                 raise ReplayError(f"{path}: item {i} is not a non-empty string")
         return [item.strip() for item in data]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    if not path.is_file():
+        raise ReplayError(f"{path}: {missing}")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def whole_sentences(answer: str) -> str:

@@ -24,19 +24,16 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from xtuner_assistant.evaluation import metrics
-from xtuner_assistant.evaluation.identity_evaluation import DEFAULT_MAX_NEW_TOKENS, IdentityEvaluation
 from xtuner_assistant.data.identity import LANGUAGES
+from xtuner_assistant.evaluation import metrics, records
+from xtuner_assistant.evaluation.identity_evaluation import DEFAULT_MAX_NEW_TOKENS, IdentityEvaluation
+from xtuner_assistant.evaluation.records import BEST_CHECKPOINT
 from xtuner_assistant.paths import write_json_atomic, write_text_atomic
-
-EVAL_DIR = "identity_eval"
-BEST_CHECKPOINT = "best_checkpoint.pth"
 
 
 @HOOKS.register_module()
@@ -105,7 +102,7 @@ class IdentityEvalHook(Hook):
         best = (f"best checkpoint: iteration {self.best['iter']} ({self.best['checkpoint']}, score "
                 f"{self.best['scores']['combined']:.3f})") if self.best else "no healthy evaluation, no best checkpoint"
         runner.logger.info(f"IdentityEvalHook: {best}; evaluation took {self.eval_seconds:.0f} s in all. "
-                           f"Scores per evaluation: {Path(runner.work_dir) / EVAL_DIR}")
+                           f"Scores per evaluation: {records.eval_dir(runner.work_dir)}")
 
     # ----------------------------------------------------------------- evaluation
     def _evaluate(self, runner, iteration: int, general_answers: list[str] | None = None) -> dict:
@@ -136,9 +133,9 @@ class IdentityEvalHook(Hook):
     def _record(self, runner, iteration: int, scores: dict, identity_answers, general_answers) -> None:
         runner.visualizer.add_scalars({f"identity_eval/{k}": v for k, v in scores.items() if v is not None},
                                       step=iteration)
-        folder = Path(runner.work_dir) / EVAL_DIR
+        folder = records.eval_dir(runner.work_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "history.jsonl", "a", encoding="utf-8") as history:
+        with open(records.history_file(runner.work_dir), "a", encoding="utf-8") as history:
             history.write(json.dumps({"iter": iteration, **scores}, ensure_ascii=False) + "\n")
         evaluation = self.evaluation
         write_text_atomic(folder / f"iter_{iteration:06d}.txt", evaluation.readable(
@@ -177,7 +174,7 @@ class IdentityEvalHook(Hook):
         return metrics.unhealthy(scores, self.thresholds, self.base_scores)
 
     def _write_summary(self, runner) -> None:
-        write_json_atomic(Path(runner.work_dir) / EVAL_DIR / "summary.json", {
+        write_json_atomic(records.summary_file(runner.work_dir), {
             "name": self.evaluation.name,
             "rule": "best = highest identity_accuracy + retention - leakage - repetition - collapse among "
                     f"evaluations that are not unhealthy (collapse >= {self.thresholds.collapse}, or repetition >= "
@@ -190,10 +187,8 @@ class IdentityEvalHook(Hook):
 
     def _restore(self, runner) -> None:
         """On resume, pick up the best score so far so a worse checkpoint does not replace it."""
-        summary = Path(runner.work_dir) / EVAL_DIR / "summary.json"
-        if summary.is_file():
-            saved = json.loads(summary.read_text(encoding="utf-8"))
-            self.best, self.base_scores = saved.get("best"), saved.get("base_scores")
+        saved = records.read_summary(runner.work_dir)
+        self.best, self.base_scores = saved.get("best"), saved.get("base_scores")
 
     def _build_tokenizer(self, runner):
         if self.tokenizer_cfg is not None:

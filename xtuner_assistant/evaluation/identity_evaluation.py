@@ -11,7 +11,7 @@ import json
 from importlib import resources
 
 from xtuner_assistant.data.identity import LANGUAGES, Identity, IdentityPhrasebook
-from xtuner_assistant.evaluation import metrics
+from xtuner_assistant.evaluation import metrics, records
 
 DEFAULT_MAX_NEW_TOKENS = 64
 
@@ -117,21 +117,14 @@ def score_record(record: dict) -> dict:
     return scores
 
 
-def rescored_history(eval_dir) -> list[dict]:
+def rescored_history(work_dir) -> list[dict]:
     """Every evaluation of a run (identity_eval/iter_*.json) scored again with the current metrics;
     eval_seconds kept from history.jsonl."""
-    from pathlib import Path
-
-    eval_dir = Path(eval_dir)
     seconds = {}
-    history_file = eval_dir / "history.jsonl"
-    if history_file.is_file():
-        for line in history_file.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                seconds[entry["iter"]] = entry.get("eval_seconds")
+    if records.history_file(work_dir).is_file():
+        seconds = {entry["iter"]: entry.get("eval_seconds") for entry in records.read_history(work_dir)}
     history = []
-    for path in sorted(eval_dir.glob("iter_*.json")):
+    for path in sorted(records.eval_dir(work_dir).glob("iter_*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
         history.append({"iter": record["iter"], **score_record(record), "eval_seconds": seconds.get(record["iter"])})
     return sorted(history, key=lambda h: h["iter"])

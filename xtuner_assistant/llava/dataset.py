@@ -22,6 +22,7 @@ from xtuner.registry import BUILDER
 from xtuner.utils import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 from xtuner_assistant.chat_template import encode_conversation, render, require_chat_template
+from xtuner_assistant.paths import read_json_list
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
@@ -75,14 +76,8 @@ class ChatTemplateLLaVADataset(LLaVADataset):
         tokenizer = BUILDER.build(tokenizer) if isinstance(tokenizer, dict) else tokenizer
         require_chat_template(tokenizer, f"the tokenizer of {data_path}")
         path = Path(data_path)
-        if not path.is_file():
-            raise LLaVADataError(f"{path}: no such data file; make one with `xtuner-assistant vqa data`")
-        try:
-            records = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise LLaVADataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-        if not isinstance(records, list):
-            raise LLaVADataError(f"{path}: expected a JSON list of {{\"image\", \"conversations\"}} records")
+        records = read_json_list(path, '{"image", "conversations"} records', LLaVADataError,
+                                 "no such data file; make one with `xtuner-assistant vqa data`")
         self.text_data = []
         for index, record in enumerate(records[:max_dataset_length]):
             where = f"{path} record {index}"

@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from xtuner_assistant import progress
-from xtuner_assistant.paths import write_json_atomic
+from xtuner_assistant.paths import read_json_list, write_json_atomic
 
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
@@ -180,14 +180,8 @@ def write_easy_vqa(out: Path, train_images: int = 0, test_images: int = 0, turns
 
 
 def load_records(path: Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise VQADataError(f"{path}: no such file")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise VQADataError(f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg})") from None
-    if not isinstance(records, list) or not records:
+    records = read_json_list(path, "LLaVA records", VQADataError)
+    if not records:
         raise VQADataError(f"{path}: expected a non-empty JSON list of LLaVA records")
     return records
 

@@ -9,17 +9,13 @@ model needs no separate description, and any vision encoder a config can build l
 from __future__ import annotations
 
 import copy
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from xtuner_assistant import progress
 from xtuner_assistant.llava.image_chat import is_llava_model
-from xtuner_assistant.paths import replace_dir_atomic, staging_dir_for
-from xtuner_assistant.training.work_dir import last_checkpoint, resolved_config
-from xtuner_assistant.training.xtuner_tools import run_tool
+from xtuner_assistant.training.export import pth_to_hf
 
 
 class LLaVAModelError(RuntimeError):
@@ -27,21 +23,8 @@ class LLaVAModelError(RuntimeError):
 
 
 def convert_llava_checkpoint(work_dir: Path, out: Path, checkpoint: Path | None = None) -> Path:
-    checkpoint = Path(checkpoint) if checkpoint else last_checkpoint(work_dir)
-    if not checkpoint.exists():
-        raise LLaVAModelError(f"{checkpoint}: no such checkpoint")
-    staging = staging_dir_for(Path(out))
-    try:
-        progress.log(f"converting {checkpoint} (XTuner pth_to_hf, LLaVA layout)")
-        status = run_tool("pth_to_hf", [str(resolved_config(work_dir)), str(checkpoint), str(staging), "--fp32",
-                                        "--safe-serialization"])
-        if status != 0 or not (staging / "projector" / "config.json").is_file():
-            raise LLaVAModelError(f"xtuner pth_to_hf failed (exit status {status}) on {checkpoint}; {out} was not "
-                                  "touched. Is this the work dir of a LLaVA config (configs/llava/)?")
-        replace_dir_atomic(staging, Path(out))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return Path(out)
+    return pth_to_hf(work_dir, out, checkpoint, expect="projector/config.json", what="a LLaVA model folder",
+                     hint=". Is this the work dir of a LLaVA config (configs/llava/)?")
 
 
 @dataclass

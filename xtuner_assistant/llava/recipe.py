@@ -9,7 +9,7 @@ command-line choice and the resolved values are what `xtuner train` dumps into t
 """
 from __future__ import annotations
 
-from xtuner_assistant.training.recipe import chat_tokenizer  # noqa: F401  (the configs import it from here)
+from xtuner_assistant.training.recipe import chat_tokenizer, nf4_quantization  # noqa: F401  (configs import chat_tokenizer from here)
 
 ENCODERS = ("efficientnet-lite0", "clip")
 
@@ -39,10 +39,7 @@ def llava_model(llm_path: str, encoder: dict, *, stage: str, pretrained_pth: str
     llm = dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=llm_path,
                trust_remote_code=True, torch_dtype=dtype)
     if quantize_4bit:
-        llm["quantization_config"] = dict(
-            type="transformers.BitsAndBytesConfig", load_in_4bit=True, load_in_8bit=False, llm_int8_threshold=6.0,
-            llm_int8_has_fp16_weight=False, bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True,
-            bnb_4bit_quant_type="nf4")
+        llm["quantization_config"] = nf4_quantization(dtype)
     model = dict(type="xtuner.model.LLaVAModel", llm=llm, visual_encoder=encoder, freeze_llm=True,
                  freeze_visual_encoder=True, visual_select_layer=visual_select_layer,
                  use_activation_checkpointing=gradient_checkpointing)

@@ -7,7 +7,6 @@ of a type with that type's most frequent answer in the training data.
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -129,7 +128,3 @@ def format_report(report: dict) -> str:
         mixed += f"  {report['majority_baseline']['overall_test_mix']:>8.3f}"
     lines.append(mixed)
     return "\n".join(lines)
-
-
-def load_report(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

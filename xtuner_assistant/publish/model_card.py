@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xtuner_assistant.evaluation import records
+
 # Weights and tokenizer files go through Git LFS: large, binary, and the platform expects it.
 LFS_PATTERNS = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.model", "*.tiktoken",
                 "tokenizer.json", "vocab.json", "merges.txt"]
@@ -68,7 +70,8 @@ def base_model_name(base: str) -> str:
 
 
 def looks_like_training_run(folder: Path) -> bool:
-    return any(folder.glob("iter_*.pth")) or (folder / "last_checkpoint").is_file() or (folder / "identity_eval").is_dir()
+    return (any(folder.glob("iter_*.pth")) or (folder / "last_checkpoint").is_file()
+            or records.eval_dir(folder).is_dir())
 
 
 def gather_facts(model_dir: Path, name: str | None = None, author: str | None = None,
@@ -94,9 +97,7 @@ def gather_facts(model_dir: Path, name: str | None = None, author: str | None = 
             facts.base_model = str(settings.get("base_model", "") or "") or facts.base_model
             facts.training = {k: settings[k] for k in TRAINING_SETTINGS + list(LORA_SETTINGS.values())
                               if isinstance(settings.get(k), (int, float, str))}
-        summary = Path(train_dir) / "identity_eval" / "summary.json"
-        if summary.is_file():
-            facts.evaluation = json.loads(summary.read_text(encoding="utf-8"))
+        facts.evaluation = records.read_summary(train_dir)
     facts.name = name if name is not None else facts.name
     facts.author = author if author is not None else facts.author
     return facts

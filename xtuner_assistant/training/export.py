@@ -23,23 +23,30 @@ class ConversionError(RuntimeError):
     pass
 
 
-def checkpoint_to_adapter(work_dir: Path, out: Path, checkpoint: Path | None = None) -> Path:
+def pth_to_hf(work_dir: Path, out: Path, checkpoint: Path | None = None, expect: str = "adapter_config.json",
+              what: str = "a LoRA adapter", hint: str = "") -> Path:
+    """XTuner's pth_to_hf of a checkpoint (default: the last) with the work dir's own resolved config.
+    The result is written to a staging folder and renamed to `out` only once it holds `expect`."""
     work_dir, out = Path(work_dir), Path(out)
     checkpoint = Path(checkpoint) if checkpoint else last_checkpoint(work_dir)
     if not checkpoint.exists():
         raise ConversionError(f"{checkpoint}: no such checkpoint")
     staging = staging_dir_for(out)
     try:
-        progress.log(f"converting {checkpoint.name} to a LoRA adapter")
+        progress.log(f"converting {checkpoint.name} to {what} (XTuner pth_to_hf)")
         status = run_tool("pth_to_hf", [str(resolved_config(work_dir)), str(checkpoint), str(staging),
                                         "--fp32", "--safe-serialization"])
-        if status != 0 or not (staging / "adapter_config.json").is_file():
+        if status != 0 or not (staging / expect).is_file():
             raise ConversionError(f"xtuner pth_to_hf failed (exit status {status}) on {checkpoint}; "
-                                  f"{out} was not touched")
+                                  f"{out} was not touched{hint}")
         replace_dir_atomic(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def checkpoint_to_adapter(work_dir: Path, out: Path, checkpoint: Path | None = None) -> Path:
+    return pth_to_hf(work_dir, out, checkpoint)
 
 
 def fixed_probe_ids(tokenizer) -> list[list[int]]:

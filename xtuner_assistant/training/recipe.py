@@ -50,15 +50,19 @@ def chat_tokenizer(model_path: str) -> dict:
                 trust_remote_code=True, padding_side="right")
 
 
+def nf4_quantization(compute_dtype: str) -> dict:
+    """QLoRA's 4-bit base weights (XTuner's QLoRA configs use the same): nf4 with double quantization."""
+    return dict(type="transformers.BitsAndBytesConfig", load_in_4bit=True, load_in_8bit=False,
+                llm_int8_threshold=6.0, llm_int8_has_fp16_weight=False, bnb_4bit_compute_dtype=compute_dtype,
+                bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
+
+
 def lora_model(model_path: str, *, r: int, alpha: int, dropout: float, quantize_4bit: bool,
                dtype: str = "torch.float32", gradient_checkpointing: bool = True) -> dict:
     llm = dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=model_path,
                trust_remote_code=True, torch_dtype=dtype)
     if quantize_4bit:
-        llm["quantization_config"] = dict(
-            type="transformers.BitsAndBytesConfig", load_in_4bit=True, load_in_8bit=False, llm_int8_threshold=6.0,
-            llm_int8_has_fp16_weight=False, bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
+        llm["quantization_config"] = nf4_quantization(dtype)
     return dict(
         type="xtuner.model.SupervisedFinetune", use_varlen_attn=False, use_activation_checkpointing=gradient_checkpointing,
         llm=llm,

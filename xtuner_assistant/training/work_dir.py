@@ -35,7 +35,3 @@ def resolved_config(work_dir: Path) -> Path:
     if not configs:
         raise WorkDirError(f"{work_dir}: no dumped config (*.py); is this an xtuner work dir?")
     return configs[-1]
-
-
-def scalars_files(work_dir: Path) -> list[Path]:
-    return sorted(Path(work_dir).glob("*/vis_data/scalars.json"))
