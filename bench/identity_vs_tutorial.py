@@ -42,14 +42,23 @@ OURS = dict(lr=1e-3, lora_r=16, lora_alpha=32, lora_dropout=0.05, general_ratio=
 TUTORIAL = dict(lr=2e-4, lora_r=64, lora_alpha=16, lora_dropout=0.1)
 
 CONFIG = '''_base_ = ["{runtime}"]
-from xtuner_assistant.training.recipe import chat_tokenizer, lora_model, mixed_dataloader, optimizer
 model_path = {model_path!r}
-tokenizer = chat_tokenizer(model_path)
-model = lora_model(model_path, r={lora_r}, alpha={lora_alpha}, dropout={lora_dropout}, quantize_4bit=False,
-                   gradient_checkpointing=False)
-train_dataloader = mixed_dataloader(tokenizer, {identity!r}, {general!r}, {general_ratio}, {max_length},
-                                    {batch_size}, {seed}, replay={replay!r}, replay_ratio={replay_ratio})
-optim_wrapper = optimizer({lr}, 1, mixed_precision=None)
+tokenizer = dict(type="transformers.AutoTokenizer.from_pretrained", pretrained_model_name_or_path=model_path,
+                 trust_remote_code=True, padding_side="right")
+model = dict(type="xtuner.model.SupervisedFinetune", use_varlen_attn=False, use_activation_checkpointing=False,
+             llm=dict(type="transformers.AutoModelForCausalLM.from_pretrained",
+                      pretrained_model_name_or_path=model_path, trust_remote_code=True, torch_dtype="torch.float32"),
+             lora=dict(type="peft.LoraConfig", r={lora_r}, lora_alpha={lora_alpha}, lora_dropout={lora_dropout},
+                       bias="none", task_type="CAUSAL_LM"))
+train_dataloader = dict(
+    batch_size={batch_size}, num_workers=0,
+    dataset=dict(type="MixedChatDataset", tokenizer=tokenizer, identity={identity!r}, general={general!r},
+                 general_ratio={general_ratio}, replay={replay!r} or None, replay_ratio={replay_ratio},
+                 max_length={max_length}, seed={seed}),
+    sampler=dict(type="xtuner.dataset.samplers.LengthGroupedSampler", per_device_batch_size={batch_size}, seed={seed}),
+    collate_fn=dict(type="xtuner.dataset.collate_fns.default_collate_fn"))
+optim_wrapper = dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr={lr}, betas=(0.9, 0.999), weight_decay=0.0),
+                     clip_grad=dict(max_norm=1.0, error_if_nonfinite=False), accumulative_counts=1)
 param_scheduler = [
     dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end={warmup}),
     dict(type="CosineAnnealingLR", eta_min=0.0, by_epoch=False, begin={warmup}, end={iters}),

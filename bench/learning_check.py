@@ -16,7 +16,8 @@ from xtuner_assistant.training.export import checkpoint_to_adapter, merge_adapte
 from xtuner_assistant.models.fetch import fetch
 from xtuner_assistant.models.generation import load_chat_model, replies
 from xtuner_assistant.data.identity_files import write_identity_files
-from xtuner_assistant.training.xtuner_tools import parse_settings, run_tool
+from xtuner_assistant.training.settings import parse_settings
+from xtuner_assistant.training.xtuner_tools import run_tool
 
 NAME = "Zorblat"  # a name the base model has no reason to say
 

@@ -6,7 +6,8 @@
 #   (or: XA_MODEL=/root/ft/model XA_NAME=小菜鸡 xtuner train THIS_FILE; NPROC_PER_NODE=2 for 2 GPUs)
 _base_ = ["./_base_/runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.training.recipe import packed_qlora_wiring, required_setting, setting
+from xtuner_assistant.training.recipe import identity_source, nf4_quantization, warmup_then_cosine
+from xtuner_assistant.training.settings import required_setting, setting
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -20,10 +21,9 @@ identity_samples = setting("identity_samples", 2000)
 general = [s for s in setting("general", "packaged:chatterbot,packaged:chitchat").split(",") if s]  # "" = none
 general_ratio = setting("general_ratio", 1.0)  # general conversations per identity one; 0 = the tutorial's data alone
 max_length = setting("max_length", 1024)
-# Tokens per row: 3 of the tutorial's 1024-token rows, the largest measured that stays under stock
-# XTuner's peak memory. On an H200 against stock (BENCHMARKS.md, varlen attention): 3072 ran 2.8x
-# stock's tokens/s at 0.94x its peak memory; 4096 3.5x at 1.03x; 8192 5.4x at 1.41x. Raise it where
-# memory is plentiful (and lower accumulative_counts to keep the tokens a step).
+# Tokens per row: 3 of the tutorial's 1024-token rows, the largest row measured to stay under stock
+# XTuner's peak memory while training faster (docs/BENCHMARKS.md). Raise it where memory is plentiful
+# (and lower accumulative_counts to keep the tokens a step).
 pack_tokens = setting("pack_tokens", 3072)
 rows_per_batch = setting("rows_per_batch", 1)
 accumulative_counts = setting("accumulative_counts", 5)  # 5 x 3072: about the tutorial's 16 x 1024 tokens a step
@@ -34,8 +34,7 @@ lora_r = setting("lora_r", 64)
 lora_alpha = setting("lora_alpha", 16)
 save_steps = setting("save_steps", 100)  # 100 rows of 3072 = the tutorial's 300 steps of 1024 tokens
 save_total_limit = setting("save_total_limit", 3)
-# Iterations between identity/collapse checks (0 = off): the tutorial's interval in tokens. One check
-# took ~20 s on an H200, about as long as 75 iterations of training (BENCHMARKS.md).
+# Iterations between identity/collapse checks (0 = off): the tutorial's evaluation interval in tokens.
 evaluation_freq = setting("evaluation_freq", 100)
 seed = setting("seed", 0)
 quantize_4bit = setting("quantize_4bit", True)  # nf4 needs a CUDA GPU; false: plain LoRA
@@ -43,8 +42,75 @@ dtype = setting("dtype", "bfloat16")  # float32 (with quantize_4bit=false) train
 flex_attention = setting("flex_attention", False)  # CUDA: skip attention between packed conversations (not yet measured)
 
 #######################################################################
-#                  PART 2  Wiring (xtuner_assistant/training/recipe.py)#
+#                      PART 2  Model & Tokenizer                      #
 #######################################################################
-# One function for every packed QLoRA config, so their wiring is said once. It defines tokenizer, model,
-# train_dataloader, optim_wrapper, param_scheduler, train_cfg, default_hooks, randomness, custom_hooks.
-globals().update(packed_qlora_wiring(globals()))
+tokenizer = dict(type="transformers.AutoTokenizer.from_pretrained", pretrained_model_name_or_path=model_path,
+                 trust_remote_code=True, padding_side="right")
+
+model = dict(
+    # XTuner's SupervisedFinetune on packed rows, with a loss that never builds the full logits.
+    type="xtuner_assistant.training.packed_finetune.PackedSupervisedFinetune",
+    use_varlen_attn=False,
+    use_activation_checkpointing=True,
+    flex_attention=flex_attention,
+    llm=dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=model_path,
+             trust_remote_code=True, torch_dtype=f"torch.{dtype}",
+             # SDPA honours the per-conversation mask of packed rows; flash-attn 2 would ignore it.
+             attn_implementation="sdpa"),
+    lora=dict(type="peft.LoraConfig", r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.1, bias="none",
+              task_type="CAUSAL_LM"))
+if quantize_4bit:
+    model["llm"]["quantization_config"] = nf4_quantization(f"torch.{dtype}")
+
+#######################################################################
+#                      PART 3  Dataset & Dataloader                   #
+#######################################################################
+train_dataloader = dict(
+    batch_size=rows_per_batch,
+    num_workers=0,
+    dataset=dict(
+        # Whole conversations packed into rows of up to pack_tokens; each attends only to itself. A dotted
+        # type: DeepSpeed's runner builds the data before anything imports the model's module.
+        type="xtuner_assistant.data.packing.PackedChatDataset",
+        dataset=dict(
+            type="MixedChatDataset",  # identity + general chat, in the model's own chat template
+            tokenizer=tokenizer,
+            identity=identity_source(identity_file, name, author, base_model, identity_samples, seed),
+            general=general,
+            general_ratio=general_ratio,
+            replay=None,  # the base model's replayed answers: not used by the packed configs yet
+            replay_ratio=0.0,
+            max_length=max_length,
+            seed=seed),
+        pack_tokens=pack_tokens,
+        seed=seed),
+    # Rows are already near-equal in length: plain shuffling, no length grouping.
+    sampler=dict(type="DefaultSampler", shuffle=True, seed=seed),
+    # Every row padded to pack_tokens: one shape, so compiled attention kernels are built once.
+    collate_fn=dict(type="xtuner_assistant.data.packing.packed_collate_fn", pad_to_multiple_of=pack_tokens))
+
+#######################################################################
+#                    PART 4  Scheduler & Optimizer                    #
+#######################################################################
+optim_wrapper = dict(
+    type="OptimWrapper",
+    optimizer=dict(type="AdamW", lr=lr, betas=(0.9, 0.999), weight_decay=0.0),
+    clip_grad=dict(max_norm=1.0, error_if_nonfinite=False),
+    accumulative_counts=accumulative_counts)
+if dtype != "float32":  # mixed precision in `dtype`
+    optim_wrapper.update(type="AmpOptimWrapper", loss_scale="dynamic", dtype=dtype)
+
+param_scheduler = warmup_then_cosine(max_epochs, warmup_iters)
+
+train_cfg = dict(type="xtuner.engine.runner.TrainLoop", max_epochs=max_epochs)
+
+#######################################################################
+#                           PART 5  Runtime                           #
+#######################################################################
+# Hooks, logging and seeds come from _base_/runtime.py; these are merged into it.
+default_hooks = dict(checkpoint=dict(interval=save_steps, max_keep_ckpts=save_total_limit))
+randomness = dict(seed=seed)
+# Scores held-out identity, leakage, loops, collapse and retention while training; keeps
+# best_checkpoint.pth and stops on collapse (docs/identity.md).
+custom_hooks = [dict(type="IdentityEvalHook", name=name, author=author, base_model=base_model, seed=seed,
+                     every_n_iters=evaluation_freq, patience=2, max_new_tokens=96)] if evaluation_freq else []

@@ -62,26 +62,37 @@ def test_the_two_qwen_configs_differ_only_in_their_model(settings):
     assert Config.fromfile(str(QWEN_05B)).to_dict() == Config.fromfile(str(QWEN_15B)).to_dict()
 
 
-def test_a_setting_set_again_in_a_copied_config_reaches_its_wiring(tmp_path, capsys, settings):
-    """The Qwen settings live in their base; one set again in the config wins over the base's."""
+def test_a_copied_config_stands_on_its_own_and_an_edit_in_place_reaches_its_wiring(tmp_path, capsys, settings):
+    """As with XTuner's copy-cfg: edit PART 1 of the copy, and the model, data and optimizer follow."""
     assert cli(["config", "copy", "qwen2_5_0_5b_qlora_assistant", str(tmp_path)]) == 0
     copied = tmp_path / "qwen2_5_0_5b_qlora_assistant_copy.py"
-    assert (tmp_path / "_base_" / "qwen2_5_coder_qlora.py").is_file()
+    assert sorted(p.name for p in (tmp_path / "_base_").iterdir()) == ["runtime.py"]  # the one base it names
     text = copied.read_text(encoding="utf-8")
-    copied.write_text(text.replace("\nbase_model = ", "\nlr = 1e-4\npack_tokens = 2048\nbase_model = "), encoding="utf-8")
+    text = text.replace('lr = setting("lr", 2e-4)', "lr = 1e-4").replace('pack_tokens = setting("pack_tokens", 8192)',
+                                                                         "pack_tokens = 2048")
+    copied.write_text(text, encoding="utf-8")
     cfg = Config.fromfile(str(copied))
     assert (cfg.lr, cfg.optim_wrapper.optimizer.lr) == (1e-4, 1e-4)
     assert (cfg.pack_tokens, cfg.train_dataloader.dataset.pack_tokens) == (2048, 2048)
-    assert cfg.train_dataloader.dataset.dataset.max_length == 1024  # still the base's
+    assert cfg.train_dataloader.dataset.dataset.max_length == 1024
 
 
-def test_a_packed_qlora_config_missing_settings_is_told_which():
-    from xtuner_assistant.training.recipe import SettingError, packed_qlora_wiring
+SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.py") if p.name != "__init__.py" and "_base_" not in p.parts)
 
-    # model_path and base_model defined by the config, name by its base: the rest is missing.
-    with pytest.raises(SettingError, match=r"PART 1: author, identity_file, .*, flex_attention \(see ") as raised:
-        packed_qlora_wiring({"_base_": {"name": "Zorblat"}, "model_path": "m", "base_model": "b"})
-    assert not {"model_path", "name", "base_model"} & set(str(raised.value).replace(",", " ").split())
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_config_shows_its_wiring_as_plain_dicts(path):
+    """PART 1 settings, then the model, data, optimizer and hooks a user can read and edit in place;
+    the only thing inherited is the runtime (hooks, logging, seeds), named in one line."""
+    text = path.read_text(encoding="utf-8")
+    for part in ("PART 1  Settings", "PART 2  Model & Tokenizer", "PART 3  Dataset & Dataloader",
+                 "PART 4  Scheduler & Optimizer", "PART 5  Runtime"):
+        assert part in text
+    for wiring in ("\ntokenizer = dict(", "\nmodel = dict(", "\ntrain_dataloader = dict(", "\noptim_wrapper = dict(",
+                   "\ntrain_cfg = dict("):
+        assert wiring in text, wiring
+    assert "globals()" not in text
+    assert [Path(base).name for base in Config._get_base_files(str(path))] in (["runtime.py"], ["llava_runtime.py"])
 
 
 def test_settings_turn_a_gpu_config_into_a_cpu_one(settings):

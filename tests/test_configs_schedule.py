@@ -3,13 +3,13 @@ import torch
 from mmengine.optim import OptimWrapper
 from mmengine.registry import PARAM_SCHEDULERS
 
-from xtuner_assistant.training.recipe import schedule
+from xtuner_assistant.training.recipe import warmup_then_cosine
 
 
 def rates(warmup_iters: int, iters: int = 30) -> list[float]:
     param = torch.nn.Parameter(torch.zeros(1))
     wrapper = OptimWrapper(torch.optim.SGD([param], lr=1.0))
-    configs, _ = schedule(max_epochs=1, warmup_iters=warmup_iters)
+    configs = warmup_then_cosine(max_epochs=1, warmup_iters=warmup_iters)
     schedulers = [PARAM_SCHEDULERS.build({**{k: v for k, v in c.items() if k != "convert_to_iter_based"},
                                           "by_epoch": False, "end": c["end"] if c["type"] == "LinearLR" else iters},
                                          default_args=dict(optimizer=wrapper)) for c in configs]

@@ -118,7 +118,6 @@ def test_efficientnet_lite0_serves_as_llava_vision_encoder(tiny_model_dir, easy_
     from xtuner.model import LLaVAModel
 
     from xtuner_assistant.llava.dataset import ChatTemplateLLaVADataset
-    from xtuner_assistant.training.recipe import chat_tokenizer
     from xtuner_assistant.llava.vision_encoder import EfficientNetLiteVisionTower, efficientnet_image_processor
 
     torch.manual_seed(0)
@@ -128,7 +127,9 @@ def test_efficientnet_lite0_serves_as_llava_vision_encoder(tiny_model_dir, easy_
                        visual_encoder=tower, freeze_llm=True, freeze_visual_encoder=True, visual_select_layer=-1,
                        use_activation_checkpointing=False)
     dataset = ChatTemplateLLaVADataset(str(easy_vqa["captions"]), str(easy_vqa["image_folder"]),
-                                       chat_tokenizer(str(tiny_model_dir)), efficientnet_image_processor(64))
+                                       dict(type="transformers.AutoTokenizer.from_pretrained",
+                                            pretrained_model_name_or_path=str(tiny_model_dir)),
+                                       efficientnet_image_processor(64))
     batch = default_collate_fn([dataset[0], dataset[1]])
     pixels = batch["data"]["pixel_values"]
     assert pixels.shape == (2, 3, 64, 64)

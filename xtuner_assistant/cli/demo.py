@@ -13,7 +13,8 @@ from xtuner_assistant.models.fetch import fetch
 from xtuner_assistant.models.zoo import get_model
 from xtuner_assistant.paths import shipped
 from xtuner_assistant.training.export import checkpoint_to_adapter, merge_adapter
-from xtuner_assistant.training.xtuner_tools import parse_settings, run_tool
+from xtuner_assistant.training.settings import parse_settings
+from xtuner_assistant.training.xtuner_tools import run_tool
 
 CONFIG = "smollm2_135m_lora_cpu_assistant.py"
 GENERAL_QUESTIONS = ["What is the capital of France?", "请用一句话介绍一下长城。"]

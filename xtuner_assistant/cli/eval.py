@@ -37,8 +37,8 @@ def run(args):
     if target.is_dir() and (any(target.glob("*.py")) or any(target.glob("iter_*.pth"))):
         raise FileNotFoundError(
             f"{records.history_file(target)}: this work dir was trained without the evaluation hook. "
-            "Add it to the config (custom_hooks = [assistant_eval_hook(name, author, base_model, seed, every_n_iters)] "
-            "from xtuner_assistant.training.recipe) and train again, or convert+merge and run `eval` on the merged model.")
+            "Turn it on (--set evaluation_freq=N in the shipped configs, or custom_hooks = [dict(type='IdentityEvalHook', "
+            "name=..., every_n_iters=N)] in your own) and train again, or convert+merge and run `eval` on the merged model.")
     raise FileNotFoundError(f"{target}: neither a work dir with {records.EVAL_DIR}/history.jsonl nor a model folder "
                             "(config.json or adapter_config.json)")
 

@@ -15,7 +15,8 @@ def register(subparsers):
 
 
 def run(args):
-    from xtuner_assistant.training.xtuner_tools import parse_settings, run_tool
+    from xtuner_assistant.training.settings import parse_settings
+    from xtuner_assistant.training.xtuner_tools import run_tool
 
     config = Path(args.config)
     if not config.is_file():

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from xtuner_assistant.training.recipe import ENV_PREFIX
+from xtuner_assistant.training.settings import settings_env
 
 
 def tool_path(name: str) -> str:
@@ -17,24 +17,6 @@ def tool_path(name: str) -> str:
     root = Path(xtuner.__file__).parent / "tools"
     path = root / f"{name}.py"
     return str(path if path.is_file() else root / "model_converters" / f"{name}.py")
-
-
-def settings_env(settings: dict[str, str]) -> dict[str, str]:
-    """`--set lr=1e-4` becomes XA_LR=1e-4, which the config's setting("lr", ...) reads."""
-    env = dict(os.environ)
-    for key, value in settings.items():
-        env[ENV_PREFIX + key.upper()] = str(value)
-    return env
-
-
-def parse_settings(pairs: list[str] | None) -> dict[str, str]:
-    settings = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {pair!r}: expected NAME=VALUE, e.g. --set lr=2e-4")
-        settings[key.strip()] = value
-    return settings
 
 
 def run_tool(name: str, args: list[str], settings: dict[str, str] | None = None) -> int:
