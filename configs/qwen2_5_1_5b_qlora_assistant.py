@@ -3,7 +3,8 @@
 #   xtuner-assistant train configs/qwen2_5_1_5b_qlora_assistant.py --set name=小菜鸡 [--deepspeed deepspeed_zero2]
 _base_ = ["./_base_/runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.training.recipe import identity_source, nf4_quantization, packaged_model, warmup_then_cosine
+from xtuner_assistant.training.recipe import (identity_source, model_display_name, nf4_quantization, packaged_model,
+                                              warmup_then_cosine)
 from xtuner_assistant.training.settings import setting
 
 #######################################################################
@@ -12,7 +13,7 @@ from xtuner_assistant.training.settings import setting
 model_path = setting("model", packaged_model("qwen2.5-1.5b"))
 name = setting("name", "小菜鸡")
 author = setting("author", "")
-base_model = setting("base_model", "Qwen2.5-Coder-1.5B-Instruct")
+base_model = setting("base_model", model_display_name(model_path))  # what it says it is built on
 identity_file = setting("identity_file", "")  # from `xtuner-assistant data identity`; else made here
 identity_samples = setting("identity_samples", 2000)
 general = [s for s in setting("general", "packaged:chatterbot,packaged:chitchat").split(",") if s]  # "" = none

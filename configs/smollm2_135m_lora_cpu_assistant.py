@@ -3,7 +3,8 @@
 # Any setting below can be overridden with --set NAME=VALUE (or XA_NAME=VALUE xtuner train ...).
 _base_ = ["./_base_/runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.training.recipe import base_model_replay, identity_source, packaged_model, warmup_then_cosine
+from xtuner_assistant.training.recipe import (base_model_replay, identity_source, model_display_name, packaged_model,
+                                              warmup_then_cosine)
 from xtuner_assistant.training.settings import setting
 
 #######################################################################
@@ -12,7 +13,7 @@ from xtuner_assistant.training.settings import setting
 model_path = setting("model", packaged_model("smollm2-135m"))
 name = setting("name", "小菜鸡")
 author = setting("author", "")
-base_model = setting("base_model", "SmolLM2-135M-Instruct")
+base_model = setting("base_model", model_display_name(model_path))  # what it says it is built on
 identity_file = setting("identity_file", "")  # from `xtuner-assistant data identity`; else made here
 identity_samples = setting("identity_samples", 384)
 general = setting("general", "packaged:chatterbot").split(",")

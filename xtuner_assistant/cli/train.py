@@ -4,7 +4,7 @@ from pathlib import Path
 
 def register(subparsers):
     parser = subparsers.add_parser("train", help="xtuner train, returning its real exit status")
-    parser.add_argument("config", help="a config file (see configs/)")
+    parser.add_argument("config", help="a config file (`xtuner-assistant config list`, `config copy`)")
     parser.add_argument("--work-dir", help="where checkpoints and logs go (default work_dirs/<config>)")
     parser.add_argument("--set", dest="settings", action="append", metavar="NAME=VALUE",
                         help="override a setting of the config's PART 1, e.g. --set name=Alice (repeatable)")
@@ -15,15 +15,17 @@ def register(subparsers):
 
 
 def run(args):
-    from xtuner_assistant.training.settings import parse_settings
+    from xtuner_assistant.training.settings import check_settings, parse_settings
     from xtuner_assistant.training.xtuner_tools import run_tool
 
     config = Path(args.config)
     if not config.is_file():
-        raise FileNotFoundError(f"{config}: no such config file (the shipped ones are in configs/)")
+        raise FileNotFoundError(f"{config}: no such config file (`xtuner-assistant config list` names the "
+                                "shipped ones; `config copy NAME DIR` puts one where you can edit it)")
     settings = parse_settings(args.settings)
     if args.model:
         settings["model"] = args.model
+    check_settings(config, settings)
     extra = []
     work_dir = Path(args.work_dir or Path("work_dirs") / config.stem)
     extra += ["--work-dir", str(work_dir)]

@@ -61,6 +61,24 @@ def installed_manifest(name: str) -> dict | None:
     return manifest
 
 
+def display_name(model_dir: str | Path) -> str:
+    """What a model folder calls its model, for "built on <display name>": the packaged model's name
+    for a folder `model fetch` made (its manifest), else the name in its config.json (a merged model's
+    names its base folder, whose name is used in turn), else the folder's own name."""
+    folder = Path(model_dir)
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["display_name"]
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        named = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path") or ""
+    except (OSError, ValueError):
+        named = ""
+    if named and Path(named).is_dir() and Path(named).resolve() != folder.resolve():
+        return display_name(named)
+    return Path(named).name or folder.resolve().name
+
+
 def fetch(name: str, force: bool = False) -> Path:
     """Return the HF folder of model `name`, building it from its packages if needed."""
     model = get_model(name)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xtuner_assistant.evaluation import records
+from xtuner_assistant.models.fetch import display_name
 
 # Weights and tokenizer files go through Git LFS: large, binary, and the platform expects it.
 LFS_PATTERNS = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.model", "*.tiktoken",
@@ -58,17 +59,6 @@ def literal_settings(config_file: Path) -> dict:
     return settings
 
 
-def base_model_name(base: str) -> str:
-    """The packaged model's name for a folder fetched by `xtuner-assistant model fetch`, else the folder's name."""
-    from xtuner_assistant.models.zoo import get_model
-
-    folder = Path(base)
-    try:
-        return get_model(folder.name).display_name
-    except Exception:  # not one of the packaged models: the folder name is the honest answer
-        return folder.name
-
-
 def looks_like_training_run(folder: Path) -> bool:
     return (any(folder.glob("iter_*.pth")) or (folder / "last_checkpoint").is_file()
             or records.eval_dir(folder).is_dir())
@@ -81,7 +71,7 @@ def gather_facts(model_dir: Path, name: str | None = None, author: str | None = 
     adapter = None
     if merge_record.is_file():
         record = json.loads(merge_record.read_text(encoding="utf-8"))
-        facts.base_model = base_model_name(record.get("base", ""))
+        facts.base_model = display_name(record["base"]) if record.get("base") else ""
         facts.merge_check = {k: record[k] for k in ("largest_logit_difference", "tolerance", "prompts") if k in record}
         adapter = Path(record["adapter"]) if record.get("adapter") else None
     if train_dir is None and adapter is not None:

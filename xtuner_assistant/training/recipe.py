@@ -19,6 +19,14 @@ def packaged_model(name: str):
     return resolve
 
 
+def model_display_name(model_path: str) -> str:
+    """The default of `base_model`, what the identity says the assistant is built on: the name the
+    model folder gives its model (models/fetch.display_name), so `--model OTHER` is not called SmolLM2."""
+    from xtuner_assistant.models.fetch import display_name
+
+    return display_name(model_path)
+
+
 def nf4_quantization(compute_dtype: str) -> dict:
     """QLoRA's 4-bit base weights (XTuner's QLoRA configs use the same): nf4 with double quantization."""
     return dict(type="transformers.BitsAndBytesConfig", load_in_4bit=True, load_in_8bit=False,
