@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-from xtuner_assistant.cli.main import main as cli
 from xtuner_assistant.cli.config import base_files
+from xtuner_assistant.cli.main import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py")
@@ -212,3 +212,15 @@ def test_a_model_folders_display_name(tmp_path):
     assert display_name(hub) == "internlm2-chat-1_8b"
     assert display_name(merged) == "SmolLM2-135M-Instruct"
     assert display_name(bare) == "bare"
+
+
+def test_the_dumped_config_is_found_beside_what_deepspeed_writes(tmp_path):
+    """DeepSpeed writes zero_to_fp32.py into the work dir after the config; convert must not take it."""
+    import time
+
+    from xtuner_assistant.training.work_dir import resolved_config
+
+    (tmp_path / "assistant.py").write_text(f"lr = 0.001\nwork_dir = '{tmp_path}'\n")
+    time.sleep(0.01)
+    (tmp_path / "zero_to_fp32.py").write_text("from dataclasses import dataclass\n")
+    assert resolved_config(tmp_path) == tmp_path / "assistant.py"

@@ -280,8 +280,9 @@ def test_model_card_tells_identity_base_training_and_evaluation_from_the_run(mod
     work = tmp_path / "work"
     (work / "train" / "identity_eval").mkdir(parents=True)
     (work / "hf_adapter").mkdir()
-    (work / "train" / "assistant_cfg.py").write_text(
-        "name = 'Zorblat'\nauthor = 'Alice'\nbase_model = 'SmolLM2-135M-Instruct'\nlr = 0.0002\nmax_epochs = 2\n"
+    (work / "train" / "assistant_cfg.py").write_text(  # as `xtuner train` dumps it
+        f"name = 'Zorblat'\nauthor = 'Alice'\nbase_model = 'SmolLM2-135M-Instruct'\nlr = 0.0002\nmax_epochs = 2\n"
+        f"work_dir = '{work / 'train'}'\n"
         "model = dict(type='SupervisedFinetune', lora=dict(type='LoraConfig', r=16, lora_alpha=32, lora_dropout=0.05))\n")
     (work / "train" / "identity_eval" / "summary.json").write_text(json.dumps(
         {"best": {"iter": 40, "scores": {"identity_accuracy": 0.9, "leakage": 0.05, "combined": 1.7}}}))

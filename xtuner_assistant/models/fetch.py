@@ -63,8 +63,9 @@ def installed_manifest(name: str) -> dict | None:
 
 def display_name(model_dir: str | Path) -> str:
     """What a model folder calls its model, for "built on <display name>": the packaged model's name
-    for a folder `model fetch` made (its manifest), else the name in its config.json (a merged model's
-    names its base folder, whose name is used in turn), else the folder's own name."""
+    for a folder `model fetch` made (its manifest, or its name if the folder is gone), else the name in
+    its config.json (a merged model's names its base folder, whose name is used in turn), else the
+    folder's own name."""
     folder = Path(model_dir)
     try:
         return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["display_name"]
@@ -76,6 +77,8 @@ def display_name(model_dir: str | Path) -> str:
         named = ""
     if named and Path(named).is_dir() and Path(named).resolve() != folder.resolve():
         return display_name(named)
+    if not named and folder.name in MODELS:  # a fetched folder that is gone: named after its model
+        return MODELS[folder.name].display_name
     return Path(named).name or folder.resolve().name
 
 

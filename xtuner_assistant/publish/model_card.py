@@ -14,6 +14,7 @@ from pathlib import Path
 
 from xtuner_assistant.evaluation import records
 from xtuner_assistant.models.fetch import display_name
+from xtuner_assistant.training.work_dir import WorkDirError, resolved_config
 
 # Weights and tokenizer files go through Git LFS: large, binary, and the platform expects it.
 LFS_PATTERNS = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.model", "*.tiktoken",
@@ -79,9 +80,12 @@ def gather_facts(model_dir: Path, name: str | None = None, author: str | None = 
         train_dir = next((d for d in (adapter.parent / "train", adapter.parent)
                           if d.is_dir() and any(d.glob("*.py")) and looks_like_training_run(d)), None)
     if train_dir is not None:
-        configs = sorted(Path(train_dir).glob("*.py"), key=lambda p: p.stat().st_mtime)
-        if configs:
-            settings = literal_settings(configs[-1])
+        try:
+            config = resolved_config(train_dir)
+        except WorkDirError:
+            config = None
+        if config:
+            settings = literal_settings(config)
             facts.name = str(settings.get("name", "") or "")
             facts.author = str(settings.get("author", "") or "")
             facts.base_model = str(settings.get("base_model", "") or "") or facts.base_model

@@ -29,9 +29,12 @@ def last_checkpoint(work_dir: Path) -> Path:
 
 
 def resolved_config(work_dir: Path) -> Path:
-    """The config `xtuner train` dumped into the work dir, with every setting resolved."""
+    """The config `xtuner train` dumped into the work dir, with every setting resolved: the newest .py
+    there that sets `work_dir` (DeepSpeed writes its own zero_to_fp32.py beside it)."""
     work_dir = Path(work_dir)
-    configs = sorted(work_dir.glob("*.py"), key=lambda p: p.stat().st_mtime)
+    configs = sorted((p for p in work_dir.glob("*.py")
+                      if re.search(r"^work_dir = ", p.read_text(encoding="utf-8", errors="replace"), re.M)),
+                     key=lambda p: p.stat().st_mtime)
     if not configs:
         raise WorkDirError(f"{work_dir}: no dumped config (*.py); is this an xtuner work dir?")
     return configs[-1]
