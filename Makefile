@@ -5,15 +5,29 @@ BIN := $(VENV)/bin
 NAME ?= 小菜鸡
 AUTHOR ?= 
 STAMP := $(VENV)/.installed
+# Said once, here and in pyproject.toml / README.md.
+PYTHON_RANGE := import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 13))
+PYTHON_NEEDED := xtuner-assistant needs Python >= 3.11 and < 3.13: its pinned dependencies need 3.11 or newer (numpy, streamlit, matplotlib) and XTuner 0.2.0 needs older than 3.13.
 
-.PHONY: install demo test test-fast clean
+.PHONY: install python-check demo test test-fast clean
 
-install: $(STAMP)
+install: python-check $(STAMP)
+
+# Stops before anything is made when $(PYTHON) is outside the range; a .venv that another Python built
+# (or a half-made one) loses its stamp here, so the recipe below builds it again.
+python-check:
+	@$(PYTHON) -c '$(PYTHON_RANGE)' 2>/dev/null || { \
+	  echo "$(PYTHON_NEEDED) $(PYTHON) is $$($(PYTHON) --version 2>/dev/null || echo not found); run make PYTHON=python3.11 (or python3.12)." >&2; \
+	  exit 1; }
+	@if [ -e $(VENV) ] && ! $(BIN)/python -c '$(PYTHON_RANGE)' 2>/dev/null; then \
+	  echo "$(VENV) was not built by a Python >= 3.11 and < 3.13 (or is broken): building it again" >&2; \
+	  rm -f $(STAMP); fi
 
 $(STAMP): pyproject.toml constraints.txt requirements-assets.txt
+	@if [ -e $(VENV) ] && ! $(BIN)/python -c '$(PYTHON_RANGE)' 2>/dev/null; then rm -rf $(VENV); fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,deepspeed]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements-assets.txt
 	$(BIN)/python -c "from xtuner_assistant.compat import install_startup_fix; print(install_startup_fix())"
 	touch $(STAMP)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import xtuner_assistant  # noqa: F401  (applies the fixes)
@@ -57,14 +58,52 @@ def test_gguf_loaded_model_saveable_drops_quantizer_state(tiny_model_dir, tmp_pa
     assert "quantization_config" not in (tmp_path / "saved" / "config.json").read_text()
 
 
+LOAD_A_CHECKPOINT = """
+import sys
+from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.logging import HistoryBuffer
+loaded = CheckpointLoader.load_checkpoint(sys.argv[1], map_location="cpu")
+assert isinstance(loaded["message_hub"]["loss"], HistoryBuffer)
+print("loaded", loaded["state_dict"]["w"].sum().item())
+"""
+
+
 def test_mmengine_checkpoints_with_a_message_hub_load_for_resume(tmp_path):
-    """torch >= 2.6 refuses the numpy scalars and HistoryBuffer that mmengine 0.10.6 checkpoints hold."""
+    """torch >= 2.6 refuses the numpy scalars and HistoryBuffer that mmengine 0.10.6 checkpoints hold.
+    Fixed in the processes that load checkpoints: XTuner's tools under our launcher, and stock
+    `xtuner train`, which imports mmengine's runner before its config imports us."""
     import numpy as np
     from mmengine.logging import HistoryBuffer
-    from mmengine.runner.checkpoint import CheckpointLoader
 
     path = tmp_path / "iter_1.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}, "message_hub": {"loss": HistoryBuffer([np.float64(1.5)], [np.int64(1)])}}, path)
-    loaded = CheckpointLoader.load_checkpoint(str(path), map_location="cpu")
-    assert loaded["state_dict"]["w"].sum().item() == 2.0
-    assert isinstance(loaded["message_hub"]["loss"], HistoryBuffer)
+    tool = tmp_path / "tool.py"
+    tool.write_text(LOAD_A_CHECKPOINT)
+    stock = "import mmengine.runner, xtuner_assistant, runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0])"
+    for command in ([sys.executable, "-m", "xtuner_assistant.training.launch", str(tool), str(path)],
+                    [sys.executable, "-c", stock, str(tool), str(path)]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0 and result.stdout.splitlines()[-1] == "loaded 2.0", result.stderr[-2000:]
+
+
+def test_commands_that_use_no_gpu_are_quick_and_quiet(tmp_path):
+    """No GPU here: bitsandbytes' "compiled without GPU support" is not printed, and neither mmengine's
+    runner nor DeepSpeed is imported just to start a command."""
+    code = ("import sys, xtuner_assistant; print(sorted(m for m in ('deepspeed', 'mmengine.runner') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]" and "compiled without GPU support" not in result.stderr
+    for argv in (["--help"], ["model", "list"], ["config", "list"]):
+        result = subprocess.run([sys.executable, "-m", "xtuner_assistant.cli", *argv], capture_output=True, text=True,
+                                cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "compiled without GPU support" not in result.stdout + result.stderr, argv
+
+
+def test_the_top_help_is_written_for_people(capsys):
+    from xtuner_assistant.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "Give a small chat model its own identity" in text and "xtuner-assistant demo --name Alice" in text
+    assert "xtuner-assistant train CONFIG --set name=Alice" in text and "`xtuner-assistant VERB --help`" in text

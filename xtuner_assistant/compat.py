@@ -24,6 +24,20 @@ STARTUP_LINE = (
 _applied = False
 
 
+def quiet_bitsandbytes_without_gpu() -> None:
+    """bitsandbytes 0.45.0 (pinned by xtuner 0.2.0) logs "compiled without GPU support" when it is
+    imported on a machine without CUDA, and mmengine 0.10.6 imports it for its optimizer registry, so
+    every command printed it, `--help` included. Without a GPU nothing can take bitsandbytes' GPU
+    paths, so the message says nothing there and is dropped; with a GPU it stays (a wrong build)."""
+    import logging
+
+    import torch
+
+    if not torch.cuda.is_available():
+        logging.getLogger("bitsandbytes.cextension").addFilter(
+            lambda record: "compiled without GPU support" not in record.getMessage())
+
+
 def cpu_bf16_probe() -> None:
     """xtuner 0.2.0 + torch >= 2.4: `SupervisedFinetune` calls `torch.cpu.is_bf16_supported()`, which
     torch.cpu does not have, so every CPU run dies with AttributeError. We train on CPU in float32."""
@@ -51,9 +65,16 @@ def trusted_local_checkpoints() -> None:
     """torch >= 2.6 loads with `weights_only=True` by default; mmengine 0.10.6 checkpoints also hold
     the message hub (HistoryBuffer, numpy scalars), which that refuses, so resuming a run fails.
     A local checkpoint here is one the user's own training wrote into its work dir: load it as
-    mmengine 0.10.6 was written to (`weights_only=False`). Remote schemes are left as they are."""
+    mmengine 0.10.6 was written to (`weights_only=False`). Remote schemes are left as they are.
+
+    Applied where mmengine's runner is loaded (a training or conversion process: the launcher of
+    training/xtuner_tools.py, or stock `xtuner train`, whose runner is imported before the config
+    imports us). Importing the runner only for this would import DeepSpeed into every command."""
     import torch
     from mmengine.runner.checkpoint import CheckpointLoader
+
+    if getattr(CheckpointLoader._schemes.get(""), "xtuner_assistant_fix", False):
+        return
 
     def load_from_local(filename, map_location):
         if not os.path.isfile(filename):
@@ -87,8 +108,10 @@ def apply() -> None:
     global _applied
     if _applied:
         return
+    quiet_bitsandbytes_without_gpu()  # first: the others import mmengine, which imports bitsandbytes
     cpu_bf16_probe()
     bitsandbytes_without_triton_ops()
-    trusted_local_checkpoints()
+    if "mmengine.runner" in sys.modules:
+        trusted_local_checkpoints()
     _applied = True
 

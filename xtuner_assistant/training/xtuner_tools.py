@@ -10,6 +10,8 @@ from pathlib import Path
 
 from xtuner_assistant.training.settings import settings_env
 
+LAUNCH = [sys.executable, "-m", "xtuner_assistant.training.launch"]
+
 
 def tool_path(name: str) -> str:
     import xtuner
@@ -20,11 +22,18 @@ def tool_path(name: str) -> str:
 
 
 def run_tool(name: str, args: list[str], settings: dict[str, str] | None = None) -> int:
+    env = settings_env(settings or {})
     nproc = int(os.environ.get("NPROC_PER_NODE", "1"))
+    port = os.environ.get("PORT", str(random.randint(20000, 29999)))
     if nproc > 1 and name == "train":
-        port = os.environ.get("PORT", str(random.randint(20000, 29999)))
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                   f"--master_port={port}", tool_path(name), *args, "--launcher", "pytorch"]
+                   f"--master_port={port}", *LAUNCH[1:], tool_path(name), *args, "--launcher", "pytorch"]
     else:
-        command = [sys.executable, tool_path(name), *args]
-    return subprocess.run(command, env=settings_env(settings or {})).returncode
+        command = [*LAUNCH, tool_path(name), *args]
+        if "--deepspeed" in args:
+            # DeepSpeed initialises torch.distributed even for one process; without these it looks
+            # for MPI (mpi4py) and stops. One process is rank 0 of a world of 1.
+            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                               ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port)):
+                env.setdefault(key, value)
+    return subprocess.run(command, env=env).returncode
