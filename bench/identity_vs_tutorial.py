@@ -183,8 +183,8 @@ def main(argv=None) -> int:
         if key not in OURS:
             parser.error(f"--set {pair}: unknown setting; known: {', '.join(OURS)}")
         OURS[key] = type(OURS[key])(value)
-    from xtuner_assistant.models.fetch import fetch
     from xtuner_assistant.data.replay import replay_file
+    from xtuner_assistant.models.fetch import fetch
 
     model_path = args.model if Path(args.model).is_dir() else str(fetch(args.model))
     args.base_model = args.base_model or Path(args.model).name

@@ -12,10 +12,10 @@ import json
 import time
 from pathlib import Path
 
-from xtuner_assistant.training.export import checkpoint_to_adapter, merge_adapter
+from xtuner_assistant.data.identity_files import write_identity_files
 from xtuner_assistant.models.fetch import fetch
 from xtuner_assistant.models.generation import load_chat_model, replies
-from xtuner_assistant.data.identity_files import write_identity_files
+from xtuner_assistant.training.export import checkpoint_to_adapter, merge_adapter
 from xtuner_assistant.training.settings import parse_settings
 from xtuner_assistant.training.xtuner_tools import run_tool
 

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from xtuner_assistant.chat_template import IGNORE_INDEX
-from xtuner_assistant.training.packed_finetune import DocumentAttention, answer_token_loss, causal_lm_parts
 from xtuner_assistant.data.packing import (PADDING_DOCUMENT, PackedChatDataset, block_diagonal_causal_mask, pack_samples,
                                       packed_collate_fn, plan_packs, real_token_count)
+from xtuner_assistant.training.packed_finetune import DocumentAttention, answer_token_loss, causal_lm_parts
 
 CONVERSATIONS = [
     {"input_ids": [5, 6, 7, 8, 9, 10, 11], "labels": [IGNORE_INDEX] * 3 + [8, 9, 10, 11]},

@@ -7,10 +7,10 @@ import pytest
 from mmengine.config import Config
 
 from xtuner_assistant.data import replay
-from xtuner_assistant.models import answers as answer_cache
 from xtuner_assistant.data.identity_files import DEFAULT_SAMPLES
 from xtuner_assistant.data.mixed import MixedChatDataset, language_of
 from xtuner_assistant.data.replay import ReplayError
+from xtuner_assistant.models import answers as answer_cache
 
 CPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smollm2_135m_lora_cpu_assistant.py"
 

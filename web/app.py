@@ -12,10 +12,10 @@ import sys
 
 import streamlit as st
 
-from xtuner_assistant.llava import model as llava
 from xtuner_assistant.chat_template import ChatTemplateError
-from xtuner_assistant.models.generation import ModelPathError, check_model_dir, load_chat_model, stream_reply
+from xtuner_assistant.llava import model as llava
 from xtuner_assistant.llava.image_chat import IMAGE_TYPES, is_llava_model, read_image
+from xtuner_assistant.models.generation import ModelPathError, check_model_dir, load_chat_model, stream_reply
 
 
 def page_arguments(argv: list[str]) -> argparse.Namespace:

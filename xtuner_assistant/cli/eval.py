@@ -80,9 +80,9 @@ def report_work_dir(work_dir: Path, out: Path, rescore: bool = False) -> int:
 
 def report_model(args, model_dir: Path) -> int:
     from xtuner_assistant.evaluation.identity_evaluation import IdentityEvaluation
+    from xtuner_assistant.models.answers import base_model_answers
     from xtuner_assistant.models.generation import load_chat_model
     from xtuner_assistant.paths import write_json_atomic, write_text_atomic
-    from xtuner_assistant.models.answers import base_model_answers
 
     if not args.name:
         raise ValueError(f"{model_dir}: give --name, the assistant's name the model was trained with")

@@ -49,8 +49,8 @@ def register_repeat(subparsers, name: str = "repeat"):
 
 
 def run_repeat(args):
-    from xtuner_assistant.paths import write_json_atomic
     from xtuner_assistant.llava.easy_vqa import load_records, repeat_records, repeat_warning
+    from xtuner_assistant.paths import write_json_atomic
 
     records = load_records(Path(args.input))
     repeated = repeat_records(records, args.times)

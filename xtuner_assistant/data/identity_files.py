@@ -9,9 +9,8 @@ from xtuner_assistant.paths import write_json_atomic, write_jsonl_atomic
 
 TRAIN_FILE = "identity.jsonl"
 HELD_OUT_FILE = "identity_held_out.json"
-# The measured recipe's size (the CPU config's identity_samples): with 1:1 general data and half as
-# much replay, held-out identity 1.00 in zh and en at leakage 0.04 on SmolLM2-135M, where 240 without
-# replay left the name repeated in its Chinese answers (docs/BENCHMARKS.md, issue 3).
+# The CPU config's identity_samples: with 1:1 general data and half as much replay, the size at which
+# held-out identity reached the target without the name leaking into general answers (docs/BENCHMARKS.md).
 DEFAULT_SAMPLES = 384
 
 

@@ -91,7 +91,7 @@ class EfficientNetLiteVisionTower(nn.Module):
     def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, width, H/32, W/32): the last feature map, plus (with `feature_block` >= 0) that block's
         output average-pooled onto the same grid. ImageNet's last layer keeps colour poorly; a
-        stride-16 block keeps it (docs/BENCHMARKS.md: linear probe, colour 0.61 -> 0.92)."""
+        stride-16 block keeps it (docs/CHANGELOG.md: a linear probe read colour far better there)."""
         backbone = self.backbone
         x = backbone._swish(backbone._bn0(backbone._conv_stem(pixel_values.to(self.dtype))))
         middle = None

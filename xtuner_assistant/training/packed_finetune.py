@@ -20,10 +20,12 @@ from transformers import AutoConfig
 from xtuner.model import SupervisedFinetune
 
 from xtuner_assistant.chat_template import IGNORE_INDEX
-from xtuner_assistant.training.document_attention import DocumentAttention
 from xtuner_assistant.data.packing import block_diagonal_causal_mask
+from xtuner_assistant.training.document_attention import DocumentAttention
 
-LOSS_CHUNK_TOKENS = 256  # H200, InternLM2 shape: 9% less peak memory than 1024 at 4k-token rows, as fast (BENCHMARKS.md)
+# Small enough that the logits of a chunk stay a small share of peak memory, large enough to keep
+# the GPU busy: 1024 cost more memory for no speed (docs/BENCHMARKS.md).
+LOSS_CHUNK_TOKENS = 256
 
 
 def _chunk_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
