@@ -28,8 +28,8 @@ from xtuner_assistant.chat_template import IGNORE_INDEX  # noqa: E402
 
 
 def conversations(model_dir: str, count: int, max_length: int):
-    from xtuner_assistant.mixing import MixedChatDataset
-    from xtuner_assistant.recipe import chat_tokenizer
+    from wiring import chat_tokenizer
+    from xtuner_assistant.data.mixed import MixedChatDataset
 
     identity = dict(type="IdentityConversations", name="星河小蜜蜂", author="林舟", base_model="SmolLM2", n=count // 2)
     dataset = MixedChatDataset(chat_tokenizer(model_dir), identity, ["packaged:chatterbot"], 1.0,
@@ -38,8 +38,8 @@ def conversations(model_dir: str, count: int, max_length: int):
 
 
 def build_model(model_dir: str, route: str):
-    from xtuner_assistant.packed_finetune import PackedSupervisedFinetune
-    from xtuner_assistant.recipe import packed_lora_model
+    from wiring import packed_lora_model
+    from xtuner_assistant.training.packed_finetune import PackedSupervisedFinetune
 
     dtype = "float32" if route == "float32" else "bfloat16"
     cfg = packed_lora_model(model_dir, r=16, alpha=32, dropout=0.0, quantize_4bit=route == "nf4",
@@ -67,7 +67,7 @@ def lora_gradients(model) -> torch.Tensor:
 
 def packed_token_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean loss as training computes it, per-position losses of the row) through compute_loss."""
-    import xtuner_assistant.packed_finetune as packed
+    import xtuner_assistant.training.packed_finetune as packed
 
     captured = {}
     original = packed.answer_token_loss
@@ -103,8 +103,8 @@ def alone_token_losses(model, samples, device) -> tuple[torch.Tensor, list[torch
 
 
 def compare(model_dir: str, route: str, samples, pack_tokens: int, force_dense: bool = False) -> dict:
-    from xtuner_assistant.document_attention import DocumentAttention
-    from xtuner_assistant.packing import pack_samples, packed_collate_fn
+    from xtuner_assistant.data.packing import pack_samples, packed_collate_fn
+    from xtuner_assistant.training.document_attention import DocumentAttention
 
     model, device = build_model(model_dir, route)
     row, used = [], 0

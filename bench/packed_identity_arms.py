@@ -55,31 +55,6 @@ ARMS = {
                        eval_every=75, **SHIPPED_DATA),
 }
 
-CONFIG = '''_base_ = [{runtime!r}]
-from xtuner_assistant.recipe import (assistant_eval_hook, chat_tokenizer, lora_model, mixed_dataloader, optimizer,
-                                     packed_dataloader, packed_lora_model, schedule)
-model_path = {model_path!r}
-tokenizer = chat_tokenizer(model_path)
-identity = {identity!r}
-if {packed!r}:
-    model = packed_lora_model(model_path, r={lora_r}, alpha={lora_alpha}, dropout={dropout}, quantize_4bit={quantize!r},
-                              dtype="torch.{dtype}")
-    train_dataloader = packed_dataloader(tokenizer, identity, {general!r}, {general_ratio}, {max_length}, {pack_tokens},
-                                         1, {seed}, replay={replay!r}, replay_ratio={replay_ratio})
-else:
-    model = lora_model(model_path, r={lora_r}, alpha={lora_alpha}, dropout={dropout}, quantize_4bit=False,
-                       gradient_checkpointing=False)
-    train_dataloader = mixed_dataloader(tokenizer, identity, {general!r}, {general_ratio}, {max_length}, {batch_size},
-                                        {seed}, replay={replay!r}, replay_ratio={replay_ratio})
-optim_wrapper = optimizer({lr}, {accumulate}, mixed_precision={mixed_precision!r})
-param_scheduler, train_cfg = schedule({epochs}, {warmup})
-default_hooks = dict(checkpoint=dict(interval=100000, max_keep_ckpts=1), logger=dict(interval=10))
-# Observe only: every arm trains to its end, so its last checkpoint is what gets merged.
-custom_hooks = [dict(assistant_eval_hook({name!r}, {author!r}, {base_model!r}, {seed}, {eval_every}), early_stop=False)]
-randomness = dict(seed={seed})
-'''
-
-
 def cli(args: list, log, env=None) -> int:
     log.write(f"$ xtuner-assistant {' '.join(map(str, args))}\n")
     log.flush()
@@ -88,14 +63,39 @@ def cli(args: list, log, env=None) -> int:
 
 
 def arm_config(arm: str, model_dir: str, work: Path, identity_file: Path, replay: str, base_model: str) -> Path:
+    """The arm's config, its pieces put together here (bench/wiring.py) and written out as plain dicts."""
+    from wiring import (assistant_eval_hook, chat_tokenizer, lora_model, mixed_dataloader, optimizer,
+                        packed_dataloader, packed_lora_model, schedule)
+
     values = {**COMMON, **ARMS[arm]}
     identity = str(identity_file) if values["identity"] == "file" else dict(
         type="IdentityConversations", name=NAME, author=AUTHOR, base_model=base_model, n=values["identity"], seed=SEED)
-    text = CONFIG.format(**{**values, "runtime": str(REPO / "configs" / "_base_" / "runtime.py"),
-                            "model_path": model_dir, "identity": identity, "seed": SEED,
-                            "replay": replay if values["replay_ratio"] else "", "batch_size": values.get("batch_size", 1),
-                            "mixed_precision": None if values["dtype"] == "float32" else values["dtype"],
-                            "name": NAME, "author": AUTHOR, "base_model": base_model})
+    replay = replay if values["replay_ratio"] else ""
+    tokenizer = chat_tokenizer(model_dir)
+    if values["packed"]:
+        model = packed_lora_model(model_dir, r=values["lora_r"], alpha=values["lora_alpha"], dropout=values["dropout"],
+                                  quantize_4bit=values["quantize"], dtype=f"torch.{values['dtype']}")
+        train_dataloader = packed_dataloader(tokenizer, identity, values["general"], values["general_ratio"],
+                                             values["max_length"], values["pack_tokens"], 1, SEED, replay=replay,
+                                             replay_ratio=values["replay_ratio"])
+    else:
+        model = lora_model(model_dir, r=values["lora_r"], alpha=values["lora_alpha"], dropout=values["dropout"],
+                           quantize_4bit=False, gradient_checkpointing=False)
+        train_dataloader = mixed_dataloader(tokenizer, identity, values["general"], values["general_ratio"],
+                                            values["max_length"], values.get("batch_size", 1), SEED, replay=replay,
+                                            replay_ratio=values["replay_ratio"])
+    param_scheduler, train_cfg = schedule(values["epochs"], values["warmup"])
+    config = dict(
+        model_path=model_dir, tokenizer=tokenizer, identity=identity, model=model, train_dataloader=train_dataloader,
+        optim_wrapper=optimizer(values["lr"], values["accumulate"],
+                                mixed_precision=None if values["dtype"] == "float32" else values["dtype"]),
+        param_scheduler=param_scheduler, train_cfg=train_cfg,
+        default_hooks=dict(checkpoint=dict(interval=100000, max_keep_ckpts=1), logger=dict(interval=10)),
+        # Observe only: every arm trains to its end, so its last checkpoint is what gets merged.
+        custom_hooks=[dict(assistant_eval_hook(NAME, AUTHOR, base_model, SEED, values["eval_every"]), early_stop=False)],
+        randomness=dict(seed=SEED))
+    text = f"_base_ = [{str(REPO / 'configs' / '_base_' / 'runtime.py')!r}]\n"
+    text += "".join(f"{key} = {value!r}\n" for key, value in config.items())
     path = work / f"{arm}.py"
     path.write_text(text, encoding="utf-8")
     return path
@@ -186,7 +186,7 @@ def main() -> int:
     arms = args.arms.split(",")
     replay = ""
     if any({**COMMON, **ARMS[arm]}["replay_ratio"] or ARMS[arm].get("shipped") for arm in arms):
-        from xtuner_assistant.replay import replay_file
+        from xtuner_assistant.data.replay import replay_file
 
         started = time.monotonic()
         replay = replay_file(args.model_dir)  # once, before the arms share its cache

@@ -74,7 +74,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5000)
     parser.add_argument("--cpu", action="store_true", help="check the script without CUDA (no 4-bit)")
     args = parser.parse_args()
-    from xtuner_assistant.xtuner_tools import tool_path
+    from xtuner_assistant.training.xtuner_tools import tool_path
 
     work, out, model = Path(args.work), Path(args.out), Path(args.model)
     work.mkdir(parents=True, exist_ok=True)
