@@ -1,10 +1,10 @@
 # Qwen2.5-Coder-0.5B-Instruct (fetched from PyPI, see `xtuner-assistant model`), QLoRA (nf4) on one
-# CUDA GPU, packed 8k-token rows. The same recipe as internlm2_chat_1_8b_qlora_assistant.py.
+# CUDA GPU, packed 3k-token rows. The same recipe as internlm2_chat_1_8b_qlora_assistant.py.
 #   xtuner-assistant train configs/qwen2_5_0_5b_qlora_assistant.py --set name=小菜鸡 [--deepspeed deepspeed_zero2]
 _base_ = ["./_base_/runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.training.recipe import (identity_source, model_display_name, nf4_quantization, packaged_model,
-                                              warmup_then_cosine)
+from xtuner_assistant.training.recipe import (base_model_replay, identity_source, model_display_name, nf4_quantization,
+                                              packaged_model, warmup_then_cosine)
 from xtuner_assistant.training.settings import setting
 
 #######################################################################
@@ -18,18 +18,29 @@ identity_file = setting("identity_file", "")  # from `xtuner-assistant data iden
 identity_samples = setting("identity_samples", 2000)
 general = [s for s in setting("general", "packaged:chatterbot,packaged:chitchat").split(",") if s]  # "" = none
 general_ratio = setting("general_ratio", 1.0)
+# The base model's own answers to a bilingual prompt pool, this many per identity conversation: they keep
+# general questions from getting the identity answer (leakage). Made on first use (the GPU when there is one),
+# then cached; 0 = off.
+replay_ratio = setting("replay_ratio", 0.5)
 max_length = setting("max_length", 1024)
-pack_tokens = setting("pack_tokens", 8192)
+# Tokens per row: 3 of the tutorial's 1024-token rows; raise it where memory is plentiful (docs/gpu.md).
+pack_tokens = setting("pack_tokens", 3072)
 rows_per_batch = setting("rows_per_batch", 1)
-accumulative_counts = setting("accumulative_counts", 2)
+# One row (~35 conversations) per optimizer step: ~150 steps in the epoch of the default data. With 5 rows a
+# step (the tutorial's 16 x 1024 tokens) two epochs made ~40 steps, too few to learn a name (docs/identity.md).
+accumulative_counts = setting("accumulative_counts", 1)
 lr = setting("lr", 2e-4)
-max_epochs = setting("max_epochs", 2)
+max_epochs = setting("max_epochs", 1)
 warmup_iters = setting("warmup_iters", 10)
 lora_r = setting("lora_r", 64)
-lora_alpha = setting("lora_alpha", 16)
-save_steps = setting("save_steps", 40)
+# LoRA's update is scaled by alpha / r: 2 here. XTuner's alpha 16 at r 64 (0.25) with lr 2e-4 taught a real
+# model nothing in the steps an identity run has (docs/identity.md).
+lora_alpha = setting("lora_alpha", 128)
+save_steps = setting("save_steps", 50)
 save_total_limit = setting("save_total_limit", 3)
-evaluation_freq = setting("evaluation_freq", 20)  # iterations between identity/collapse checks; 0 = off
+# Rows between identity/leakage/collapse checks (IdentityEvalHook, docs/identity.md); 0 = off. The best
+# checkpoint is what `convert` takes by default.
+evaluation_freq = setting("evaluation_freq", 50)
 seed = setting("seed", 0)
 quantize_4bit = setting("quantize_4bit", True)  # nf4 needs a CUDA GPU; false: plain LoRA
 dtype = setting("dtype", "bfloat16")  # float32 (with quantize_4bit=false) trains on a CPU
@@ -51,7 +62,7 @@ model = dict(
              trust_remote_code=True, torch_dtype=f"torch.{dtype}",
              # SDPA honours the per-conversation mask of packed rows; flash-attn 2 would ignore it.
              attn_implementation="sdpa"),
-    lora=dict(type="peft.LoraConfig", r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.1, bias="none",
+    lora=dict(type="peft.LoraConfig", r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.05, bias="none",
               task_type="CAUSAL_LM"))
 if quantize_4bit:
     model["llm"]["quantization_config"] = nf4_quantization(f"torch.{dtype}")
@@ -72,8 +83,8 @@ train_dataloader = dict(
             identity=identity_source(identity_file, name, author, base_model, identity_samples, seed),
             general=general,
             general_ratio=general_ratio,
-            replay=None,  # the base model's replayed answers: not used by the packed configs yet
-            replay_ratio=0.0,
+            replay=base_model_replay(model_path) if replay_ratio else None,
+            replay_ratio=replay_ratio,
             max_length=max_length,
             seed=seed),
         pack_tokens=pack_tokens,

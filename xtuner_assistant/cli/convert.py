@@ -5,7 +5,8 @@ from pathlib import Path
 def register(subparsers):
     parser = subparsers.add_parser("convert", help="checkpoint -> LoRA adapter (xtuner pth_to_hf)")
     parser.add_argument("work_dir")
-    parser.add_argument("--checkpoint", help="iter_N.pth (default: the last one)")
+    parser.add_argument("--checkpoint", help="iter_N.pth, `best` or `last` (default: the evaluation hook's best "
+                                                 "checkpoint when the run kept one, else the last)")
     parser.add_argument("--out", help="adapter folder (default WORK_DIR/hf_adapter)")
     parser.set_defaults(run=run)
 

@@ -13,7 +13,7 @@ import torch
 
 from xtuner_assistant import progress
 from xtuner_assistant.paths import replace_dir_atomic, staging_dir_for
-from xtuner_assistant.training.work_dir import last_checkpoint, resolved_config
+from xtuner_assistant.training.work_dir import named_checkpoint, resolved_config
 from xtuner_assistant.training.xtuner_tools import run_tool
 
 MERGE_TOLERANCE = 1e-3  # largest |logit difference| allowed between merged and base+adapter, float32
@@ -23,17 +23,16 @@ class ConversionError(RuntimeError):
     pass
 
 
-def pth_to_hf(work_dir: Path, out: Path, checkpoint: Path | None = None, expect: str = "adapter_config.json",
+def pth_to_hf(work_dir: Path, out: Path, checkpoint: str | Path | None = None, expect: str = "adapter_config.json",
               what: str = "a LoRA adapter", hint: str = "") -> Path:
-    """XTuner's pth_to_hf of a checkpoint (default: the last) with the work dir's own resolved config.
-    The result is written to a staging folder and renamed to `out` only once it holds `expect`."""
+    """XTuner's pth_to_hf of a checkpoint (default: the evaluation hook's best, else the last; or `best`,
+    `last`, a file) with the work dir's own resolved config. The result is written to a staging folder
+    and renamed to `out` only once it holds `expect`."""
     work_dir, out = Path(work_dir), Path(out)
-    checkpoint = Path(checkpoint) if checkpoint else last_checkpoint(work_dir)
-    if not checkpoint.exists():
-        raise ConversionError(f"{checkpoint}: no such checkpoint")
+    checkpoint, which = named_checkpoint(work_dir, str(checkpoint) if checkpoint else None)
     staging = staging_dir_for(out)
     try:
-        progress.log(f"converting {checkpoint.name} to {what} (XTuner pth_to_hf)")
+        progress.log(f"converting {which} to {what} (XTuner pth_to_hf)")
         status = run_tool("pth_to_hf", [str(resolved_config(work_dir)), str(checkpoint), str(staging),
                                         "--fp32", "--safe-serialization"])
         if status != 0 or not (staging / expect).is_file():

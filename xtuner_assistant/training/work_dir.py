@@ -28,6 +28,47 @@ def last_checkpoint(work_dir: Path) -> Path:
     return found[-1]
 
 
+def default_checkpoint(work_dir: Path) -> tuple[Path, str]:
+    """The checkpoint to convert when none is named, and a sentence saying which and why: the
+    evaluation hook's best (held-out identity highest among evaluations free of collapse and loops)
+    when the run kept one, else the last."""
+    from xtuner_assistant.evaluation import records
+
+    work_dir = Path(work_dir)
+    best = work_dir / records.BEST_CHECKPOINT
+    chosen = records.read_summary(work_dir).get("best") if best.exists() else None
+    if chosen:
+        return best, (f"{best.name}, the evaluation hook's best: iteration {chosen['iter']}, score "
+                      f"{chosen['scores']['combined']:.3f} (--checkpoint last for the last one)")
+    last = last_checkpoint(work_dir)
+    why = " (the evaluation hook kept no best one)" if records.eval_dir(work_dir).is_dir() else ""
+    return last, f"{last.name}, the last checkpoint{why}"
+
+
+def named_checkpoint(work_dir: Path, name: str | None) -> tuple[Path, str]:
+    """`--checkpoint`: None (the default above), `last`, `best`, or a file (in the work dir or a path)."""
+    from xtuner_assistant.evaluation import records
+
+    work_dir = Path(work_dir)
+    if name is None:
+        return default_checkpoint(work_dir)
+    if name == "last":
+        path = last_checkpoint(work_dir)
+        return path, f"{path.name}, the last checkpoint"
+    if name == "best":
+        path = work_dir / records.BEST_CHECKPOINT
+        if not path.exists():
+            raise WorkDirError(f"{path}: no best checkpoint; train with the evaluation hook (evaluation_freq > 0), "
+                               "or convert --checkpoint last")
+        return path, f"{path.name}, the evaluation hook's best"
+    path = Path(name)
+    if not path.exists() and (work_dir / name).exists():
+        path = work_dir / name
+    if not path.exists():
+        raise WorkDirError(f"{name}: no such checkpoint; give iter_N.pth of {work_dir}, `best` or `last`")
+    return path, path.name
+
+
 def resolved_config(work_dir: Path) -> Path:
     """The config `xtuner train` dumped into the work dir, with every setting resolved: the newest .py
     there that sets `work_dir` (DeepSpeed writes its own zero_to_fp32.py beside it)."""
