@@ -70,7 +70,7 @@ def main() -> int:
     parser.add_argument("--base-model", required=True)
     parser.add_argument("--work", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--every", type=int, default=75, help="iterations between observations")
+    parser.add_argument("--every", type=int, default=100, help="iterations between observations")
     parser.add_argument("--repeat", type=int, default=5000)
     parser.add_argument("--cpu", action="store_true", help="check the script without CUDA (no 4-bit)")
     args = parser.parse_args()
