@@ -94,18 +94,23 @@ qwen() {  # issue 13: the shipped Qwen2.5-0.5B QLoRA config on its real weights,
   $XA eval $ours/merged --name "$QNAME" --author "$QAUTHOR" --base-model-name Qwen2.5-Coder-0.5B-Instruct \
     --base $model --max-new-tokens 96 --out $OUT/qwen_ours_merged_eval >>$W/qwen_ours.log 2>&1
   $XA eval $ours/train --out $OUT/qwen_ours_hook >>$W/qwen_ours.log 2>&1; tail -12 $W/qwen_ours.log | tee -a "$OUT/summary.txt"
-  local t2=$SECONDS
+  (cd $W && tar czf $OUT/qwen_ours.tgz --exclude='*.pth' --exclude='*.safetensors' --exclude='*.bin' qwen_ours/train 2>/dev/null)
+}
+
+qwen_stock() {  # the next call, same machine: the tutorial's recipe on the same model
+  local t2=$SECONDS model=$W/home/models/qwen2.5-0.5b
   timeout ${STOCK_TIMEOUT:-240} python3 bench/tutorial_run.py --model $model --name "$QNAME" \
     --base-model Qwen2.5-Coder-0.5B-Instruct --work $W/qwen_stock --out $OUT/qwen_stock >$W/qwen_stock.log 2>&1
   note "stock tutorial: exit $?, $((SECONDS - t2)) s"; tail -12 $W/qwen_stock.log | tee -a "$OUT/summary.txt"
-  (cd $W && tar czf $OUT/qwen_runs.tgz --exclude='*.pth' --exclude='*.safetensors' --exclude='*.bin' \
-    --exclude='*.gguf' qwen_ours/train qwen_stock 2>/dev/null)
+  (cd $W && tar czf $OUT/qwen_stock.tgz --exclude='*.pth' --exclude='*.safetensors' --exclude='*.bin' \
+    --exclude='*.json' qwen_stock 2>/dev/null)
 }
 
 case "$MODE" in
   stash) install_wheels; cp "${2:?folder of pieces}"/* $STASH/ && note "stashed: $(ls $STASH | tr '\n' ' ')" ;;
   profile) profile ;;
   qwen) qwen ;;
+  qwen-stock) qwen_stock ;;
   speed) speed ;;
   identity) identity ;;
 esac
