@@ -44,7 +44,7 @@ def tutorial_config(model: Path, data: Path, out: Path, name: str, base_model: s
     text, count = re.subn(r"prompt_template = PROMPT_TEMPLATE\.\w+", f"prompt_template = PROMPT_TEMPLATE.{template}", text)
     if count != 1:
         raise RuntimeError(f"{config}: no prompt_template line to point at {template}")
-    observer = dict(type="IdentityEvalHook", name=name, base_model=base_model, seed=0, every_n_iters=every,
+    observer = dict(type="xtuner_assistant.evaluation.hook.IdentityEvalHook", name=name, base_model=base_model, seed=0, every_n_iters=every,
                     early_stop=False, save_best=False,
                     identity_sentences=[TUTORIAL_ANSWER.format(name=name, base_model=base_model)])
     text += ("\n# Scored the way xtuner-assistant's runs are: held-out identity paraphrases and general prompts.\n"
