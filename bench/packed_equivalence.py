@@ -28,26 +28,28 @@ from xtuner_assistant.chat_template import IGNORE_INDEX  # noqa: E402
 
 
 def conversations(model_dir: str, count: int, max_length: int):
-    from wiring import chat_tokenizer
     from xtuner_assistant.data.mixed import MixedChatDataset
 
+    tokenizer = dict(type="transformers.AutoTokenizer.from_pretrained", pretrained_model_name_or_path=model_dir,
+                     trust_remote_code=True, padding_side="right")
     identity = dict(type="IdentityConversations", name="星河小蜜蜂", author="林舟", base_model="SmolLM2", n=count // 2)
-    dataset = MixedChatDataset(chat_tokenizer(model_dir), identity, ["packaged:chatterbot"], 1.0,
-                               max_length=max_length, seed=1)
+    dataset = MixedChatDataset(tokenizer, identity, ["packaged:chatterbot"], 1.0, max_length=max_length, seed=1)
     return [dataset[i] for i in range(len(dataset))]
 
 
 def build_model(model_dir: str, route: str):
-    from wiring import packed_lora_model
-    from xtuner_assistant.training.packed_finetune import PackedSupervisedFinetune
-
-    dtype = "float32" if route == "float32" else "bfloat16"
-    cfg = packed_lora_model(model_dir, r=16, alpha=32, dropout=0.0, quantize_4bit=route == "nf4",
-                            dtype=f"torch.{dtype}", gradient_checkpointing=True)
     from mmengine.config import ConfigDict
 
-    cfg.pop("type")
-    model = PackedSupervisedFinetune(**ConfigDict(cfg))
+    from xtuner_assistant.training.packed_finetune import PackedSupervisedFinetune
+    from xtuner_assistant.training.recipe import nf4_quantization
+
+    dtype = "torch.float32" if route == "float32" else "torch.bfloat16"
+    llm = dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=model_dir,
+               trust_remote_code=True, torch_dtype=dtype, attn_implementation="sdpa")
+    if route == "nf4":
+        llm["quantization_config"] = nf4_quantization(dtype)
+    lora = dict(type="peft.LoraConfig", r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    model = PackedSupervisedFinetune(llm=ConfigDict(llm), lora=ConfigDict(lora), use_activation_checkpointing=True)
     generator = torch.Generator().manual_seed(0)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
