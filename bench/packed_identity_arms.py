@@ -42,7 +42,7 @@ PACKED_CONFIG = REPO / "configs" / "internlm2_chat_1_8b_qlora_assistant.py"
 # Settings of the shipped configs (`--set NAME=VALUE`) per arm; "file" is the identity file made once.
 ARM_DATA = dict(identity_file="file", general="packaged:chatterbot", general_ratio=1.0, replay_ratio=0.0)
 DIAGNOSIS = dict(lr=1e-3, lora_r=16, lora_alpha=32, max_epochs=1, warmup_iters=10, accumulative_counts=1,
-                 max_length=512, pack_tokens=640, evaluation_freq=30, save_steps=100000, **ARM_DATA)
+                 max_length=512, pack_tokens=640, evaluation_freq=30, save_steps=30, **ARM_DATA)
 SHIPPED_DATA = dict(identity_file="", identity_samples=2000, general="packaged:chatterbot,packaged:chitchat",
                     max_length=1024)
 ARMS = {
