@@ -38,16 +38,18 @@ def test_the_hook_scores_hand_made_answers():
     assert healthy["combined"] > scores["combined"]
 
 
-def train(tmp_path: Path, tiny_model_dir: Path, hook: dict, work_dir: Path) -> subprocess.CompletedProcess:
-    """Real `xtuner train` (XTuner's own train tool, this interpreter) of the shipped config plus the hook."""
+def train(tmp_path: Path, tiny_model_dir: Path, hook: dict, work_dir: Path, epochs: int = 2,
+          extra: tuple = ()) -> subprocess.CompletedProcess:
+    """Real `xtuner train` (XTuner's own train tool, this interpreter) of the shipped config plus the hook:
+    16 conversations in batches of 4, so 4 iterations an epoch."""
     config = tmp_path / "with_eval_hook.py"
     config.write_text(f'_base_ = ["{CONFIG}"]\ncustom_hooks = [{hook!r}]\n')
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XTUNER_ASSISTANT_HOME": str(tmp_path / "home"),
            "XA_MODEL": str(tiny_model_dir), "XA_NAME": NAME, "XA_IDENTITY_SAMPLES": "16", "XA_GENERAL_RATIO": "0",
-           "XA_BATCH_SIZE": "4", "XA_MAX_EPOCHS": "2", "XA_LR": "0.05", "XA_SAVE_STEPS": "100"}
+           "XA_BATCH_SIZE": "4", "XA_MAX_EPOCHS": str(epochs), "XA_LR": "0.05", "XA_SAVE_STEPS": "100"}
     from xtuner_assistant.training.xtuner_tools import tool_path
 
-    return subprocess.run([sys.executable, tool_path("train"), str(config), "--work-dir", str(work_dir)],
+    return subprocess.run([sys.executable, tool_path("train"), str(config), "--work-dir", str(work_dir), *extra],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
 
 
@@ -68,6 +70,24 @@ def test_the_hook_stops_a_collapsing_run_cleanly(tmp_path, tiny_model_dir):
     assert summary["stopped_early"]["iter"] == 4 and summary["best"] is None
     assert not (work_dir / "best_checkpoint.pth").exists()
     assert (work_dir / "identity_eval" / "iter_000004.txt").read_text().startswith("# iteration 4")
+
+
+def test_the_hooks_state_survives_resume(tmp_path, tiny_model_dir):
+    """Patience 3 and an evaluation every 2 iterations, on a model whose answers are collapsed from the
+    start: the first run (one epoch, 4 iterations) ends with 2 unhealthy evaluations in a row and goes
+    on; resumed, the run stops at its next evaluation (iteration 6), because the streak carried over.
+    Counted afresh it would have needed evaluations 6, 8 and 10."""
+    hook = dict(type="IdentityEvalHook", name=NAME, every_n_iters=2, patience=3, max_new_tokens=16)
+    work_dir = tmp_path / "work"
+    first = train(tmp_path, tiny_model_dir, hook, work_dir, epochs=1)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    summary = json.loads((work_dir / "identity_eval" / "summary.json").read_text())
+    assert (summary["unhealthy_streak"], summary["stopped_early"], summary["last_evaluated_iter"]) == (2, None, 4)
+    resumed = train(tmp_path, tiny_model_dir, hook, work_dir, epochs=3, extra=("--cfg-options", "resume=True"))
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-3000:]
+    assert "stopping training early at iteration 6" in output and "3 evaluation(s) in a row" in output
+    assert [h["iter"] for h in history(work_dir)] == [0, 2, 4, 6], "no second evaluation of the base model"
 
 
 @pytest.fixture(scope="module")

@@ -127,6 +127,8 @@ class IdentityEvalHook(Hook):
         else:
             self._keep_best(runner, iteration, scores)
             self._check_collapse(runner, iteration, scores)
+        # After every evaluation: a resumed run picks up the best so far and the unhealthy streak.
+        self._write_summary(runner)
         return scores
 
     # ----------------------------------------------------------------- outputs
@@ -153,7 +155,6 @@ class IdentityEvalHook(Hook):
         if self.save_best:
             self.best["checkpoint"] = _save_checkpoint(runner, BEST_CHECKPOINT)
         runner.logger.info(f"IdentityEvalHook: new best at iteration {iteration} (score {scores['combined']:.3f})")
-        self._write_summary(runner)
 
     def _check_collapse(self, runner, iteration: int, scores: dict) -> None:
         reasons = self.unhealthy(scores)
@@ -168,7 +169,6 @@ class IdentityEvalHook(Hook):
         self.stopped = {"iter": iteration, "reason": "; ".join(reasons), "message": message}
         runner.logger.warning(f"IdentityEvalHook: {message}")
         runner.train_loop.stop_training = True
-        self._write_summary(runner)
 
     def unhealthy(self, scores: dict) -> list[str]:
         return metrics.unhealthy(scores, self.thresholds, self.base_scores)
@@ -183,12 +183,16 @@ class IdentityEvalHook(Hook):
             "base_scores": self.base_scores,
             "best": self.best,
             "stopped_early": self.stopped,
+            "unhealthy_streak": self.unhealthy_streak,
+            "last_evaluated_iter": self.last_evaluated_iter,
         })
 
     def _restore(self, runner) -> None:
-        """On resume, pick up the best score so far so a worse checkpoint does not replace it."""
+        """On resume, pick up the best score so far (so a worse checkpoint does not replace it) and the
+        count of unhealthy evaluations in a row (so a collapse that began before the pause still stops)."""
         saved = records.read_summary(runner.work_dir)
         self.best, self.base_scores = saved.get("best"), saved.get("base_scores")
+        self.unhealthy_streak = saved.get("unhealthy_streak", 0)
 
     def _build_tokenizer(self, runner):
         if self.tokenizer_cfg is not None:
