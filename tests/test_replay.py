@@ -10,6 +10,7 @@ from xtuner_assistant.data import replay
 from xtuner_assistant.data.identity_files import DEFAULT_SAMPLES
 from xtuner_assistant.data.mixed import MixedChatDataset, language_of
 from xtuner_assistant.data.replay import ReplayError
+from xtuner_assistant.evaluation.identity_evaluation import general_eval_prompts
 from xtuner_assistant.models import answers as answer_cache
 
 CPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smollm2_135m_lora_cpu_assistant.py"
@@ -85,9 +86,30 @@ def test_replay_keeps_whole_sentences_and_drops_loops_and_empty_answers(home, ti
     conversations = [json.loads(line) for line in open(path, encoding="utf-8")]
     prompts = replay.replay_prompts()
     answers = [c["messages"][1]["content"] for c in conversations]
-    assert len(conversations) == len(prompts[0::4]) + len(prompts[1::4])  # loops and empty answers left out
+    # Loops and empty answers left out, and answers in the other language than their question.
+    canned = [replay.whole_sentences(a) for a in canned_answers(prompts, 64)]
+    kept = [p for i, (p, a) in enumerate(zip(prompts, canned)) if i % 4 < 2 and replay.language(a) == replay.language(p)]
+    assert len(kept) < len(prompts[0::4]) + len(prompts[1::4])
+    assert [c["messages"][0]["content"] for c in conversations] == kept
     assert all(a.endswith((".", "。")) for a in answers)  # "…还没有说完因为" is cut at its last full stop
     assert "这是一个回答。" in answers and not any("the same words" in a for a in answers)
+
+
+def test_replay_leaves_out_echoes_and_answers_in_another_language():
+    assert replay.usable("什么是质数？", "质数是只能被一和它本身整除的数。")
+    assert not replay.usable("什么是质数？", "什么是质数？")  # the question echoed back
+    assert not replay.usable("天空为什么是蓝色的？", "The color of the sky is a reflection of light.")
+    assert replay.usable("Why is the sky blue?", "Because air scatters blue light the most.")
+
+
+def test_templated_prompts_are_fixed_and_mostly_chinese_near_misses():
+    prompts = replay.templated_prompts()
+    assert prompts == replay.templated_prompts() and len(set(prompts)) == len(prompts)
+    chinese = [p for p in prompts if replay.language(p) == "zh"]
+    assert len(chinese) > 2 * (len(prompts) - len(chinese))
+    assert any(p.startswith("介绍一下") for p in chinese) and any(p.endswith("是谁？") for p in chinese)
+    held_out = {item["prompt"] for item in general_eval_prompts()}
+    assert not held_out & set(replay.replay_prompts())
 
 
 def test_a_model_with_no_usable_answer_is_refused_with_what_to_do(home, tiny_model_dir, monkeypatch):
