@@ -2,7 +2,7 @@
 
 Answers (greedy, the model's own chat template, 64 new tokens) to:
 - the held-out identity paraphrases (same name/seed split as training): identity accuracy zh / en;
-- the shipped held-out general prompts and facts (data/general_prompts.json `eval`, `facts`);
+- the shipped held-out general prompts and facts (evaluation/general_prompts.json `eval`, `facts`);
 - bench/prompts/held_out_general_extra.json: 40 zh + 40 en general prompts never used in training
   (facts, how-to, creative, "introduce X", "who is X", questions with you/I), and two-turn chats
   whose second question switches language;
@@ -35,7 +35,7 @@ IDENTITY_OPENING = re.compile(r"^\s*(我是|我叫|我的名字|你可以叫我|
 
 def load_model(args):
     import torch
-    from xtuner_assistant.generation import load_chat_model
+    from xtuner_assistant.models.generation import load_chat_model
 
     if args.model:
         return load_chat_model(args.model, device="cpu")
@@ -57,8 +57,8 @@ def load_model(args):
 
 
 def answer_all(args, evaluation) -> dict:
-    from xtuner_assistant.demo import GENERAL_QUESTIONS
-    from xtuner_assistant.generation import reply, replies
+    from xtuner_assistant.cli.demo import GENERAL_QUESTIONS
+    from xtuner_assistant.models.generation import reply, replies
 
     extra = json.loads(EXTRA.read_text(encoding="utf-8"))
     model, tokenizer = load_model(args)
@@ -86,14 +86,14 @@ def answer_all(args, evaluation) -> dict:
 
 
 def base_answers(base: str, prompts: list[str], max_new_tokens: int) -> list[str]:
-    from xtuner_assistant.replay import base_model_answers
+    from xtuner_assistant.models.answers import base_model_answers
 
     return base_model_answers(base, prompts, max_new_tokens)
 
 
 def score(record: dict, evaluation, base: str | None, max_new_tokens: int) -> dict:
-    from xtuner_assistant import metrics
-    from xtuner_assistant.replay import language as answer_language
+    from xtuner_assistant.data.replay import language as answer_language
+    from xtuner_assistant.evaluation import metrics
 
     name, sentences = evaluation.name, evaluation.identity_sentences
     scores = {}
@@ -143,10 +143,10 @@ def main(argv=None):
     parser.add_argument("--rescore", help="a result JSON of this script: score its answers again")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    from xtuner_assistant.evaluation import IdentityEvaluation
+    from xtuner_assistant.evaluation.identity_evaluation import IdentityEvaluation
 
     if args.base is None:
-        from xtuner_assistant.fetch import fetch
+        from xtuner_assistant.models.fetch import fetch
 
         args.base = str(fetch("smollm2-135m"))
     evaluation = IdentityEvaluation(args.name, args.author, args.base_model_name, args.seed)
