@@ -8,7 +8,7 @@ from xtuner_assistant.data.identity_files import write_identity_files
 
 
 def user_questions(conversations):
-    return [c["messages"][0]["content"] for c in conversations]
+    return [m["content"] for c in conversations for m in c["messages"] if m["role"] == "user"]
 
 
 def test_many_paraphrases_and_answers_not_one_pair_repeated():
@@ -27,6 +27,17 @@ def test_same_seed_same_data_other_seed_other_split():
     assert make(3).conversations(50) == make(3).conversations(50)
     assert make(3).held_out() == make(3).held_out()
     assert make(3).held_out() != make(4).held_out()
+
+
+def test_some_conversations_ask_again_in_the_other_language_and_get_that_language():
+    conversations = IdentityPhrasebook(Identity("Alice")).conversations(400)
+    two_turn = [c for c in conversations if len(c["messages"]) == 4]
+    assert 20 <= len(two_turn) <= 80
+    cjk = lambda text: any("\u4e00" <= ch <= "\u9fff" for ch in text)
+    for c in two_turn:
+        first, second = c["messages"][0]["content"], c["messages"][2]["content"]
+        assert cjk(first) != cjk(second)
+        assert cjk(c["messages"][3]["content"]) == cjk(second) and "Alice" in c["messages"][3]["content"]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

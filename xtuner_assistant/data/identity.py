@@ -15,6 +15,9 @@ from torch.utils.data import Dataset
 
 LANGUAGES = ("zh", "en")
 MAX_FIELD_LENGTH = 64
+# Share of conversations that go on with a second identity question in the other language: each
+# answer is in its own question's language, whatever language the chat began in.
+TWO_TURN_SHARE = 0.125
 
 
 class IdentityError(ValueError):
@@ -102,8 +105,9 @@ class IdentityPhrasebook:
             self.held_out_questions[lang] = sorted(held_out)
             self.train_questions[lang] = sorted(train)
 
-    def conversations(self, n: int) -> list[dict]:
-        """n distinct (as far as the combinations allow) single-turn identity conversations."""
+    def conversations(self, n: int, two_turn_share: float = TWO_TURN_SHARE) -> list[dict]:
+        """n distinct (as far as the combinations allow) identity conversations; `two_turn_share` of
+        them (with two or more languages) ask again in another language."""
         rng = random.Random(f"identity-samples-{self.seed}")
         combos = [
             (lang, prefix, question, answer)
@@ -114,7 +118,7 @@ class IdentityPhrasebook:
         ]
         rng.shuffle(combos)
         picked = [combos[i % len(combos)] for i in range(n)]
-        return [
+        conversations = [
             {
                 "messages": [
                     {"role": "user", "content": _join(prefix, question, rng)},
@@ -124,6 +128,16 @@ class IdentityPhrasebook:
             }
             for lang, prefix, question, answer in picked
         ]
+        # Its own generator, so adding second turns leaves the first turns as they were.
+        switch = random.Random(f"identity-two-turn-{self.seed}")
+        for conversation in conversations:
+            others = [lang for lang in self.languages if lang != conversation["language"]]
+            if others and switch.random() < two_turn_share:
+                lang = switch.choice(others)
+                question = _join(switch.choice(self.prefixes[lang]), switch.choice(self.train_questions[lang]), switch)
+                conversation["messages"] += [{"role": "user", "content": question},
+                                             {"role": "assistant", "content": switch.choice(self.answers[lang])}]
+        return conversations
 
     def held_out(self) -> list[dict]:
         return [{"question": q, "language": lang} for lang in self.languages for q in self.held_out_questions[lang]]
