@@ -23,6 +23,9 @@ general_ratio = setting("general_ratio", 1.0)
 # 384 identity conversations is the setting that met the identity target in measurement
 # (docs/BENCHMARKS.md). Generated on first use, then cached; replay_ratio=0 turns replay off.
 replay_ratio = setting("replay_ratio", 0.5)
+# This share of identity conversations also carry a general question (before or after, either
+# language): the name answers the identity question only, in the language it was asked in.
+general_turn_share = setting("general_turn_share", 0.25)
 max_length = setting("max_length", 256)
 batch_size = setting("batch_size", 4)
 accumulative_counts = setting("accumulative_counts", 2)  # 4 x 2 = 8 per step at half the peak RAM of 8 x 1
@@ -65,6 +68,7 @@ train_dataloader = dict(
         general_ratio=general_ratio,
         replay=base_model_replay(model_path) if replay_ratio else None,
         replay_ratio=replay_ratio,
+        general_turn_share=general_turn_share,
         max_length=max_length,
         seed=seed),
     # Similar lengths share a batch: identity turns are short, general ones long, and padding a batch

@@ -68,3 +68,13 @@ def test_identity_from_a_file_of_conversations(tokenizer, tmp_path):
     path.write_text("\n".join(json.dumps(conversation(f"who are you {i}", "I am Zed.")) for i in range(6)))
     data = MixedChatDataset(tokenizer, str(path), general=[], general_ratio=0.0)
     assert len(data) == 6 and data.report["identity"] == 6
+
+
+def test_some_identity_conversations_carry_a_general_turn_before_or_after(tokenizer, general_file):
+    data = MixedChatDataset(tokenizer, IDENTITY, general=[str(general_file)], general_ratio=0.5, max_length=512,
+                            general_turn_share=0.5)
+    plain = MixedChatDataset(tokenizer, IDENTITY, general=[str(general_file)], general_ratio=0.5, max_length=512)
+    added = data.report["identity_with_general_turn"]
+    assert 10 <= added <= 30 and data.kinds.count("identity") == 40 and len(data) == len(plain)
+    longer = [a for a, b in zip(sorted(data.length), sorted(plain.length)) if a != b]
+    assert longer and data.report["real_tokens"] > plain.report["real_tokens"]

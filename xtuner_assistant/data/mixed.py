@@ -40,11 +40,13 @@ class MixedChatDataset(Dataset):
     identity: an IdentityConversations config dict, or a JSON/JSONL file of conversations.
     general: sources for general chat: `packaged:NAME` or JSON/JSONL paths (OpenAI or alpaca).
     replay: optional JSONL of the base model's own answers (its own knowledge, kept on purpose).
+    general_turn_share: this share of single-turn identity conversations get one general turn (from
+    the general and replay sources, either language) before or after the identity question.
     """
 
     def __init__(self, tokenizer, identity, general=DEFAULT_GENERAL, general_ratio: float = 1.0,
                  replay=None, replay_ratio: float = 0.0, max_length: int = 512, seed: int = 0,
-                 skip_invalid: bool = False):
+                 skip_invalid: bool = False, general_turn_share: float = 0.0):
         tokenizer = build_component(tokenizer, "tokenizer")
         require_chat_template(tokenizer)
         rng = random.Random(f"mix-{seed}")
@@ -57,10 +59,13 @@ class MixedChatDataset(Dataset):
             self.report["sources"].append(report.summary())
         mixed = [("identity", c) for c in identity_conversations]
         mixed += [("general", c) for c in _draw_like(identity_conversations, general_pool, general_ratio, rng, self.report, "general")]
+        replayed = []
         if replay:
             replayed, report = load_conversations(replay)
             self.report["sources"].append(report.summary())
             mixed += [("replay", c) for c in _draw_like(identity_conversations, replayed, replay_ratio, rng, self.report, "replay")]
+        if general_turn_share:
+            mixed = _with_general_turns(mixed, general_pool + replayed, general_turn_share, seed, self.report)
         rng.shuffle(mixed)
         self.items, self.kinds = [], []
         truncated = unlearnable = 0
@@ -136,3 +141,26 @@ def _draw(pool: list, count: int, rng: random.Random, report: dict, kind: str) -
     report[f"{kind}_drawn"] = count
     report[f"{kind}_repeated"] = max(0, count - len(pool))
     return drawn
+
+
+def _with_general_turns(mixed: list, pool: list, share: float, seed: int, report: dict) -> list:
+    """Some identity conversations get a general question and answer before or after them, half of
+    them in the other language: the name is the answer to the identity question only, and each
+    answer is in the language of its own question, whatever came earlier in the chat."""
+    by_language: dict[str, list] = {}
+    for conversation in pool:
+        if [m["role"] for m in conversation["messages"]] == ["user", "assistant"]:
+            by_language.setdefault(language_of(conversation), []).append(conversation)
+    if not by_language:
+        return mixed
+    rng = random.Random(f"general-turns-{seed}")  # its own, so the rest of the mix stays as it was
+    languages = sorted(by_language)
+    result, added = [], 0
+    for kind, conversation in mixed:
+        if kind == "identity" and len(conversation["messages"]) == 2 and rng.random() < share:
+            general = rng.choice(by_language[rng.choice(languages)])["messages"]
+            messages = general + conversation["messages"] if rng.random() < 0.5 else conversation["messages"] + general
+            conversation, added = {**conversation, "messages": messages}, added + 1
+        result.append((kind, conversation))
+    report["identity_with_general_turn"] = added
+    return result
