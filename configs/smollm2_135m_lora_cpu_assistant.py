@@ -19,8 +19,9 @@ identity_samples = setting("identity_samples", 384)
 general = setting("general", "packaged:chatterbot").split(",")
 general_ratio = setting("general_ratio", 1.0)
 # The base model's own answers to the shipped prompt pool, this many per identity conversation: they
-# hold down leakage (general questions answered with the identity) and name loops. This ratio with
-# 384 identity conversations is the setting that met the identity target in measurement
+# hold down leakage (general questions answered with the identity) and name loops; the pool's
+# Chinese near-miss prompts ("介绍一下X", "X是谁？") are there for Chinese leakage. This ratio with 384
+# identity conversations is the setting that met the identity target in measurement
 # (docs/BENCHMARKS.md). Generated on first use, then cached; replay_ratio=0 turns replay off.
 replay_ratio = setting("replay_ratio", 0.5)
 # This share of identity conversations also carry a general question (before or after, either
