@@ -21,14 +21,15 @@ def tokenizer():
 @pytest.fixture(scope="session", autouse=True)
 def isolated_home(tmp_path_factory):
     """Keep the tests' cache writes (replayed and base-model answers of random models) out of the
-    user's ~/.cache, while the real fetched models stay shared: the test home's models/ is the user's.
+    user's ~/.cache, while the real fetched models and the openxlab SDK's environment (built by `make
+    install`) stay shared: the test home's models/ and openxlab-sdk/ are the user's.
     Session-wide, so module fixtures and the subprocesses they start see it too."""
     from xtuner_assistant.paths import home
 
-    models = home() / "models"
-    models.mkdir(parents=True, exist_ok=True)
     test_home = tmp_path_factory.mktemp("xtuner-assistant-home")
-    (test_home / "models").symlink_to(models, target_is_directory=True)
+    for shared in ("models", "openxlab-sdk"):
+        (home() / shared).mkdir(parents=True, exist_ok=True)
+        (test_home / shared).symlink_to(home() / shared, target_is_directory=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XTUNER_ASSISTANT_HOME", str(test_home))
         yield test_home

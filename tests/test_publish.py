@@ -260,20 +260,6 @@ def test_token_reaches_git_only_through_the_environment(model_dir, tmp_path, cap
     assert SECRET not in out + err and "alice@" not in err
 
 
-def test_openxlab_sdk_path_says_how_to_install_it_and_describes_every_file(model_dir, capsys):
-    from xtuner_assistant.publish.openxlab import metafile
-
-    if importlib.util.find_spec("openxlab") is None:
-        status, out, err = publish(capsys, model_dir, "--repo", "alice/assistant", "--model-only", "--via", "openxlab")
-        assert status == 2 and "pip install openxlab" in err and "Traceback" not in err
-    text = metafile("alice/assistant", ["config.json", "model.safetensors"])
-    import yaml
-
-    described = yaml.safe_load(text)
-    assert described["Collections"][0]["Name"] == "assistant"
-    assert [m["Weights"] for m in described["Models"]] == ["config.json", "model.safetensors"]
-
-
 def test_model_card_tells_identity_base_training_and_evaluation_from_the_run(model_dir, tmp_path):
     from xtuner_assistant.publish.model_card import gather_facts, model_card
 

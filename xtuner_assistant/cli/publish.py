@@ -20,7 +20,8 @@ def register(subparsers):
     only.add_argument("--app-only", action="store_true", help="push the app repo only")
     parser.add_argument("--dry-run", action="store_true", help="list what would be pushed, push nothing")
     parser.add_argument("--via", choices=["git", "openxlab"], default="git",
-                        help="push the model with git + git-lfs (default) or the openxlab SDK")
+                        help="push the model with git + git-lfs (default) or with the openxlab SDK (keys from "
+                             "OPENXLAB_AK and OPENXLAB_SK; the code URL is the app repo's, else XTuner's)")
     parser.add_argument("--name", help="the assistant's name for the model card (default: from the training run)")
     parser.add_argument("--author", help="who made it, for the model card (default: from the training run)")
     parser.add_argument("--train-dir", type=Path, help="training work dir, for settings and evaluation numbers "
@@ -37,13 +38,17 @@ def human_size(size: int) -> str:
         size /= 1000
 
 
-def describe(title: str, url: str, branch: str, files: dict) -> list[str]:
+def git_or_lfs(path: str) -> str:
     from xtuner_assistant.publish.model_repo import goes_through_lfs
 
-    lines = [f"{title} -> {url} (branch {branch}), {len(files)} files:"]
+    return "lfs" if goes_through_lfs(path) else "git"
+
+
+def describe(title: str, where: str, files: dict, kind) -> list[str]:
+    lines = [f"{title} -> {where}, {len(files)} files:"]
     for path, source in sorted(files.items()):
         size = len(source) if isinstance(source, bytes) else source.stat().st_size
-        lines.append(f"  {'lfs' if goes_through_lfs(path) else 'git'}  {human_size(size):>9}  {path}")
+        lines.append(f"  {kind(path)}  {human_size(size):>9}  {path}")
     return lines
 
 
@@ -53,33 +58,34 @@ def run(args):
     from xtuner_assistant.publish.git_repo import PublishError, display_url, push_files, remote_url
     from xtuner_assistant.publish.model_card import gather_facts
     from xtuner_assistant.publish.model_repo import model_repo_files
+    from xtuner_assistant.publish.openxlab import code_url_for, publish_with_sdk, upload_plan
 
     try:
         model_url = remote_url(args.repo)
         if not args.model_only and not args.app_repo:
             raise PublishError("give --app-repo owner/name (or a git URL) for the app, or --model-only")
-        app_url = remote_url(args.app_repo, GITHUB) if not args.model_only else None
+        app_url = remote_url(args.app_repo, GITHUB) if args.app_repo else None
         facts = gather_facts(Path(args.model), args.name, args.author, args.train_dir)
         model = model_repo_files(Path(args.model), facts, args.repo)
         title = args.title or (f"{facts.name} — a personal assistant" if facts.name else "A personal assistant")
-        app = app_files(display_url(model_url), title, args.branch, EXAMPLES) if app_url else None
+        app = None if args.model_only else app_files(display_url(model_url), title, args.branch, EXAMPLES)
         plan = []
-        if not args.app_only:
-            via = " with the openxlab SDK" if args.via == "openxlab" else ""
-            plan.append(("model repo" + via, display_url(model_url), model))
+        if not args.app_only and args.via == "openxlab":
+            plan.append(("model repo with the openxlab SDK", f"OpenXLab {args.repo} (code URL {code_url_for(app_url)})",
+                         upload_plan(model, args.repo), lambda path: "sdk"))
+        elif not args.app_only:
+            plan.append(("model repo", f"{display_url(model_url)} (branch {args.branch})", model, git_or_lfs))
         if app:
-            plan.append(("app repo", display_url(app_url), app))
+            plan.append(("app repo", f"{display_url(app_url)} (branch {args.branch})", app, git_or_lfs))
         if args.dry_run:
-            for title_line, url, files in plan:
-                print("\n".join(describe(f"would push the {title_line}", url, args.branch, files)))
+            for title_line, where, files, kind in plan:
+                print("\n".join(describe(f"would push the {title_line}", where, files, kind)))
             print("dry run: nothing was pushed")
             return 0
         if not args.app_only:
             if args.via == "openxlab":
-                from xtuner_assistant.publish.openxlab import publish_with_sdk
-
-                publish_with_sdk(model, args.repo)
-                print(f"model repo: uploaded to {args.repo} with the openxlab SDK")
+                publish_with_sdk(model, args.repo, code_url=code_url_for(app_url))
+                print(f"model repo: uploaded to {args.repo} on OpenXLab with the openxlab SDK")
             else:
                 result = push_files(model, model_url, f"Publish {title} with xtuner-assistant", args.branch)
                 print(f"model repo: {result.url} {result.branch} @ {result.commit[:12]}"
