@@ -66,11 +66,17 @@ speed() {  # issue 14: the speed variants of bench/speed_patches.py against the 
     timeout ${VARIANT_TIMEOUT:-120} python3 bench/profile_step.py ours --label $label $common "$@" >$W/speed_$label.log 2>&1 \
       || { note "$label failed:"; grep -E "Error|error" $W/speed_$label.log | tail -3 | cut -c1-300 | tee -a "$OUT/summary.txt"; }
   }
-  run_variant default --profiled 0
-  run_variant no_dropout --profiled 0 $nodrop
-  run_variant fused --profiled 2 $nodrop --patch fuse_elementwise
-  run_variant fused_no_checkpointing --profiled 0 $nodrop --patch fuse_elementwise --cfg model.use_activation_checkpointing=False
-  run_variant compiled --profiled 0 $nodrop --patch fuse_elementwise --patch compile_layers
+  local bf="--patch frozen_in_bf16"
+  case ${SPEED_PART:-1} in
+  1) run_variant default --profiled 0
+     run_variant frozen_bf16 --profiled 2 $bf
+     run_variant frozen_bf16_no_dropout --profiled 0 $bf $nodrop
+     run_variant frozen_bf16_fused --profiled 2 $bf $nodrop --patch fuse_elementwise ;;
+  2) run_variant frozen_bf16_fused_no_ckpt --profiled 0 $bf $nodrop --patch fuse_elementwise --cfg model.use_activation_checkpointing=False
+     run_variant frozen_bf16_fused_compiled --profiled 2 $bf $nodrop --patch fuse_elementwise --patch compile_layers
+     run_variant frozen_bf16_fused_pack8192 --profiled 0 $bf $nodrop --patch fuse_elementwise --set pack_tokens=8192
+     timeout ${VARIANT_TIMEOUT:-120} python3 bench/profile_step.py stock --label stock $common --profiled 0 >$W/speed_stock.log 2>&1 || tail -3 $W/speed_stock.log ;;
+  esac
   note "speed variants in $((SECONDS - t0)) s:"; cat $OUT/profile_results.jsonl | tee -a "$OUT/summary.txt"
 }
 

@@ -5,7 +5,12 @@ shows the GPU busy mostly with elementwise work, not matrix products: dtype copi
 rotary embeddings, SiLU x up, LoRA dropout and scaling, each a kernel of its own, ~5,800 launches a step.
   fuse_elementwise  Liger Kernel's fused RMSNorm, SwiGLU and RoPE swapped into the loaded model
                     (InternLM2's remote code, Llama, Qwen2), forward and backward in one kernel each;
-  compile_layers    torch.compile of every decoder layer (regional compilation).
+  compile_layers    torch.compile of every decoder layer (regional compilation);
+  frozen_in_bf16    the frozen norms, embeddings and lm_head back in bfloat16. PEFT's
+                    prepare_model_for_kbit_training (called by XTuner's SupervisedFinetune) upcasts every
+                    bf16 parameter to float32, so each RMSNorm returns float32, the residual stream runs in
+                    float32 and autocast casts every linear's input back to bf16: ~1,900 activation-sized
+                    copies a step. The values are unchanged (they were loaded in bf16); LoRA stays float32.
 """
 from __future__ import annotations
 
@@ -67,3 +72,15 @@ def compile_layers(model) -> int:
             module.compile()
             compiled += 1
     return compiled
+
+
+def frozen_in_bf16(model) -> int:
+    """Cast frozen float32 parameters to bfloat16 in place; returns how many."""
+    import torch
+
+    cast = 0
+    for parameter in model.parameters():
+        if not parameter.requires_grad and parameter.dtype == torch.float32:
+            parameter.data = parameter.data.to(torch.bfloat16)
+            cast += 1
+    return cast

@@ -102,7 +102,7 @@ def test_chunked_answer_token_loss_equals_the_models_own_loss(model):
     assert torch.allclose(ours, expected, atol=1e-6)
 
 
-def packed_finetune(model_dir):
+def packed_finetune(model_dir, **options):
     from mmengine.config import ConfigDict
     from peft import LoraConfig
 
@@ -111,9 +111,31 @@ def packed_finetune(model_dir):
     torch.manual_seed(0)
     return PackedSupervisedFinetune(
         llm=ConfigDict(type=AutoModelForCausalLM.from_pretrained, pretrained_model_name_or_path=str(model_dir),
-                       trust_remote_code=True, attn_implementation="sdpa"),
+                       trust_remote_code=True, attn_implementation="sdpa", **options.pop("llm", {})),
         lora=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM"),
-        use_activation_checkpointing=False)
+        use_activation_checkpointing=False, **options)
+
+
+@pytest.mark.parametrize("frozen_in_bfloat16", [True, False])
+def test_frozen_weights_loaded_in_bfloat16_stay_in_it_and_lora_trains_in_float32(tiny_model_dir, frozen_in_bfloat16):
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.bfloat16).state_dict()
+    finetune = packed_finetune(tiny_model_dir, llm=dict(torch_dtype=torch.bfloat16), frozen_in_bfloat16=frozen_in_bfloat16)
+    frozen = {name: p for name, p in finetune.llm.named_parameters() if not p.requires_grad}
+    trained = {name: p for name, p in finetune.llm.named_parameters() if p.requires_grad}
+    assert frozen and trained and all("lora_" in name for name in trained)
+    assert {p.dtype for p in trained.values()} == {torch.float32}
+    # PEFT's prepare_model_for_kbit_training upcasts them; we cast back, and the values are the loaded ones.
+    assert {p.dtype for p in frozen.values()} == {torch.bfloat16 if frozen_in_bfloat16 else torch.float32}
+    for name, p in frozen.items():
+        key = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        assert torch.equal(p.detach().to(torch.bfloat16), loaded[key]), name
+
+    if frozen_in_bfloat16:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = finetune(packed_batch(), mode="loss")["loss"]
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trained.values())
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,13 @@ InternLM2's 92,544 words, plus their gradient) cap how many tokens fit in a step
   (document_attention.py: varlen flash attention where torch has it, else a dense mask);
   elsewhere, SDPA with the additive mask;
 - logits are computed only at answer tokens (labels != -100) and in chunks, each chunk recomputed
-  in the backward pass, so their memory stays one chunk whatever the row length.
+  in the backward pass, so their memory stays one chunk whatever the row length;
+- the frozen weights stay in bfloat16 when they were loaded in it. PEFT's
+  `prepare_model_for_kbit_training` (XTuner calls it for every LoRA model) upcasts them to float32:
+  each RMSNorm then returns float32, the residual stream runs in float32 and autocast casts every
+  linear's input back, ~1,900 activation-sized copies a step. Keeping them made one InternLM2-1.8B
+  step 1.4x faster at 0.73x the memory (docs/BENCHMARKS.md); their values are the loaded ones
+  either way, and the LoRA weights, the only ones trained, stay float32.
 The loss is the same token-mean cross-entropy as `SupervisedFinetune` (tests/test_packing.py).
 """
 from __future__ import annotations
@@ -66,9 +72,18 @@ class PackedSupervisedFinetune(SupervisedFinetune):
 
     loss_chunk_tokens = LOSS_CHUNK_TOKENS
 
-    def __init__(self, *args, flex_attention: bool = False, **kwargs):
+    def __init__(self, *args, flex_attention: bool = False, frozen_in_bfloat16: bool = True, **kwargs):
+        self.frozen_in_bfloat16 = frozen_in_bfloat16  # read by _prepare_for_lora, during super().__init__
         super().__init__(*args, **kwargs)
         self.flex_attention = flex_attention
+
+    def _prepare_for_lora(self, peft_model=None, use_activation_checkpointing=True):
+        loaded_in_bfloat16 = {id(p) for p in self.llm.parameters() if p.dtype == torch.bfloat16}
+        super()._prepare_for_lora(peft_model, use_activation_checkpointing)
+        if self.frozen_in_bfloat16:
+            for parameter in self.llm.parameters():
+                if not parameter.requires_grad and id(parameter) in loaded_in_bfloat16:
+                    parameter.data = parameter.data.to(torch.bfloat16)
 
     def _dispatch_lm_model_cfg(self, cfg, max_position_embeddings=None):
         cfg = super()._dispatch_lm_model_cfg(cfg, max_position_embeddings)
