@@ -38,3 +38,24 @@ def test_a_merge_beyond_the_tolerance_fails_loudly_and_writes_nothing(adapter, t
         merge_adapter(adapter, out, tiny_model_dir, tolerance=1e-12)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]
+
+
+def test_a_model_with_its_own_modeling_code_merges_answers_and_replays(tiny_model_dir, tmp_path):
+    """InternLM2 (the tutorial's model) ships its modeling code in its folder: merge, chat, eval and the
+    replay a config builds at load time must load it as training does, not stop at a trust prompt."""
+    from xtuner_assistant.data.replay import base_model_answers
+    from xtuner_assistant.models.generation import load_chat_model, replies
+    from xtuner_assistant.models.stand_ins import random_internlm2_chat
+
+    internlm2 = random_internlm2_chat(tmp_path / "internlm2", tiny_model_dir, real_shape=False)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(internlm2, trust_remote_code=True)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["wqkv", "w2"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+
+    check = merge_adapter(tmp_path / "adapter", tmp_path / "merged", internlm2)
+    assert check["largest_logit_difference"] <= check["tolerance"]
+    model, tokenizer = load_chat_model(tmp_path / "merged", device="cpu")
+    assert type(model).__name__ == "InternLM2ForCausalLM"
+    assert len(replies(model, tokenizer, ["Who are you?"], max_new_tokens=4)) == 1
+    assert len(base_model_answers(internlm2, ["Who are you?", "你是谁？"], 4)) == 2

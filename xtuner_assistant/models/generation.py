@@ -32,7 +32,9 @@ def check_model_dir(path: str | Path) -> Path:
 
 
 def load_chat_model(path: str | Path, base: str | Path | None = None, dtype=torch.float32, device: str | None = None):
-    """(model, tokenizer). An adapter folder needs `base` (or reads it from adapter_config.json)."""
+    """(model, tokenizer). An adapter folder needs `base` (or reads it from adapter_config.json).
+    Model folders are local and chosen by the user; InternLM2's carry their own modeling code, which the
+    training configs trust too."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = check_model_dir(path)
@@ -43,12 +45,13 @@ def load_chat_model(path: str | Path, base: str | Path | None = None, dtype=torc
 
         base = base or json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
         base = check_model_dir(base)
-        tokenizer = AutoTokenizer.from_pretrained(path if (path / "tokenizer_config.json").is_file() else base)
-        model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=dtype)
+        tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else base
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=dtype, trust_remote_code=True)
         model = PeftModel.from_pretrained(model, path)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, trust_remote_code=True)
     require_chat_template(tokenizer, str(path))
     model.to(device).eval()
     return model, tokenizer

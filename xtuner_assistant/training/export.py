@@ -77,8 +77,8 @@ def quantization_gap(base: Path, adapter: Path, merged, tokenizer) -> dict:
     nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=torch.float32)
     quantized = AutoModelForCausalLM.from_pretrained(base, quantization_config=nf4, torch_dtype=torch.float32,
-                                                     device_map={"": 0}).eval()
-    plain = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32).eval()
+                                                     device_map={"": 0}, trust_remote_code=True).eval()
+    plain = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32, trust_remote_code=True).eval()
     base_gap = largest_logit_difference(quantized, plain, tokenizer)
     del plain
     trained = PeftModel.from_pretrained(quantized, adapter).eval()
@@ -100,9 +100,13 @@ def merge_adapter(adapter: Path, out: Path, base: Path | None = None, tolerance:
     if not (base / "config.json").is_file():
         raise ConversionError(f"{base}: the base model folder is missing; pass --base PATH")
     progress.log(f"merging {adapter} into {base}")
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32), adapter).eval()
-    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32), adapter)
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=True)
+
+    def base_model():
+        return AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32, trust_remote_code=True)
+
+    reference = PeftModel.from_pretrained(base_model(), adapter).eval()
+    merged = PeftModel.from_pretrained(base_model(), adapter)
     merged = merged.merge_and_unload().eval()
     difference = largest_logit_difference(reference, merged, tokenizer)
     check = {"largest_logit_difference": difference, "tolerance": tolerance, "prompts": len(fixed_probe_ids(tokenizer))}
