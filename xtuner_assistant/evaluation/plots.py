@@ -5,6 +5,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from xtuner_assistant.paths import user_mode
+
 SERIES = [  # (key in history.jsonl, label, line style)
     ("identity_accuracy_zh", "identity accuracy (zh, held out)", "-"),
     ("identity_accuracy_en", "identity accuracy (en, held out)", "-"),
@@ -45,6 +47,7 @@ def plot_history(history: list[dict], path: str | Path, title: str, best_iter: i
     os.close(fd)
     try:
         figure.savefig(temporary, dpi=110)
+        os.chmod(temporary, user_mode())  # mkstemp made it 0600 whatever the umask
         os.replace(temporary, path)
     finally:
         plt.close(figure)
