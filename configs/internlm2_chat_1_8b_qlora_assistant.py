@@ -18,7 +18,7 @@ author = setting("author", "")
 base_model = setting("base_model", "书生·浦语 InternLM2-Chat-1.8B")
 identity_file = setting("identity_file", "")  # the tutorial's personal_assistant.json works too
 identity_samples = setting("identity_samples", 2000)
-general = [s for s in setting("general", "packaged:chatterbot,packaged:chitchat").split(",") if s]  # "" = none
+general = setting("general", "packaged:chatterbot,packaged:chitchat")  # comma-separated; "" = none
 general_ratio = setting("general_ratio", 1.0)  # general conversations per identity one; 0 = the tutorial's data alone
 # The base model's own answers to a bilingual prompt pool, this many per identity conversation: they keep
 # general questions from getting the identity answer (leakage). Made on first use (the GPU when there is one),

@@ -16,7 +16,7 @@ author = setting("author", "")
 base_model = setting("base_model", model_display_name(model_path))  # what it says it is built on
 identity_file = setting("identity_file", "")  # from `xtuner-assistant data identity`; else made here
 identity_samples = setting("identity_samples", 2000)
-general = [s for s in setting("general", "packaged:chatterbot,packaged:chitchat").split(",") if s]  # "" = none
+general = setting("general", "packaged:chatterbot,packaged:chitchat")  # comma-separated; "" = none
 general_ratio = setting("general_ratio", 1.0)
 # The base model's own answers to a bilingual prompt pool, this many per identity conversation: they keep
 # general questions from getting the identity answer (leakage). Made on first use (the GPU when there is one),

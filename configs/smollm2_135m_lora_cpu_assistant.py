@@ -16,7 +16,7 @@ author = setting("author", "")
 base_model = setting("base_model", model_display_name(model_path))  # what it says it is built on
 identity_file = setting("identity_file", "")  # from `xtuner-assistant data identity`; else made here
 identity_samples = setting("identity_samples", 384)
-general = setting("general", "packaged:chatterbot").split(",")
+general = setting("general", "packaged:chatterbot")  # comma-separated: packaged:NAME or JSON/JSONL files
 general_ratio = setting("general_ratio", 1.0)
 # The base model's own answers to the shipped prompt pool, this many per identity conversation: they
 # hold down leakage (general questions answered with the identity) and name loops; the pool's

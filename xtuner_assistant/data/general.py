@@ -9,9 +9,12 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xtuner_assistant.paths import read_json_list
+from xtuner_assistant.paths import parse_json, read_user_lines, read_user_text
 
 ROLES = ("system", "user", "assistant")
+# One conversation's text at most: far beyond any max_length, and small enough that a file that is
+# one huge line (or one huge record) is refused at once instead of tokenized for minutes.
+MAX_RECORD_CHARS = 1_000_000
 # Categories of chatterbot-corpus whose answers claim a different identity ("I am a bot called ...").
 IDENTITY_CATEGORIES = {"botprofile", "ai"}
 
@@ -49,8 +52,10 @@ def record_to_messages(record, where: str) -> list[dict]:
                 )
             if not isinstance(message.get("content"), str) or not message["content"].strip():
                 raise GeneralDataError(f"{where}: field 'messages[{i}].content' must be a non-empty string")
-        if not any(m["role"] == "assistant" for m in messages):
-            raise GeneralDataError(f"{where}: field 'messages' has no assistant turn to learn from")
+        check_turn_order([m["role"] for m in messages], where)
+        if sum(len(m["content"]) for m in messages) > MAX_RECORD_CHARS:
+            raise GeneralDataError(f"{where}: more than {MAX_RECORD_CHARS:,} characters in one conversation; "
+                                   "split or shorten it")
         return [{"role": m["role"], "content": m["content"]} for m in messages]
     if "instruction" in record or "output" in record:
         for key in ("instruction", "output"):
@@ -62,16 +67,36 @@ def record_to_messages(record, where: str) -> list[dict]:
             raise GeneralDataError(f"{where}: field 'input' must be a string (alpaca format)")
         if extra and extra.strip():
             prompt = f"{prompt}\n{extra}"
+        if len(prompt) + len(record["output"]) > MAX_RECORD_CHARS:
+            raise GeneralDataError(f"{where}: more than {MAX_RECORD_CHARS:,} characters in one record; "
+                                   "split or shorten it")
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
     raise GeneralDataError(
         f"{where}: no 'messages' field (OpenAI format) and no 'instruction'/'output' fields (alpaca format)"
     )
 
 
+def check_turn_order(roles: list[str], where: str) -> None:
+    """An optional system message first, then user and assistant turns in turn, starting with the
+    user: the order chat templates render and training labels assume."""
+    for i, role in enumerate(roles):
+        if role == "system":
+            if i:
+                raise GeneralDataError(f"{where}: field 'messages[{i}].role' is 'system'; a system message "
+                                       "may only come first")
+            continue
+        expected = "user" if (i - (roles[0] == "system")) % 2 == 0 else "assistant"
+        if role != expected:
+            place = "first" if i == (roles[0] == "system") else f"after a {roles[i - 1]} turn"
+            raise GeneralDataError(f"{where}: field 'messages[{i}].role' is '{role}' {place}; a conversation starts "
+                                   "with the user (after an optional system message) and alternates user and "
+                                   "assistant turns")
+    if "assistant" not in roles:
+        raise GeneralDataError(f"{where}: field 'messages' has no assistant turn to learn from")
+
+
 def load_conversations(path: str | Path, skip_invalid: bool = False) -> tuple[list[dict], LoadReport]:
     path = Path(path)
-    if not path.is_file():
-        raise GeneralDataError(f"{path}: no such file")
     report = LoadReport(str(path))
     conversations = []
     for where, record in _records(path):
@@ -84,25 +109,45 @@ def load_conversations(path: str | Path, skip_invalid: bool = False) -> tuple[li
                 raise
             report.skipped.append(str(error))
     report.loaded = len(conversations)
+    if not conversations:
+        raise GeneralDataError(f"{path}: no conversations"
+                               + (f" ({len(report.skipped)} skipped, first: {report.skipped[0]})" if report.skipped else ""))
     return conversations, report
 
 
 def _records(path: Path):
     """(where, record) in file order; a line that is not JSON comes as a GeneralDataError record."""
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as error:
-                yield where, GeneralDataError(f"{where}: not valid JSON ({error.msg} at column {error.colno})")
+        for number, line in read_user_lines(path, MAX_RECORD_CHARS, GeneralDataError):
+            if line.strip():
+                try:
+                    yield f"{path}:{number}", parse_json(line.strip(), path, number, GeneralDataError)
+                except GeneralDataError as error:
+                    yield f"{path}:{number}", error
         return
-    data = read_json_list(path, "records (or use .jsonl, one record a line)", GeneralDataError)
-    for index, record in enumerate(data):
-        yield f"{path}: record {index}", record
+    text = read_user_text(path, GeneralDataError)
+    data = parse_json(text, path, error=GeneralDataError)
+    if not isinstance(data, list):
+        raise GeneralDataError(f"{path}: expected a JSON list of records (or use .jsonl, one record a line)")
+    for (line, index), record in zip(_record_lines(text), data):
+        yield f"{path}:{line} (record {index})", record
+
+
+def _record_lines(text: str):
+    """(line, index) where each element of the JSON list in `text` starts."""
+    decoder, position, line, index = json.JSONDecoder(), text.index("[") + 1, 1, 0
+    line += text.count("\n", 0, position)
+    while True:
+        start = position
+        while start < len(text) and text[start] in " \t\r\n,":
+            start += 1
+        if start >= len(text) or text[start] == "]":
+            return
+        line += text.count("\n", position, start)
+        yield line, index
+        _, end = decoder.raw_decode(text, start)
+        line += text.count("\n", start, end)
+        position, index = end, index + 1
 
 
 def _package_dir(module: str, pip_name: str) -> Path:
@@ -151,6 +196,21 @@ PACKAGED_SOURCES = {
     "chatterbot": chatterbot_conversations,
     "chitchat": chitchat_conversations,
 }
+
+
+def split_sources(sources) -> list[str]:
+    """The general sources of a setting like `packaged:chatterbot,data/chat.jsonl` (or a list of them):
+    split at commas, except where the pieces joined by the comma name an existing file, so a path
+    holding a comma stays one path."""
+    pieces = [piece for item in ([sources] if isinstance(sources, str) else list(sources or ()))
+              for piece in str(item).split(",")]
+    joined, start = [], 0
+    while start < len(pieces):
+        end = next((end for end in range(len(pieces), start + 1, -1)
+                    if Path(",".join(pieces[start:end]).strip()).is_file()), start + 1)
+        joined.append(",".join(pieces[start:end]).strip())
+        start = end
+    return [source for source in joined if source]
 
 
 def load_source(source: str, skip_invalid: bool = False) -> tuple[list[dict], LoadReport]:

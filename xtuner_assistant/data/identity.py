@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import unicodedata
 from dataclasses import dataclass
 from importlib import resources
@@ -18,6 +19,9 @@ MAX_FIELD_LENGTH = 64
 # Share of conversations that go on with a second identity question in the other language: each
 # answer is in its own question's language, whatever language the chat began in.
 TWO_TURN_SHARE = 0.125
+# The distinct conversations number a few thousand; beyond this only repeats are added, and the data
+# would take gigabytes of memory (100 million asked for 22 GB).
+MAX_SAMPLES = 100_000
 
 
 class IdentityError(ValueError):
@@ -31,6 +35,9 @@ def clean_field(value: str | None, field: str, required: bool) -> str:
         if required:
             raise IdentityError(f"--{field} is empty: give the assistant a name, e.g. --{field} 小菜鸡")
         return ""
+    if any("\udc80" <= c <= "\udcff" for c in value):
+        raise IdentityError(f"--{field}: the terminal's encoding could not decode it (the locale is not UTF-8, "
+                            "e.g. LC_ALL=C); run with a UTF-8 locale such as LC_ALL=C.UTF-8, or PYTHONUTF8=1")
     bad = [c for c in value if unicodedata.category(c) in ("Cc", "Cs") or c in "\u2028\u2029"]
     if bad:
         codes = ", ".join(f"U+{ord(c):04X}" for c in bad[:3])
@@ -62,15 +69,12 @@ def _phrases() -> dict:
 
 
 def fill(template: str, identity: Identity, language: str, fills: dict) -> str:
-    """str.replace, not str.format: a name holding braces or quotes stays literal text."""
+    """The template's {slots} filled in one pass: the user's name, author and base model are inserted
+    as literal text and never read as slots themselves ("{name}" as an author stays "{name}")."""
     slots = fills[language]["with_author" if identity.author else "without_author"]
-    for slot, text in slots.items():
-        template = template.replace("{" + slot + "}", text)
-    return (
-        template.replace("{author}", identity.author)
-        .replace("{base_model}", identity.base_model)
-        .replace("{name}", identity.name)
-    )
+    template = re.sub(r"\{(\w+)\}", lambda slot: slots.get(slot[1], slot[0]), template)
+    values = {"author": identity.author, "base_model": identity.base_model, "name": identity.name}
+    return re.sub(r"\{(\w+)\}", lambda slot: values.get(slot[1], slot[0]), template)
 
 
 class IdentityPhrasebook:
@@ -108,6 +112,7 @@ class IdentityPhrasebook:
     def conversations(self, n: int, two_turn_share: float = TWO_TURN_SHARE) -> list[dict]:
         """n distinct (as far as the combinations allow) identity conversations; `two_turn_share` of
         them (with two or more languages) ask again in another language."""
+        check_samples(n)
         rng = random.Random(f"identity-samples-{self.seed}")
         combos = [
             (lang, prefix, question, answer)
@@ -141,6 +146,12 @@ class IdentityPhrasebook:
 
     def held_out(self) -> list[dict]:
         return [{"question": q, "language": lang} for lang in self.languages for q in self.held_out_questions[lang]]
+
+
+def check_samples(n) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SAMPLES:
+        raise IdentityError(f"identity samples (-n/--samples, identity_samples) is {n!r}; give a whole number "
+                            f"from 1 to {MAX_SAMPLES:,} (a few hundred is the measured recipe)")
 
 
 def _join(prefix: str, question: str, rng: random.Random) -> str:

@@ -10,7 +10,7 @@ from mmengine.registry import DATASETS
 from torch.utils.data import Dataset
 
 from xtuner_assistant.chat_template import IGNORE_INDEX, encode_conversation, require_chat_template
-from xtuner_assistant.data.general import load_conversations, load_source
+from xtuner_assistant.data.general import load_conversations, load_source, split_sources
 
 DEFAULT_GENERAL = ("packaged:chatterbot", "packaged:chitchat")
 
@@ -38,7 +38,8 @@ class MixedChatDataset(Dataset):
     """`general_ratio` general conversations per identity conversation (0 = identity only).
 
     identity: an IdentityConversations config dict, or a JSON/JSONL file of conversations.
-    general: sources for general chat: `packaged:NAME` or JSON/JSONL paths (OpenAI or alpaca).
+    general: sources for general chat: `packaged:NAME` or JSON/JSONL paths (OpenAI or alpaca), as a
+      list or one comma-separated string (a path holding a comma is kept whole when it exists).
     replay: optional JSONL of the base model's own answers (its own knowledge, kept on purpose).
     general_turn_share: this share of single-turn identity conversations get one general turn (from
     the general and replay sources, either language) before or after the identity question.
@@ -53,7 +54,7 @@ class MixedChatDataset(Dataset):
         identity_conversations = load_identity(identity)
         self.report = {"identity": len(identity_conversations), "sources": []}
         general_pool = []
-        for source in general or ():
+        for source in split_sources(general):
             conversations, report = load_source(str(source), skip_invalid=skip_invalid)
             general_pool += conversations
             self.report["sources"].append(report.summary())
