@@ -8,27 +8,7 @@ from pathlib import Path
 import torch
 
 from xtuner_assistant.chat_template import end_of_turn_token_ids, generation_prompt_ids, require_chat_template
-
-
-class ModelPathError(FileNotFoundError):
-    pass
-
-
-def check_model_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelPathError(f"{path}: no such folder. Give a model folder (config.json + weights), "
-                             "e.g. the `merged model:` path printed by `xtuner-assistant merge` or `make demo`.")
-    if (path / "adapter_config.json").is_file():
-        return path
-    if not (path / "config.json").is_file():
-        raise ModelPathError(f"{path}: not a model folder (no config.json). Point at the folder that "
-                             "holds config.json and the weights.")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise ModelPathError(f"{path}: has config.json but no weights (*.safetensors or *.bin)")
-    if not (path / "tokenizer_config.json").is_file():
-        raise ModelPathError(f"{path}: has no tokenizer (tokenizer_config.json); save the tokenizer beside the model")
-    return path
+from xtuner_assistant.models.folder import ModelPathError, adapter_base, check_model_dir  # noqa: F401 (re-exported)
 
 
 def load_chat_model(path: str | Path, base: str | Path | None = None, dtype=torch.float32, device: str | None = None):
@@ -41,9 +21,11 @@ def load_chat_model(path: str | Path, base: str | Path | None = None, dtype=torc
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
-        import json
 
-        base = base or json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = base or adapter_base(path)
+        if not base:
+            raise ModelPathError(f"{path / 'adapter_config.json'}: names no base model; pass the base model folder "
+                                 "with --base")
         base = check_model_dir(base)
         tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else base
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=True)

