@@ -53,6 +53,7 @@ def register(subparsers):
     copy = verbs.add_parser("copy", help="copy a config and its _base_ files (like xtuner copy-cfg)")
     copy.add_argument("name", help="a name from `xtuner-assistant config list`")
     copy.add_argument("save_dir", help="folder to copy into (made if missing)")
+    copy.add_argument("--force", action="store_true", help="replace an earlier copy there, even one you edited")
     copy.set_defaults(run=run_copy)
 
 
@@ -73,11 +74,13 @@ def run_copy(args):
     save_dir = Path(args.save_dir)
     copies = [(source, save_dir / f"{source.stem}_copy{source.suffix}", "./_base_")]
     copies += [(base, save_dir / "_base_" / base.name, ".") for base in base_files(source)]
-    for original, target, folder in copies[1:]:
+    if save_dir.exists() and not save_dir.is_dir():
+        raise UserError(f"{save_dir}: is a file, not a folder; give a folder to copy into")
+    for original, target, folder in copies:
         text = with_bases_in(original.read_text(encoding="utf-8"), folder)
-        if target.exists() and target.read_text(encoding="utf-8") != text:
-            raise UserError(f"{target} exists and differs from the shipped {original.name}; "
-                            "copy into another folder, or move that file away")
+        if target.is_dir() or (not args.force and target.exists() and target.read_bytes() != text.encode("utf-8")):
+            raise UserError(f"{target}: exists and differs from the shipped {original.name} (an edited copy?); "
+                            "copy into another folder, or add --force to replace it")
     for original, target, folder in copies:
         write_text_atomic(target, with_bases_in(original.read_text(encoding="utf-8"), folder))
     print(f"Copy to {copies[0][1]}")

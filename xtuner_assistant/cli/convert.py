@@ -8,6 +8,8 @@ def register(subparsers):
     parser.add_argument("--checkpoint", help="iter_N.pth, `best` or `last` (default: the evaluation hook's best "
                                                  "checkpoint when the run kept one, else the last)")
     parser.add_argument("--out", help="adapter folder (default WORK_DIR/hf_adapter)")
+    parser.add_argument("--force", action="store_true", help="replace --out even if xtuner-assistant did not write "
+                                                             "it (never the work dir, a base model or the model cache)")
     parser.set_defaults(run=run)
 
 
@@ -15,5 +17,5 @@ def run(args):
     from xtuner_assistant.training.export import checkpoint_to_adapter
 
     out = Path(args.out or Path(args.work_dir) / "hf_adapter")
-    print(checkpoint_to_adapter(Path(args.work_dir), out, args.checkpoint))
+    print(checkpoint_to_adapter(Path(args.work_dir), out, args.checkpoint, args.force))
     return 0

@@ -17,6 +17,8 @@ def register(subparsers):
     identity.add_argument("--seed", type=int, default=0)
     identity.add_argument("--languages", default="zh,en", help="comma-separated: zh,en")
     identity.add_argument("--out", default="data/identity", help="output folder (default data/identity)")
+    identity.add_argument("--force", action="store_true",
+                          help="replace identity files there even if xtuner-assistant did not write them")
     identity.set_defaults(run=run_identity)
     return verbs
 
@@ -25,7 +27,7 @@ def run_identity(args):
     from xtuner_assistant.data.identity_files import write_identity_files
 
     paths = write_identity_files(Path(args.out), args.name, args.author, args.base_model, args.samples,
-                                 args.seed, tuple(args.languages.split(",")))
+                                 args.seed, tuple(args.languages.split(",")), args.force)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

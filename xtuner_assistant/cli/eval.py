@@ -5,7 +5,6 @@
 - a model folder (merged, or a LoRA adapter): the same held-out questions and general prompts
   answered now, scored, and written as a JSON report plus a readable text file.
 """
-import json
 import sys
 from pathlib import Path
 
@@ -25,13 +24,17 @@ def register(subparsers):
     parser.add_argument("--rescore", action="store_true",
                         help="work dir: score the saved answers again with the current metrics")
     parser.add_argument("--out", help="folder for the report (default: WORK_DIR/identity_eval, or MODEL/../eval_NAME)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace report files in --out even if xtuner-assistant did not write them")
     parser.set_defaults(run=run)
 
 
 def run(args):
     target = Path(args.target)
     if records.history_file(target).is_file():
-        return report_work_dir(target, Path(args.out) if args.out else records.eval_dir(target), args.rescore)
+        # The default folder is the evaluation hook's own, where earlier reports are ours to replace.
+        return report_work_dir(target, Path(args.out) if args.out else records.eval_dir(target), args.rescore,
+                               args.force or not args.out)
     if (target / "config.json").is_file() or (target / "adapter_config.json").is_file():
         return report_model(args, target)
     if target.is_dir() and (any(target.glob("*.py")) or any(target.glob("iter_*.pth"))):
@@ -43,10 +46,11 @@ def run(args):
                             "(config.json or adapter_config.json)")
 
 
-def report_work_dir(work_dir: Path, out: Path, rescore: bool = False) -> int:
+def report_work_dir(work_dir: Path, out: Path, rescore: bool = False, force: bool = False) -> int:
     from xtuner_assistant.evaluation.plots import plot_history
-    from xtuner_assistant.paths import write_json_atomic
+    from xtuner_assistant.paths import check_output_files, record_outputs, write_json_atomic
 
+    check_output_files([out / "report.json", out / "metrics.png"], force)
     history = records.read_history(work_dir)
     if not history:
         raise ValueError(f"{records.history_file(work_dir)}: no evaluations yet; wait for the first one "
@@ -64,6 +68,7 @@ def report_work_dir(work_dir: Path, out: Path, rescore: bool = False) -> int:
     report = {"work_dir": str(work_dir), "name": name, "rule": summary.get("rule"), "rescored": rescore,
               "best": best, "stopped_early": stopped, "plot": str(plot), "history": history}
     write_json_atomic(out / "report.json", report)
+    record_outputs([out / "report.json", plot])
     print(_table(history))
     if stopped:
         print(f"training stopped early: {stopped['message']}")
@@ -81,16 +86,19 @@ def report_work_dir(work_dir: Path, out: Path, rescore: bool = False) -> int:
 def report_model(args, model_dir: Path) -> int:
     from xtuner_assistant.evaluation.identity_evaluation import IdentityEvaluation
     from xtuner_assistant.models.answers import base_model_answers
+    from xtuner_assistant.models.folder import adapter_base
     from xtuner_assistant.models.generation import load_chat_model
-    from xtuner_assistant.paths import write_json_atomic, write_text_atomic
+    from xtuner_assistant.paths import check_output_files, record_outputs, write_json_atomic, write_text_atomic
 
     if not args.name:
         raise ValueError(f"{model_dir}: give --name, the assistant's name the model was trained with")
+    out = Path(args.out) if args.out else model_dir.parent / f"eval_{model_dir.name}"
+    check_output_files([out / "report.json", out / "answers.txt"], args.force)
     evaluation = IdentityEvaluation(args.name, args.author, args.base_model_name, args.seed,
                                     max_new_tokens=args.max_new_tokens)
     base = args.base
     if base is None and (model_dir / "adapter_config.json").is_file():
-        base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = adapter_base(model_dir) or None
     model, tokenizer = load_chat_model(model_dir, args.base)
     generate = evaluation.generator(model, tokenizer)
     print(f"answering {len(evaluation.identity_prompts)} held-out identity questions and "
@@ -100,11 +108,11 @@ def report_model(args, model_dir: Path) -> int:
     del model
     base_answers = base_model_answers(base, evaluation.general_prompts, args.max_new_tokens) if base else None
     scores = evaluation.score(identity_answers, general_answers, base_answers)
-    out = Path(args.out) if args.out else model_dir.parent / f"eval_{model_dir.name}"
     write_json_atomic(out / "report.json", {"model": str(model_dir), "base": base, "scores": scores,
                                             **evaluation.answers_record(identity_answers, general_answers, base_answers)})
     write_text_atomic(out / "answers.txt", evaluation.readable(str(model_dir), scores, identity_answers,
                                                                general_answers, base_answers))
+    record_outputs([out / "report.json", out / "answers.txt"])
     print(_table([{"iter": "-", **scores}]))
     if base is None:
         print("retention: not measured (give --base BASE_MODEL_FOLDER to compare with the base model)")

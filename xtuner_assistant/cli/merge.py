@@ -7,6 +7,8 @@ def register(subparsers):
     parser.add_argument("adapter")
     parser.add_argument("--base", help="base model folder (default: the one the adapter names)")
     parser.add_argument("--out", required=True, help="merged model folder")
+    parser.add_argument("--force", action="store_true", help="replace --out even if xtuner-assistant did not write "
+                                                             "it (never the adapter, the base model or the model cache)")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed logit difference")
     parser.add_argument("--quantized-reference", action="store_true",
                         help="after QLoRA (CUDA): also report the gap to the adapter on the nf4-quantized base")
@@ -16,7 +18,8 @@ def register(subparsers):
 def run(args):
     from xtuner_assistant.training.export import merge_adapter
 
-    check = merge_adapter(Path(args.adapter), Path(args.out), args.base, args.tolerance, args.quantized_reference)
+    check = merge_adapter(Path(args.adapter), Path(args.out), args.base, args.tolerance, args.quantized_reference,
+                         args.force)
     print(f"largest logit difference {check['largest_logit_difference']:.2e} (tolerance {check['tolerance']})")
     if "qlora" in check:
         gap = check["qlora"]

@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from xtuner_assistant import progress
-from xtuner_assistant.paths import read_json_list, write_json_atomic
+from xtuner_assistant.paths import check_output_files, read_json_list, record_outputs, write_json_atomic
 
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
@@ -149,10 +149,14 @@ def copy_images(images: dict[int, str], ids, folder: Path) -> None:
             shutil.copyfile(images[image_id], target)
 
 
-def write_easy_vqa(out: Path, train_images: int = 0, test_images: int = 0, turns: int = 0, seed: int = 0) -> dict:
+def write_easy_vqa(out: Path, train_images: int = 0, test_images: int = 0, turns: int = 0, seed: int = 0,
+                   force: bool = False) -> dict:
     """Write the four parts described in the module docstring; returns their paths and counts.
-    `train_images` / `test_images` keep a seeded random subset of images (0: all)."""
+    `train_images` / `test_images` keep a seeded random subset of images (0: all). JSON files
+    already there are replaced only if xtuner-assistant wrote them (or `force`)."""
     out = Path(out)
+    written = [out / name for name in ("captions.json", "train.json", "test.json", "easy_vqa_manifest.json")]
+    check_output_files(written, force)
     train, train_paths = easy_vqa_split("train")
     test, test_paths = easy_vqa_split("test")
     rng = random.Random(seed)
@@ -176,6 +180,7 @@ def write_easy_vqa(out: Path, train_images: int = 0, test_images: int = 0, turns
               "test_images": len({q[2] for q in test}), "test_questions": len(tests),
               "test_by_type": dict(Counter(r["question_type"] for r in tests))}
     write_json_atomic(out / "easy_vqa_manifest.json", {"source": "easy-vqa==1.0", "seed": seed, **counts})
+    record_outputs(written)
     return {"image_folder": out / "images", **paths, **counts}
 
 

@@ -22,9 +22,9 @@ class LLaVAModelError(RuntimeError):
     pass
 
 
-def convert_llava_checkpoint(work_dir: Path, out: Path, checkpoint: Path | None = None) -> Path:
+def convert_llava_checkpoint(work_dir: Path, out: Path, checkpoint: Path | None = None, force: bool = False) -> Path:
     return pth_to_hf(work_dir, out, checkpoint, expect="projector/config.json", what="a LLaVA model folder",
-                     hint=". Is this the work dir of a LLaVA config (configs/llava/)?")
+                     hint=". Is this the work dir of a LLaVA config (configs/llava/)?", force=force)
 
 
 @dataclass

@@ -1,51 +1,79 @@
 """Checkpoint -> LoRA adapter (XTuner's pth_to_hf on the work dir's own config) -> merged model.
 
 Both steps write into a staging folder and rename it into place only when complete, so a failed
-step never leaves a folder that looks like a whole model.
+step never leaves a folder that looks like a whole model. An existing `--out` folder is replaced
+only when xtuner-assistant wrote it (paths.check_output_dir), and never when it is or holds an
+input: the base model, the adapter, the work dir, or the model cache.
+
+The merged model carries its provenance in `xtuner_assistant_merge.json`: the run's identity,
+settings and evaluation, copied from the work dir at merge time, with no local paths, so that
+publishing it from any folder tells the same story and reveals nothing about this machine.
 """
 from __future__ import annotations
 
-import json
+import re
 import shutil
 from pathlib import Path
 
 import torch
 
 from xtuner_assistant import progress
-from xtuner_assistant.paths import replace_dir_atomic, staging_dir_for
-from xtuner_assistant.training.work_dir import named_checkpoint, resolved_config
+from xtuner_assistant.models.folder import ModelPathError, adapter_base, check_adapter_dir, check_model_dir
+from xtuner_assistant.models.zoo import model_display_name
+from xtuner_assistant.paths import (check_output_dir, record_output_dir, replace_dir_atomic, staging_dir_for,
+                                    write_json_atomic)
+from xtuner_assistant.training.work_dir import (CONVERT_RECORD, checkpoint_problem, find_training_run,
+                                                literal_settings, named_checkpoint, resolved_config, run_facts)
 from xtuner_assistant.training.xtuner_tools import run_tool
 
 MERGE_TOLERANCE = 1e-3  # largest |logit difference| allowed between merged and base+adapter, float32
+MERGE_RECORD = "xtuner_assistant_merge.json"
 
 
 class ConversionError(RuntimeError):
     pass
 
 
+def config_folders(config: Path) -> list[Path]:
+    """The existing folders a dumped config names (the base LLM, a vision encoder): outputs never replace them."""
+    values = [v for v in literal_settings(config).values() if isinstance(v, str)]
+    values += re.findall(r"pretrained_model_name_or_path=['\"]([^'\"]+)['\"]", config.read_text(encoding="utf-8"))
+    return [Path(v) for v in dict.fromkeys(values) if v and Path(v).is_dir()]
+
+
 def pth_to_hf(work_dir: Path, out: Path, checkpoint: str | Path | None = None, expect: str = "adapter_config.json",
-              what: str = "a LoRA adapter", hint: str = "") -> Path:
+              what: str = "a LoRA adapter", hint: str = "", force: bool = False) -> Path:
     """XTuner's pth_to_hf of a checkpoint (default: the evaluation hook's best, else the last; or `best`,
     `last`, a file) with the work dir's own resolved config. The result is written to a staging folder
     and renamed to `out` only once it holds `expect`."""
     work_dir, out = Path(work_dir), Path(out)
     checkpoint, which = named_checkpoint(work_dir, str(checkpoint) if checkpoint else None)
+    config = resolved_config(work_dir)
+    check_output_dir(out, [work_dir, checkpoint, *config_folders(config)], force)
+    problem = checkpoint_problem(checkpoint)
+    if problem:
+        raise ConversionError(f"{checkpoint}: {problem}; give another with --checkpoint (best, last or one of "
+                              f"the work dir's iter_*.pth files)")
     staging = staging_dir_for(out)
     try:
         progress.log(f"converting {which} to {what} (XTuner pth_to_hf)")
-        status = run_tool("pth_to_hf", [str(resolved_config(work_dir)), str(checkpoint), str(staging),
+        status = run_tool("pth_to_hf", [str(config), str(checkpoint), str(staging),
                                         "--fp32", "--safe-serialization"])
         if status != 0 or not (staging / expect).is_file():
             raise ConversionError(f"xtuner pth_to_hf failed (exit status {status}) on {checkpoint}; "
                                   f"{out} was not touched{hint}")
+        write_json_atomic(staging / CONVERT_RECORD, {"work_dir": str(work_dir.resolve()),
+                                                     "checkpoint": checkpoint.name})
+        record_output_dir(staging)
+        check_output_dir(out, [work_dir, checkpoint], force)  # nothing appeared there while converting
         replace_dir_atomic(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
-def checkpoint_to_adapter(work_dir: Path, out: Path, checkpoint: Path | None = None) -> Path:
-    return pth_to_hf(work_dir, out, checkpoint)
+def checkpoint_to_adapter(work_dir: Path, out: Path, checkpoint: Path | None = None, force: bool = False) -> Path:
+    return pth_to_hf(work_dir, out, checkpoint, force=force)
 
 
 def fixed_probe_ids(tokenizer) -> list[list[int]]:
@@ -86,19 +114,34 @@ def quantization_gap(base: Path, adapter: Path, merged, tokenizer) -> dict:
             "nf4_base_vs_full_base": base_gap}
 
 
+def merge_record(base: Path, adapter: Path, check: dict) -> dict:
+    """What the merged folder says about itself: no local paths, only names, settings and numbers."""
+    record = {"base_model": model_display_name(base), **check}
+    run = find_training_run(adapter)
+    if run is not None:
+        record.update(run_facts(run))
+    return record
+
+
 def merge_adapter(adapter: Path, out: Path, base: Path | None = None, tolerance: float = MERGE_TOLERANCE,
-                  quantized_reference: bool = False) -> dict:
+                  quantized_reference: bool = False, force: bool = False) -> dict:
     """Merge LoRA into the base weights (float32), check the merged model against base+adapter on a
     fixed prompt set, and only then put it at `out`. Returns the check's numbers."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter, out = Path(adapter), Path(out)
-    if not (adapter / "adapter_config.json").is_file():
-        raise ConversionError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
-    base = Path(base or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"])
-    if not (base / "config.json").is_file():
-        raise ConversionError(f"{base}: the base model folder is missing; pass --base PATH")
+    check_adapter_dir(adapter)
+    named = adapter_base(adapter)
+    if base is None and not named:
+        raise ConversionError(f"{adapter / 'adapter_config.json'}: names no base model; pass --base PATH")
+    base = Path(base or named)
+    try:
+        check_model_dir(base)
+    except ModelPathError as error:
+        hint = "" if base != Path(named) else f" (the base that {adapter / 'adapter_config.json'} names; pass --base PATH)"
+        raise ConversionError(f"base model: {error}{hint}") from None
+    check_output_dir(out, [adapter, base], force)
     progress.log(f"merging {adapter} into {base}")
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=True)
 
@@ -115,12 +158,15 @@ def merge_adapter(adapter: Path, out: Path, base: Path | None = None, tolerance:
     if not difference <= tolerance:
         raise ConversionError(f"merged model differs from base+adapter by {difference:.3g} in logits "
                               f"(tolerance {tolerance}); {out} was not written")
+    # config.json would otherwise name the folder the base was loaded from on this machine.
+    merged.config._name_or_path = model_display_name(base)
     staging = staging_dir_for(out)
     try:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        (staging / "xtuner_assistant_merge.json").write_text(json.dumps(
-            {"base": str(base), "adapter": str(adapter), **check}, indent=2))
+        write_json_atomic(staging / MERGE_RECORD, merge_record(base, adapter, check))
+        record_output_dir(staging)
+        check_output_dir(out, [adapter, base], force)  # nothing appeared there while merging
         replace_dir_atomic(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,8 +1,17 @@
-"""What a training run leaves in its work dir: the resolved config, checkpoints, scalars."""
+"""What a training run leaves in its work dir: the resolved config, checkpoints, scalars, and the
+facts of the run (identity, settings, evaluation) that a merged model carries on."""
 from __future__ import annotations
 
+import ast
 import re
+import zipfile
 from pathlib import Path
+
+from xtuner_assistant.evaluation import records
+
+TRAINING_SETTINGS = ["identity_samples", "general_ratio", "lr", "max_epochs", "batch_size", "accumulative_counts",
+                     "max_length", "replay_ratio", "warmup_iters", "warmup_ratio", "seed"]
+LORA_SETTINGS = {"r": "lora_r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout"}
 
 
 class WorkDirError(FileNotFoundError):
@@ -28,12 +37,46 @@ def last_checkpoint(work_dir: Path) -> Path:
     return found[-1]
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint cannot be loaded (empty, truncated, not a checkpoint), or None when it loads."""
+    path = Path(path)
+    if path.is_dir():  # DeepSpeed: a folder of .pt files
+        parts = list(path.rglob("*.pt"))
+        bad = next((problem for part in parts if (problem := checkpoint_problem(part))), None)
+        return bad or (None if parts else "an empty checkpoint folder")
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        return "truncated or not a PyTorch checkpoint"
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as error:  # any reason torch gives: the file cannot be resumed or converted from
+        return f"cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''})"
+    return None
+
+
+def newest_loadable_checkpoint(work_dir: Path) -> tuple[Path, list[str]]:
+    """The newest iter_N.pth that loads, and a line for each newer one that does not."""
+    work_dir = Path(work_dir)
+    skipped = []
+    for path in reversed(checkpoints(work_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, skipped
+        skipped.append(f"{path.name}: {problem}")
+    if skipped:
+        raise WorkDirError(f"{work_dir}: no checkpoint loads ({'; '.join(skipped)}); train again without --resume")
+    raise WorkDirError(f"{work_dir}: no checkpoint (iter_*.pth) to resume or convert; train first")
+
+
 def default_checkpoint(work_dir: Path) -> tuple[Path, str]:
     """The checkpoint to convert when none is named, and a sentence saying which and why: the
     evaluation hook's best (held-out identity highest among evaluations free of collapse and loops)
     when the run kept one, else the last."""
-    from xtuner_assistant.evaluation import records
-
     work_dir = Path(work_dir)
     best = work_dir / records.BEST_CHECKPOINT
     chosen = records.read_summary(work_dir).get("best") if best.exists() else None
@@ -47,8 +90,6 @@ def default_checkpoint(work_dir: Path) -> tuple[Path, str]:
 
 def named_checkpoint(work_dir: Path, name: str | None) -> tuple[Path, str]:
     """`--checkpoint`: None (the default above), `last`, `best`, or a file (in the work dir or a path)."""
-    from xtuner_assistant.evaluation import records
-
     work_dir = Path(work_dir)
     if name is None:
         return default_checkpoint(work_dir)
@@ -79,3 +120,70 @@ def resolved_config(work_dir: Path) -> Path:
     if not configs:
         raise WorkDirError(f"{work_dir}: no dumped config (*.py); is this an xtuner work dir?")
     return configs[-1]
+
+
+def literal_settings(config_file: Path) -> dict:
+    """Plain values from an xtuner-dumped config, read without running it."""
+    tree = ast.parse(config_file.read_text(encoding="utf-8"), filename=str(config_file))
+    settings = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                settings[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "lora" and isinstance(node.value, ast.Call):
+            for keyword in node.value.keywords:
+                if keyword.arg in LORA_SETTINGS:
+                    try:
+                        settings[LORA_SETTINGS[keyword.arg]] = ast.literal_eval(keyword.value)
+                    except ValueError:
+                        pass
+    return settings
+
+
+def looks_like_training_run(folder: Path) -> bool:
+    return (any(folder.glob("iter_*.pth")) or (folder / "last_checkpoint").is_file()
+            or records.eval_dir(folder).is_dir())
+
+
+def run_facts(work_dir: Path) -> dict:
+    """Who the run made (name, author, base model), its settings and its evaluation, with no paths:
+    a merged model keeps these in its merge record, so they travel with it wherever it is published."""
+    work_dir = Path(work_dir)
+    facts: dict = {}
+    configs = sorted(work_dir.glob("*.py"), key=lambda p: p.stat().st_mtime)
+    if configs:
+        settings = literal_settings(configs[-1])
+        facts["identity"] = {key: str(settings.get(key, "") or "") for key in ("name", "author", "base_model")}
+        facts["training"] = {key: settings[key] for key in TRAINING_SETTINGS + list(LORA_SETTINGS.values())
+                             if isinstance(settings.get(key), (int, float, str))}
+    summary = records.read_summary(work_dir)
+    evaluation = {key: summary[key] for key in ("rule", "best", "stopped_early") if summary.get(key)}
+    if isinstance(evaluation.get("best"), dict) and evaluation["best"].get("checkpoint"):
+        evaluation["best"] = {**evaluation["best"], "checkpoint": Path(evaluation["best"]["checkpoint"]).name}
+    if evaluation:
+        facts["evaluation"] = evaluation
+    return facts
+
+
+def find_training_run(adapter: Path) -> Path | None:
+    """The work dir an adapter was converted from: named in its convert record, else the folder
+    `xtuner-assistant demo` puts beside it (train/) or the one it sits in."""
+    from xtuner_assistant.paths import parse_json
+
+    adapter = Path(adapter).resolve()
+    record = adapter / CONVERT_RECORD
+    candidates = [adapter.parent / "train", adapter.parent]
+    if record.is_file():
+        try:
+            named = parse_json(record.read_text(encoding="utf-8"), record).get("work_dir")
+            candidates.insert(0, Path(named)) if named else None
+        except (ValueError, AttributeError):
+            pass
+    return next((d for d in candidates if d.is_dir() and any(d.glob("*.py")) and looks_like_training_run(d)), None)
+
+
+# Written by `convert` into the adapter folder (which is never published): where it came from.
+CONVERT_RECORD = "xtuner_assistant_convert.json"
