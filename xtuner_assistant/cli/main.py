@@ -3,10 +3,11 @@ one clear line (exit status 2) instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
-from xtuner_assistant.cli.errors import UserError
+from xtuner_assistant.cli.errors import UserError, check_text_arguments
 
 COMMANDS = ["model", "data", "train", "convert", "merge", "chat", "demo", "web", "publish", "eval", "vqa", "config"]
 
@@ -44,20 +45,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # A terminal that cannot show a character (LC_ALL=C without UTF-8 mode) gets an escape, not a crash.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     argv = list(sys.argv[1:] if argv is None else argv)
     for prefix, replacement in ALIASES.items():
         if tuple(argv[:len(prefix)]) == prefix:
             argv = replacement + argv[len(prefix):]
     args = build_parser().parse_args(argv)
     try:
+        check_text_arguments(args)
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (UserError, ValueError, FileNotFoundError, RuntimeError) as error:
-        if getattr(args, "debug", False) or type(error).__module__.startswith(("torch", "transformers")):
+    except (UserError, ValueError, FileNotFoundError, RuntimeError, OSError) as error:
+        if type(error).__module__.startswith(("torch", "transformers")):
             raise
-        print(f"xtuner-assistant {args.command}: error: {error}", file=sys.stderr)
+        print(f"xtuner-assistant {args.command}: error: {describe(error)}", file=sys.stderr)
         return 2
+
+
+def describe(error: Exception) -> str:
+    """The message of an error, with the file an OSError is about and what to do about it."""
+    if isinstance(error, OSError) and error.filename is not None:
+        hints = {errno.ENOENT: "check the path",
+                 errno.EACCES: "check its permissions or choose another path",
+                 errno.EPERM: "check its permissions or choose another path",
+                 errno.EROFS: "that file system is read-only; choose another path",
+                 errno.ENOSPC: "the disk is full; free some space and run again",
+                 errno.EISDIR: "give a file, not a folder", errno.ENOTDIR: "a part of that path is a file"}
+        hint = hints.get(error.errno, "")
+        return f"{error.filename}: {error.strerror or error}" + (f"; {hint}" if hint else "")
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """`train CONFIG`: `xtuner train` with settings from the command line and the real exit status."""
 from pathlib import Path
 
+from xtuner_assistant.cli.errors import UserError
+
 
 def register(subparsers):
     parser = subparsers.add_parser("train", help="xtuner train, returning its real exit status")
@@ -8,14 +10,16 @@ def register(subparsers):
     parser.add_argument("--work-dir", help="where checkpoints and logs go (default work_dirs/<config>)")
     parser.add_argument("--set", dest="settings", action="append", metavar="NAME=VALUE",
                         help="override a setting of the config's PART 1, e.g. --set name=Alice (repeatable)")
-    parser.add_argument("--model", help="shortcut for --set model=PATH")
+    parser.add_argument("--model", help="shortcut for --set model=PATH (a model folder, or a name of `model list`)")
     parser.add_argument("--deepspeed", help="deepspeed config name or file, e.g. deepspeed_zero2")
-    parser.add_argument("--resume", action="store_true", help="resume from the work dir's last checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="resume from the work dir's newest checkpoint that loads")
     parser.set_defaults(run=run)
 
 
 def run(args):
-    from xtuner_assistant.training.settings import check_settings, parse_settings
+    from xtuner_assistant import progress
+    from xtuner_assistant.training.settings import check_training_inputs, parse_settings
     from xtuner_assistant.training.xtuner_tools import run_tool
 
     config = Path(args.config)
@@ -25,17 +29,25 @@ def run(args):
     settings = parse_settings(args.settings)
     if args.model:
         settings["model"] = args.model
-    check_settings(config, settings)
-    extra = []
     work_dir = Path(args.work_dir or Path("work_dirs") / config.stem)
-    extra += ["--work-dir", str(work_dir)]
+    if work_dir.exists() and not work_dir.is_dir():
+        raise UserError(f"--work-dir {work_dir}: is a file, not a folder; choose another work dir")
+    settings = check_training_inputs(config, settings)
+    extra = ["--work-dir", str(work_dir)]
     if args.deepspeed:
         extra += ["--deepspeed", args.deepspeed]
     if args.resume:
-        from xtuner_assistant.training.work_dir import last_checkpoint
+        from xtuner_assistant.paths import write_text_atomic
+        from xtuner_assistant.training.work_dir import newest_loadable_checkpoint
 
-        last_checkpoint(work_dir)  # a clear error when there is nothing to resume from
-        # mmengine's own auto-resume (work_dir/last_checkpoint), not xtuner's `--resume PATH`, which
-        # reads the seed with a bare torch.load that torch >= 2.6 refuses for these checkpoints.
+        checkpoint, skipped = newest_loadable_checkpoint(work_dir)
+        for line in skipped:
+            progress.log(f"skipping {line}")
+        if skipped:
+            progress.log(f"resuming from {checkpoint.name}, the newest checkpoint that loads")
+        # mmengine's own resume (resume=True reads work_dir/last_checkpoint), pointed at that checkpoint;
+        # not xtuner's `--resume PATH`, which reads the seed with a bare torch.load that torch >= 2.6
+        # refuses, nor `load_from=PATH`, which --cfg-options would cut at commas and strip of spaces.
+        write_text_atomic(work_dir / "last_checkpoint", str(checkpoint))
         extra += ["--cfg-options", "resume=True"]
     return run_tool("train", [str(config), *extra], settings)

@@ -26,15 +26,22 @@ def setting(name: str, default):
     raw = os.environ.get(ENV_PREFIX + name.upper())
     if raw is None:
         return default() if callable(default) else default
+    return cast_setting(raw, default, f"{ENV_PREFIX}{name.upper()}={raw!r}")
+
+
+def cast_setting(raw: str, default, shown: str):
+    """`raw` as the type of `default` (bool, int, float; else text), or a SettingError about `shown`."""
     if isinstance(default, bool):
         if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-            raise SettingError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected true or false")
+            raise SettingError(f"{shown}: expected true or false")
         return raw.lower() in ("1", "true", "yes")
-    caster = type(default) if isinstance(default, (int, float)) else str
-    try:
-        return caster(raw)
-    except ValueError:
-        raise SettingError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected a {caster.__name__}") from None
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(raw)
+        except ValueError:
+            kind = "a whole number" if isinstance(default, int) else "a number"
+            raise SettingError(f"{shown}: expected {kind}, like the default {default!r}") from None
+    return raw
 
 
 def required_setting(name: str, hint: str) -> str:
@@ -66,12 +73,14 @@ def parse_settings(pairs: list[str] | None) -> dict[str, str]:
     return settings
 
 
-def declared_settings(config: str | os.PathLike) -> list[str]:
-    """The names a config file and its `_base_` files pass to setting()/required_setting(), read from
-    their source (nothing is run, so nothing is fetched or generated)."""
+def declared_settings(config: str | os.PathLike) -> dict[str, object]:
+    """The names a config file and its `_base_` files pass to setting()/required_setting(), with their
+    default when it is a literal (else None), read from their source (nothing is run, so nothing is
+    fetched or generated)."""
     from mmengine.config import Config
 
-    names, pending, seen = [], [Path(config)], set()
+    declared: dict[str, object] = {}
+    pending, seen = [Path(config)], set()
     while pending:
         path = pending.pop().resolve()
         if path in seen:
@@ -82,17 +91,61 @@ def declared_settings(config: str | os.PathLike) -> list[str]:
             if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None))
                     in SETTING_FUNCTIONS and node.args and isinstance(node.args[0], ast.Constant)
                     and isinstance(node.args[0].value, str)):
-                names.append(node.args[0].value)
+                default = node.args[1] if len(node.args) > 1 else None
+                value = default.value if isinstance(default, ast.Constant) else None
+                declared.setdefault(node.args[0].value, value)
         pending += [path.parent / base for base in Config._get_base_files(str(path))]
-    return list(dict.fromkeys(names))
+    return declared
 
 
 def check_settings(config: str | os.PathLike, settings: dict[str, str]) -> None:
-    """Refuse a `--set` name the config does not declare, naming the ones it does."""
-    known = declared_settings(config)
-    for name in settings:
-        if name not in known:
+    """Refuse a `--set` name the config does not declare (naming the ones it does), and a value that
+    its setting() would refuse (`--set lr=abc`), before anything starts."""
+    declared = declared_settings(config)
+    known = list(declared)
+    for name, value in settings.items():
+        if name not in declared:
             close = difflib.get_close_matches(name, known, n=1)
             raise SettingError(f"--set {name}: {config} has no setting `{name}`"
                                + (f" (did you mean `{close[0]}`?)" if close else "")
                                + f"; its settings are: {', '.join(known)}")
+        default = declared[name]
+        if isinstance(default, (bool, int, float)):
+            cast_setting(value, default, f"--set {name}={value}")
+
+
+def check_training_inputs(config: str | os.PathLike, settings: dict[str, str]) -> dict[str, str]:
+    """Everything a run reads that the user gave, checked before `xtuner train` starts, so that a bad
+    value is one clear line here instead of a traceback in the training log: the setting names and
+    types, the model folder (a packaged model's name is fetched), the identity and general data, and
+    the name, author and base model. Returns the settings with a packaged model's folder filled in."""
+    from xtuner_assistant.data.general import PACKAGED_SOURCES, GeneralDataError, load_conversations, split_sources
+    from xtuner_assistant.data.identity import Identity, check_samples
+    from xtuner_assistant.models.folder import ModelPathError, check_model_dir
+    from xtuner_assistant.models.zoo import MODELS
+
+    check_settings(config, settings)
+    settings = dict(settings)
+    model = settings.get("model")
+    if model:
+        if model in MODELS and not Path(model).exists():
+            from xtuner_assistant.models.fetch import fetch
+
+            settings["model"] = model = str(fetch(model))
+        try:
+            check_model_dir(model)
+        except ModelPathError as error:
+            raise SettingError(f"--model (the `model` setting): {error}") from None
+    if settings.get("identity_file"):
+        load_conversations(settings["identity_file"])
+    for source in split_sources(settings.get("general", "")):
+        if not source.startswith("packaged:"):
+            load_conversations(source)
+        elif source.split(":", 1)[1] not in PACKAGED_SOURCES:
+            raise GeneralDataError(f"--set general: unknown packaged data {source!r}; known: "
+                                   + ", ".join(f"packaged:{name}" for name in PACKAGED_SOURCES))
+    if "identity_samples" in settings:
+        check_samples(int(settings["identity_samples"]))
+    if {"name", "author", "base_model"} & set(settings):
+        Identity(settings.get("name", "x"), settings.get("author", ""), settings.get("base_model", ""))
+    return settings
