@@ -13,12 +13,17 @@ import types
 from pathlib import Path
 
 STARTUP_FILE_NAME = "xtuner_assistant_venv_path.pth"
-# One line that Python runs at start-up (site.py executes .pth lines beginning with `import`).
+# Lines that Python runs at start-up (site.py executes .pth lines beginning with `import`): the
+# venv's bin first on PATH (install_startup_fix), and in the `xtuner` command only, the tools' real
+# exit status (xtuner_command_exit_status).
 STARTUP_LINE = (
     "import os, sys; "
     "d = os.path.dirname(sys.executable); "
     "p = os.environ.get('PATH', ''); "
     "os.environ['PATH'] = p if p.split(os.pathsep)[:1] == [d] else d + os.pathsep + p\n"
+    "import os, sys; "
+    "os.path.basename(sys.argv[0] if sys.argv else '') == 'xtuner' and "
+    "__import__('xtuner_assistant.compat').compat.xtuner_command_exit_status()\n"
 )
 
 _applied = False
@@ -85,6 +90,63 @@ def trusted_local_checkpoints() -> None:
     CheckpointLoader.register_scheme(prefixes="", force=True)(load_from_local)
 
 
+def atomic_checkpoint_writes() -> None:
+    """mmengine 0.10.6: `Runner.save_checkpoint` (what CheckpointHook calls for every iter_N.pth) hands
+    the bytes to `LocalBackend.put`, which opens the final file and writes into it. A full disk or a
+    kill mid-write leaves a partial iter_N.pth beside the good ones, and `--resume` then picks it.
+    Write to a temporary file beside it and rename it into place once complete. (DeepSpeed writes
+    its checkpoint folders itself; `train --resume` skips one that does not load.)"""
+    from mmengine.fileio.backends.local_backend import LocalBackend
+
+    if getattr(LocalBackend.put, "xtuner_assistant_fix", False):
+        return
+    original = LocalBackend.put
+
+    def put(self, obj: bytes, filepath) -> None:
+        filepath = os.fspath(filepath)
+        if os.path.exists(filepath) and not os.path.isfile(filepath):
+            return original(self, obj, filepath)  # a device or a pipe: there is nothing to rename
+        folder, name = os.path.split(os.path.abspath(filepath))
+        os.makedirs(folder, exist_ok=True)
+        temporary = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+        try:
+            with open(temporary, "wb") as f:  # open(), not mkstemp: the file follows the user's umask
+                f.write(obj)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, filepath)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+
+    put.xtuner_assistant_fix = True
+    LocalBackend.put = put
+
+
+def xtuner_command_exit_status() -> None:
+    """xtuner 0.2.0's `xtuner` command (entry_point.cli) runs each tool (tools/train.py, ...) with
+    `subprocess.run` and ignores its exit status, so `xtuner train` exits 0 when training fails.
+    Called at start-up in the `xtuner` command only (STARTUP_LINE): a tool that fails ends the
+    command with the tool's status (128 + N when a signal N killed it). Other commands are untouched."""
+    import subprocess
+
+    if getattr(subprocess.run, "xtuner_assistant_fix", False):
+        return
+    original = subprocess.run
+    tools = os.sep + os.path.join("xtuner", "tools") + os.sep
+
+    def run(*args, **kwargs):
+        result = original(*args, **kwargs)
+        command = args[0] if args else kwargs.get("args", ())
+        if result.returncode and isinstance(command, (list, tuple)) and any(tools in str(a) for a in command):
+            raise SystemExit(result.returncode if result.returncode > 0 else 128 - result.returncode)
+        return result
+
+    run.xtuner_assistant_fix = True
+    subprocess.run = run
+
+
 def gguf_loaded_model_saveable(model) -> None:
     """transformers 4.48: a model loaded from GGUF keeps `hf_quantizer` and a `quantization_config`
     that describe the GGUF file, and `save_pretrained` then refuses or writes a config that cannot be
@@ -98,7 +160,8 @@ def gguf_loaded_model_saveable(model) -> None:
 def install_startup_fix(site_packages: str | None = None) -> Path:
     """xtuner 0.2.0's `xtuner` command starts `python` *by name* (entry_point.cli), so
     `.venv/bin/xtuner train` without an activated venv runs whatever `python` is on PATH, which lacks
-    xtuner, and still exits 0. This .pth puts the interpreter's own bin first on PATH at start-up."""
+    xtuner, and still exits 0. This .pth puts the interpreter's own bin first on PATH at start-up,
+    and makes the `xtuner` command return its tool's exit status (xtuner_command_exit_status)."""
     target = Path(site_packages or site.getsitepackages()[0]) / STARTUP_FILE_NAME
     target.write_text(STARTUP_LINE)
     return target
@@ -113,5 +176,6 @@ def apply() -> None:
     bitsandbytes_without_triton_ops()
     if "mmengine.runner" in sys.modules:
         trusted_local_checkpoints()
+    atomic_checkpoint_writes()
     _applied = True
 
