@@ -19,6 +19,9 @@ def register(subparsers):
     only.add_argument("--model-only", action="store_true", help="push the model repo only")
     only.add_argument("--app-only", action="store_true", help="push the app repo only")
     parser.add_argument("--dry-run", action="store_true", help="list what would be pushed, push nothing")
+    parser.add_argument("--replace-remote", action="store_true",
+                        help="replace files of the same name that the remote holds and xtuner-assistant did not "
+                             "write (e.g. a README.md made on the platform); other files of the remote are kept")
     parser.add_argument("--via", choices=["git", "openxlab"], default="git",
                         help="push the model with git + git-lfs (default) or with the openxlab SDK (keys from "
                              "OPENXLAB_AK and OPENXLAB_SK; the code URL is the app repo's, else XTuner's)")
@@ -45,11 +48,25 @@ def git_or_lfs(path: str) -> str:
 
 
 def describe(title: str, where: str, files: dict, kind) -> list[str]:
-    lines = [f"{title} -> {where}, {len(files)} files:"]
+    from xtuner_assistant.publish.git_repo import PUBLISHED_RECORD
+
+    through_git = kind is git_or_lfs
+    lines = [f"{title} -> {where}, {len(files) + through_git} files:"]
     for path, source in sorted(files.items()):
         size = len(source) if isinstance(source, bytes) else source.stat().st_size
         lines.append(f"  {kind(path)}  {human_size(size):>9}  {path}")
+    if through_git:  # what we wrote: a later publish keeps the rest
+        lines.append(f"  git  {'(list)':>9}  {PUBLISHED_RECORD}")
     return lines
+
+
+def report(what: str, result) -> None:
+    print(f"{what}: {result.url} {result.branch} @ {result.commit[:12]}" + ("" if result.changed else " (already up to date)"))
+    if result.kept:
+        print(f"  kept {len(result.kept)} file(s) of the remote that xtuner-assistant did not write: "
+              + ", ".join(result.kept))
+    if result.removed:
+        print(f"  removed {len(result.removed)} file(s) an earlier publish wrote: " + ", ".join(result.removed))
 
 
 def run(args):
@@ -80,20 +97,21 @@ def run(args):
         if args.dry_run:
             for title_line, where, files, kind in plan:
                 print("\n".join(describe(f"would push the {title_line}", where, files, kind)))
-            print("dry run: nothing was pushed")
+            print("dry run: nothing was pushed. Files the remote already holds that xtuner-assistant did not write "
+                  "are kept (the last file above lists what it wrote); one of the same name as a file above is "
+                  "replaced only with --replace-remote.")
             return 0
         if not args.app_only:
             if args.via == "openxlab":
                 publish_with_sdk(model, args.repo, code_url=code_url_for(app_url))
                 print(f"model repo: uploaded to {args.repo} on OpenXLab with the openxlab SDK")
             else:
-                result = push_files(model, model_url, f"Publish {title} with xtuner-assistant", args.branch)
-                print(f"model repo: {result.url} {result.branch} @ {result.commit[:12]}"
-                      + ("" if result.changed else " (already up to date)"))
+                result = push_files(model, model_url, f"Publish {title} with xtuner-assistant", args.branch,
+                                    args.replace_remote)
+                report("model repo", result)
         if app:
-            result = push_files(app, app_url, f"Gradio app for {title}", args.branch)
-            print(f"app repo: {result.url} {result.branch} @ {result.commit[:12]}"
-                  + ("" if result.changed else " (already up to date)"))
+            result = push_files(app, app_url, f"Gradio app for {title}", args.branch, args.replace_remote)
+            report("app repo", result)
     except PublishError as error:
         raise UserError(str(error)) from None
     return 0

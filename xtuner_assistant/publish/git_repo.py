@@ -5,6 +5,12 @@ read. A publish that fails half way (a rejected push, a dropped connection) leav
 it was or with some LFS objects already uploaded; running the same command again starts from what
 the remote holds and finishes the job.
 
+Files the remote already holds are kept unless an earlier publish wrote them and nobody changed
+them since (the repo's `.xtuner-assistant-published.json` lists what we wrote, with git's blob ids);
+a file of ours that is gone from the new set is removed, and replacing a file we did not write
+(a README.md made on the platform) needs `replace_remote`, after saying which. A .gitattributes
+we did not write is kept and our Git LFS lines are added to it.
+
 Credentials: a token in XA_GIT_TOKEN (with XA_GIT_USERNAME) reaches git only through a credential
 helper that reads the environment, so the secret is never written to a file, a URL, a command
 line or a commit. Without it, git's own credential helper is used. Whatever git prints passes
@@ -12,13 +18,14 @@ through `redact` before the user sees it.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -132,12 +139,17 @@ def run_git(args: list[str], cwd: Path, env: dict, what: str, show_progress: boo
     return text
 
 
+PUBLISHED_RECORD = ".xtuner-assistant-published.json"
+
+
 @dataclass
 class PushResult:
     url: str
     branch: str
     commit: str
     changed: bool
+    kept: list = field(default_factory=list)  # files of the remote we did not write, left as they were
+    removed: list = field(default_factory=list)  # files an earlier publish wrote that the new set lacks
 
 
 def staging_root() -> Path:
@@ -146,8 +158,36 @@ def staging_root() -> Path:
     return root
 
 
-def push_files(files: Files, url: str, message: str, branch: str = "main") -> PushResult:
-    """Make the remote branch hold exactly `files` (one new commit on top of what it had)."""
+def tracked_blobs(staging: Path, env: dict) -> dict[str, str]:
+    """path -> git blob id of every file the checked-out commit (or the index) holds."""
+    listing = run_git(["ls-files", "-s", "-z"], staging, env, "git ls-files")
+    blobs = {}
+    for entry in filter(None, listing.split("\0")):
+        meta, path = entry.split("\t", 1)
+        blobs[path] = meta.split()[1]
+    return blobs
+
+
+def published_by_us(staging: Path, blobs: dict[str, str]) -> set[str]:
+    """The files an earlier publish wrote and nobody changed since."""
+    try:
+        record = json.loads((staging / PUBLISHED_RECORD).read_text(encoding="utf-8"))
+        written = record["files"] if isinstance(record.get("files"), dict) else {}
+    except (OSError, ValueError, KeyError, AttributeError):
+        return set()
+    return {path for path, blob in written.items() if blobs.get(path) == blob}
+
+
+def merged_gitattributes(theirs: str, ours: str) -> str:
+    """Their .gitattributes with our lines added at the end (what they track stays tracked)."""
+    have = {line.strip() for line in theirs.splitlines()}
+    extra = [line for line in ours.splitlines() if line.strip() and line.strip() not in have]
+    return theirs + ("" if not extra or theirs.endswith("\n") or not theirs else "\n") + "".join(f"{l}\n" for l in extra)
+
+
+def push_files(files: Files, url: str, message: str, branch: str = "main", replace_remote: bool = False) -> PushResult:
+    """Put `files` on the remote branch as one new commit on top of what it had, keeping the remote's
+    files that we did not write (see the module docstring)."""
     require_tools()
     env = git_environment()
     require_credentials(url, env)
@@ -165,16 +205,37 @@ def push_files(files: Files, url: str, message: str, branch: str = "main") -> Pu
         if heads.strip():
             run_git(["fetch", "-q", "--depth", "1", "origin", branch], staging, env, f"fetching {shown}")
             run_git(["checkout", "-q", "-B", branch, "FETCH_HEAD"], staging, env, "git checkout")
-        for entry in staging.iterdir():
-            if entry.name != ".git":
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        remote = tracked_blobs(staging, env)
+        ours_before = published_by_us(staging, remote)
+        removed = sorted(path for path in ours_before if path not in files and path != PUBLISHED_RECORD)
+        kept = sorted(path for path in remote if path not in files and path not in ours_before
+                      and path != PUBLISHED_RECORD)
+        for path in removed:
+            (staging / path).unlink(missing_ok=True)
         for relative, source in files.items():
             target = staging / relative
+            if relative == ".gitattributes" and relative in remote and relative not in ours_before:
+                ours = source.decode() if isinstance(source, bytes) else source.read_text(encoding="utf-8")
+                source = merged_gitattributes(target.read_text(encoding="utf-8"), ours).encode()
             target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink() or target.is_dir():
+                raise PublishError(f"the remote holds {relative} as a {'link' if target.is_symlink() else 'folder'}, "
+                                   "where the publish writes a file; rename it in the remote first")
             if isinstance(source, bytes):
                 target.write_bytes(source)
             else:
                 shutil.copyfile(source, target)
+        run_git(["add", "-A", "."], staging, env, "git add")
+        staged = tracked_blobs(staging, env)
+        replaced = sorted(path for path in files if path in remote and path not in ours_before
+                          and path != ".gitattributes" and staged.get(path) != remote[path])
+        if replaced and not replace_remote:
+            raise PublishError(f"{shown} already holds {', '.join(replaced)}, which xtuner-assistant did not write; "
+                               "publishing would replace them. Add --replace-remote to replace them, or remove or "
+                               "rename them in the remote first. Nothing was pushed.")
+        written = {path: staged[path] for path in files if path in staged}
+        (staging / PUBLISHED_RECORD).write_text(json.dumps({"written_by": "xtuner-assistant", "files": written},
+                                                           indent=2, sort_keys=True) + "\n", encoding="utf-8")
         run_git(["add", "-A", "."], staging, env, "git add")
         changed = subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=staging, env=env).returncode != 0
         if changed or not heads.strip():
@@ -190,6 +251,7 @@ def push_files(files: Files, url: str, message: str, branch: str = "main") -> Pu
                 raise PublishError(f"{error}\nThe push did not complete; your files are untouched. Fix the cause "
                                    "and run the same command again: it picks up from what the remote holds.") from None
         commit = run_git(["rev-parse", "HEAD"], staging, env, "git rev-parse").strip()
-        return PushResult(url=shown, branch=branch, commit=commit, changed=changed or not heads.strip())
+        return PushResult(url=shown, branch=branch, commit=commit, changed=changed or not heads.strip(),
+                          kept=kept, removed=removed)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,28 +1,22 @@
 """The model repo's README.md (model card) and .gitattributes.
 
 The card says who the assistant is, what it was built on, how it was trained and how it scored,
-from what the run left behind: the merge record in the model folder
-(`xtuner_assistant_merge.json`), the training work dir's dumped config and its
-`identity_eval/summary.json`. Anything missing is left out of the card, never guessed.
+from the merge record in the model folder (`xtuner_assistant_merge.json`), which carries the run's
+identity, settings and evaluation (training/export.py), or from a training work dir given with
+--train-dir. Anything missing is left out of the card, never guessed.
 """
 from __future__ import annotations
 
-import ast
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xtuner_assistant.evaluation import records
-from xtuner_assistant.models.fetch import display_name
-from xtuner_assistant.training.work_dir import WorkDirError, resolved_config
+from xtuner_assistant.models.zoo import model_display_name
+from xtuner_assistant.training.work_dir import find_training_run, run_facts
 
 # Weights and tokenizer files go through Git LFS: large, binary, and the platform expects it.
 LFS_PATTERNS = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.model", "*.tiktoken",
                 "tokenizer.json", "vocab.json", "merges.txt"]
-
-TRAINING_SETTINGS = ["identity_samples", "general_ratio", "lr", "max_epochs", "batch_size", "accumulative_counts", "max_length",
-                     "replay_ratio", "warmup_iters", "warmup_ratio", "seed"]
-LORA_SETTINGS = {"r": "lora_r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout"}
 
 
 @dataclass
@@ -39,59 +33,31 @@ def gitattributes() -> str:
     return "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n" for pattern in LFS_PATTERNS)
 
 
-def literal_settings(config_file: Path) -> dict:
-    """Plain values from an xtuner-dumped config, read without running it."""
-    tree = ast.parse(config_file.read_text(encoding="utf-8"), filename=str(config_file))
-    settings = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                settings[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                pass
-    for node in ast.walk(tree):
-        if isinstance(node, ast.keyword) and node.arg == "lora" and isinstance(node.value, ast.Call):
-            for keyword in node.value.keywords:
-                if keyword.arg in LORA_SETTINGS:
-                    try:
-                        settings[LORA_SETTINGS[keyword.arg]] = ast.literal_eval(keyword.value)
-                    except ValueError:
-                        pass
-    return settings
-
-
-def looks_like_training_run(folder: Path) -> bool:
-    return (any(folder.glob("iter_*.pth")) or (folder / "last_checkpoint").is_file()
-            or records.eval_dir(folder).is_dir())
-
-
 def gather_facts(model_dir: Path, name: str | None = None, author: str | None = None,
                  train_dir: Path | None = None) -> CardFacts:
     facts = CardFacts()
     merge_record = Path(model_dir) / "xtuner_assistant_merge.json"
-    adapter = None
+    run: dict = {}
     if merge_record.is_file():
         record = json.loads(merge_record.read_text(encoding="utf-8"))
-        facts.base_model = display_name(record["base"]) if record.get("base") else ""
+        facts.base_model = record.get("base_model") or model_display_name(record.get("base", ""))
         facts.merge_check = {k: record[k] for k in ("largest_logit_difference", "tolerance", "prompts") if k in record}
-        adapter = Path(record["adapter"]) if record.get("adapter") else None
-    if train_dir is None and adapter is not None:
-        # `xtuner-assistant demo` puts the adapter beside train/; by hand it often sits in the work dir.
-        train_dir = next((d for d in (adapter.parent / "train", adapter.parent)
-                          if d.is_dir() and any(d.glob("*.py")) and looks_like_training_run(d)), None)
+        run = record
+        if "identity" not in record and record.get("adapter") and train_dir is None:
+            # A record of an earlier version names the adapter as typed: look from here and from the model.
+            adapter = Path(record["adapter"])
+            for candidate in ([adapter] if adapter.is_absolute() else [adapter, Path(model_dir).parent / adapter]):
+                train_dir = find_training_run(candidate) if candidate.is_dir() else None
+                if train_dir:
+                    break
     if train_dir is not None:
-        try:
-            config = resolved_config(train_dir)
-        except WorkDirError:
-            config = None
-        if config:
-            settings = literal_settings(config)
-            facts.name = str(settings.get("name", "") or "")
-            facts.author = str(settings.get("author", "") or "")
-            facts.base_model = str(settings.get("base_model", "") or "") or facts.base_model
-            facts.training = {k: settings[k] for k in TRAINING_SETTINGS + list(LORA_SETTINGS.values())
-                              if isinstance(settings.get(k), (int, float, str))}
-        facts.evaluation = records.read_summary(train_dir)
+        run = run_facts(Path(train_dir))
+    identity = run.get("identity") or {}
+    facts.name = identity.get("name", "")
+    facts.author = identity.get("author", "")
+    facts.base_model = identity.get("base_model") or facts.base_model
+    facts.training = dict(run.get("training") or {})
+    facts.evaluation = dict(run.get("evaluation") or {})
     facts.name = name if name is not None else facts.name
     facts.author = author if author is not None else facts.author
     return facts

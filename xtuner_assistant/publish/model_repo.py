@@ -1,5 +1,8 @@
 """What goes into the model repo: the merged model folder as it is, a model card and .gitattributes.
-The folder is checked first, so a publish never starts with something that cannot be loaded back."""
+The folder is checked first (models/folder.py: weights whole, config, tokenizer and chat template
+parse, no Git LFS pointers), so a publish never starts with something that cannot be loaded back.
+Files that name folders of this machine (the merge record, config.json's `_name_or_path`) are
+published without those paths."""
 from __future__ import annotations
 
 import fnmatch
@@ -9,13 +12,14 @@ from pathlib import Path
 from xtuner_assistant.publish.git_repo import Files, PublishError
 from xtuner_assistant.publish.model_card import LFS_PATTERNS, CardFacts, gitattributes, model_card
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken")
 GENERATED = (".gitattributes", "README.md")
-LFS_POINTER = b"version https://git-lfs"
+MERGE_RECORD = "xtuner_assistant_merge.json"
+# Local files that say where things were on this machine; never published.
+LOCAL_ONLY = ("xtuner_assistant_convert.json",)
 
 
 def check_publishable(model_dir: Path) -> None:
-    from xtuner_assistant.models.generation import ModelPathError, check_model_dir
+    from xtuner_assistant.models.folder import ModelPathError, check_model_dir
 
     model_dir = Path(model_dir)
     if (model_dir / "adapter_config.json").is_file():
@@ -24,35 +28,53 @@ def check_publishable(model_dir: Path) -> None:
     try:
         check_model_dir(model_dir)
     except ModelPathError as error:
-        raise PublishError(str(error)) from None
-    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
-        raise PublishError(f"{model_dir}: the tokenizer is incomplete (none of {', '.join(TOKENIZER_FILES)}); "
-                           "save the tokenizer beside the model (tokenizer.save_pretrained(folder))")
-    config = model_dir / "tokenizer_config.json"
+        raise PublishError(f"{error} (nothing was pushed)") from None
+
+
+def looks_local(value) -> bool:
+    """A string that names a place on this machine: an absolute path, or one starting at ~ or ."""
+    return isinstance(value, str) and (value.startswith(("/", "~", "./", "../")) or (len(value) > 2 and value[1:3] in (":\\", ":/")))
+
+
+def without_local_paths(data):
+    """A JSON value with every local path replaced by its last part (a folder name says nothing of the machine)."""
+    if isinstance(data, dict):
+        return {key: without_local_paths(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [without_local_paths(value) for value in data]
+    return Path(data).name if looks_local(data) else data
+
+
+def published_json(path: Path, path_keys=()) -> bytes | Path:
+    """The file as it is, or a copy where local paths (and the values of `path_keys`, which hold
+    paths even when relative) are cut to their last part."""
     try:
-        has_template = bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
-    except json.JSONDecodeError as error:
-        raise PublishError(f"{config}:{error.lineno}: not valid JSON ({error.msg})") from None
-    if not has_template and not (model_dir / "chat_template.jinja").is_file():
-        raise PublishError(f"{config}: no chat_template; the published app formats every conversation with it. "
-                           "Set tokenizer.chat_template and save the tokenizer again")
-    for weights in list(model_dir.glob("*.safetensors")) + list(model_dir.glob("*.bin")):
-        with open(weights, "rb") as f:
-            if f.read(len(LFS_POINTER)) == LFS_POINTER:
-                raise PublishError(f"{weights}: a Git LFS pointer, not the weights; run `git lfs pull` in "
-                                   f"{model_dir} first")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return path
+    if not isinstance(data, dict):
+        return path
+    cleaned = without_local_paths(data)
+    cleaned.update({key: Path(data[key]).name for key in path_keys if isinstance(data.get(key), str)})
+    if cleaned == data:
+        return path
+    return (json.dumps(cleaned, ensure_ascii=False, indent=2) + "\n").encode()
 
 
 def model_files(model_dir: Path) -> list[Path]:
     model_dir = Path(model_dir)
     return sorted(p for p in model_dir.rglob("*") if p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(model_dir).parts)
-                  and p.relative_to(model_dir).as_posix() not in GENERATED)
+                  and p.relative_to(model_dir).as_posix() not in GENERATED + LOCAL_ONLY)
 
 
 def model_repo_files(model_dir: Path, facts: CardFacts, repo: str) -> Files:
     check_publishable(model_dir)
     files: Files = {p.relative_to(model_dir).as_posix(): p for p in model_files(model_dir)}
+    for name, keys in ((MERGE_RECORD, ["base", "adapter"]), ("config.json", ["_name_or_path"]),
+                       ("tokenizer_config.json", ["name_or_path"])):
+        if name in files:
+            files[name] = published_json(files[name], keys)
     files[".gitattributes"] = gitattributes().encode()
     files["README.md"] = model_card(facts, repo, sorted(files)).encode()
     return files

@@ -153,9 +153,12 @@ def run_facts(work_dir: Path) -> dict:
     a merged model keeps these in its merge record, so they travel with it wherever it is published."""
     work_dir = Path(work_dir)
     facts: dict = {}
-    configs = sorted(work_dir.glob("*.py"), key=lambda p: p.stat().st_mtime)
-    if configs:
-        settings = literal_settings(configs[-1])
+    try:
+        config = resolved_config(work_dir)
+    except WorkDirError:
+        config = None
+    if config:
+        settings = literal_settings(config)
         facts["identity"] = {key: str(settings.get(key, "") or "") for key in ("name", "author", "base_model")}
         facts["training"] = {key: settings[key] for key in TRAINING_SETTINGS + list(LORA_SETTINGS.values())
                              if isinstance(settings.get(key), (int, float, str))}
