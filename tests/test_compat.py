@@ -107,3 +107,55 @@ def test_the_top_help_is_written_for_people(capsys):
     text = capsys.readouterr().out
     assert "Give a small chat model its own identity" in text and "xtuner-assistant demo --name Alice" in text
     assert "xtuner-assistant train CONFIG --set name=Alice" in text and "`xtuner-assistant VERB --help`" in text
+
+
+def test_a_checkpoint_write_that_fails_leaves_no_partial_file(tmp_path):
+    """mmengine's LocalBackend.put writes iter_N.pth in place; with the fix a write that fails (here: a
+    file size limit, as a full disk would) leaves the earlier checkpoints and no partial new one."""
+    code = f"""
+import resource, signal, torch, xtuner_assistant
+from mmengine.runner.checkpoint import save_checkpoint
+folder = {str(tmp_path)!r}
+save_checkpoint({{"state_dict": {{"w": torch.ones(4)}}}}, folder + "/iter_1.pth")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    save_checkpoint({{"state_dict": {{"w": torch.ones(1_000_000)}}}}, folder + "/iter_2.pth")
+except OSError as error:
+    print("failed:", error.strerror)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "failed: File too large" in result.stdout, result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_1.pth"]
+    assert torch.load(tmp_path / "iter_1.pth", weights_only=False)["state_dict"]["w"].sum() == 4
+    assert (tmp_path / "iter_1.pth").stat().st_mode & 0o777 == 0o666 & ~_umask(), "follows the umask"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_stock_xtuner_train_returns_the_real_exit_status(tmp_path):
+    """xtuner 0.2.0's `xtuner` drops its tool's status; the start-up fix in this venv passes it on."""
+    xtuner = Path(sys.executable).parent / "xtuner"
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "OMP_NUM_THREADS": "2",
+           "XA_MODEL": str(tmp_path / "no-such-model"), "XA_REPLAY_RATIO": "0"}
+    config = Path(__file__).resolve().parent.parent / "configs" / "smollm2_135m_lora_cpu_assistant.py"
+    result = subprocess.run([str(xtuner), "train", str(config), "--work-dir", str(tmp_path / "w")], env=env,
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert not list((tmp_path / "w").glob("iter_*.pth"))
+
+
+def test_the_exit_status_fix_touches_only_xtuner_tools():
+    code = ("import subprocess, sys; from xtuner_assistant import compat; compat.xtuner_command_exit_status(); "
+            "r = subprocess.run([sys.executable, '-c', 'raise SystemExit(3)']); print('still here', r.returncode)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "still here 3"
+    tool = ("import subprocess, sys, os; from xtuner_assistant import compat; compat.xtuner_command_exit_status(); "
+            "subprocess.run([sys.executable, '-c', 'raise SystemExit(3)', os.sep + 'xtuner' + os.sep + 'tools' + os.sep]); "
+            "print('not reached')")
+    result = subprocess.run([sys.executable, "-c", tool], capture_output=True, text=True)
+    assert result.returncode == 3 and "not reached" not in result.stdout
