@@ -1,0 +1,105 @@
+"""Training killed mid-epoch (a real SIGKILL of the command and its `xtuner train`) resumes with
+`train --resume` and ends at the same final iteration; a damaged newest checkpoint is skipped, saying
+so. (The general data's file name holds a comma: it stays one path.)"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "smollm2_135m_lora_cpu_assistant.py"
+CLI = [sys.executable, "-m", "xtuner_assistant.cli"]
+
+
+def environment() -> dict:
+    """Read at call time: conftest's session fixtures set XA_REPLAY_RATIO and XTUNER_ASSISTANT_HOME
+    after this module is imported."""
+    return {**os.environ, "OMP_NUM_THREADS": "2"}
+
+
+GENERAL = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
+                         {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]}
+           for a in range(12) for b in range(12)]
+
+
+def train_args(root: Path, tiny_model_dir: Path, *extra) -> list[str]:
+    return ["train", str(CONFIG), "--work-dir", str(root / "work"), "--model", str(tiny_model_dir),
+            "--set", f"identity_file={root / 'data' / 'identity.jsonl'}",
+            "--set", f"general={root / 'chat, general.jsonl'}", "--set", "general_ratio=1",
+            "--set", "max_epochs=1", "--set", "batch_size=2", "--set", "accumulative_counts=1",
+            "--set", "save_steps=4", "--set", "warmup_iters=0", *extra]
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory, tiny_model_dir):
+    """A run killed with SIGKILL as soon as it has written two checkpoints (a tiny model trains an
+    iteration in tens of milliseconds, so the kill comes a few iterations later, far from the end)."""
+    root = tmp_path_factory.mktemp("killed")
+    subprocess.run([*CLI, "data", "identity", "--name", "Zorblat", "-n", "128", "--out", str(root / "data")],
+                   check=True, capture_output=True, env=environment())
+    (root / "chat, general.jsonl").write_text("".join(json.dumps(g) + "\n" for g in GENERAL))
+    with open(root / "killed.log", "w") as log:
+        process = subprocess.Popen([*CLI, *train_args(root, tiny_model_dir)], stdout=log, stderr=subprocess.STDOUT,
+                                   env=environment(), start_new_session=True)
+        deadline = time.monotonic() + 600
+        while len(list((root / "work").glob("iter_*.pth"))) < 2 and process.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the command and its `xtuner train`, as a power cut would
+        status = process.wait()
+    log_text = (root / "killed.log").read_text()
+    assert status == -signal.SIGKILL, f"the run was not killed (status {status}):\n{log_text[-3000:]}"
+    # The kill may come before the first progress line (every 10 iterations): the plan is one epoch of
+    # the mixed data set in batches of two.
+    samples = int(re.search(r"MixedChatDataset: .*'total': (\d+)", log_text).group(1))
+    return root, -(-samples // 2)
+
+
+def resume(root: Path, tiny_model_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *train_args(root, tiny_model_dir, "--resume")], capture_output=True, text=True,
+                          env=environment())
+
+
+def checkpoint_iterations(work: Path) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in work.glob("iter_*.pth"))
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_final_iteration(killed, tiny_model_dir, tmp_path):
+    root, planned = killed
+    shutil.copytree(root, tmp_path / "run", symlinks=True)
+    root = tmp_path / "run"
+    left = checkpoint_iterations(root / "work")
+    assert left and max(left) < planned, f"killed mid-epoch: {left} of {planned} iterations"
+    assert not list((root / "work").glob(".*.tmp-*")), "no partial checkpoint left by the kill"
+    result = resume(root, tiny_model_dir)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert f"Advance dataloader {max(left)} steps" in output, "continued where the newest checkpoint was"
+    assert re.search(rf"Iter\(train\) \[\s*\d+/{planned}\]", output), "the resumed run planned the same end"
+    assert max(checkpoint_iterations(root / "work")) == planned
+    assert Path((root / "work" / "last_checkpoint").read_text().strip()).name == f"iter_{planned}.pth"
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_saying_so(killed, tiny_model_dir, tmp_path):
+    root, planned = killed
+    shutil.copytree(root, tmp_path / "run", symlinks=True)
+    root = tmp_path / "run"
+    *older, newest = checkpoint_iterations(root / "work")
+    damaged = root / "work" / f"iter_{newest}.pth"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    result = resume(root, tiny_model_dir)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert f"skipping iter_{newest}.pth: truncated" in output
+    assert f"resuming from iter_{older[-1]}.pth, the newest checkpoint that loads" in output
+    assert max(checkpoint_iterations(root / "work")) == planned
