@@ -40,7 +40,7 @@ $(STARTUP): $(STAMP) xtuner_assistant/compat.py
 	touch $(STARTUP)
 
 demo: install
-	$(BIN)/xtuner-assistant demo --name "$(NAME)" $(if $(AUTHOR),--author "$(AUTHOR)")
+	$(BIN)/xtuner-assistant demo --name "$(NAME)" $(if $(AUTHOR),--author "$(AUTHOR)") $(if $(FORCE),--force)
 
 test: install
 	$(BIN)/python -m pytest -q
