@@ -183,12 +183,14 @@ def test_a_push_rejected_half_way_changes_nothing_and_a_rerun_completes(model_di
     assert status == 0, err
     assert reply_of(clone_with_lfs(remote, tmp_path / "clone")) == reply_of(model_dir)
 
-    # Publishing again changes nothing; a new name changes only the model card.
+    # Publishing again changes nothing; a new name changes only the model card (and the record of what
+    # we wrote, which holds the card's blob id).
     status, out, err = publish(capsys, model_dir, "--repo", remote, "--model-only")
     assert status == 0 and "already up to date" in out
     status, out, err = publish(capsys, model_dir, "--repo", remote, "--model-only", "--name", "Zorblat")
     assert status == 0, err
-    assert git("diff", "--name-only", "main~1", "main", cwd=remote).split() == ["README.md"]
+    assert git("diff", "--name-only", "main~1", "main", cwd=remote).split() == [".xtuner-assistant-published.json",
+                                                                              "README.md"]
 
 
 def broken_copy(model_dir: Path, folder: Path, drop=(), tokenizer_config=None) -> Path:
