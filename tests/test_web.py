@@ -194,7 +194,10 @@ def test_page_says_clearly_when_a_model_path_is_wrong_or_will_not_load(two_model
     (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
     page = run_page(monkeypatch, "--model", broken)
     errors = [error.value for error in page.error]
-    assert len(errors) == 1 and errors[0].startswith(f"Fine-tuned model at {broken} could not be loaded"), errors
+    # Caught by the folder check before loading, which names the file and the field.
+    assert len(errors) == 1 and errors[0].startswith(f"Fine-tuned model: {broken / 'config.json'}: model_type "
+                                                     "'no-such-architecture'"), errors
+    assert len(page.chat_input) == 0
 
 
 def test_web_command_refuses_a_wrong_model_path_before_starting(tmp_path, capsys, two_models):
