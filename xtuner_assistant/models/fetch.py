@@ -175,3 +175,9 @@ def list_models() -> list[dict]:
     return rows
 
 
+def recorded_licence(folder: str | Path) -> str:
+    """The licence in a fetched model's record (MANIFEST, written by `model fetch`), or "" when none says."""
+    try:
+        return str(json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8")).get("licence", "") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""

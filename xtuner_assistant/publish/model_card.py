@@ -1,9 +1,11 @@
 """The model repo's README.md (model card) and .gitattributes.
 
-The card says who the assistant is, what it was built on, how it was trained and how it scored,
-from the merge record in the model folder (`xtuner_assistant_merge.json`), which carries the run's
-identity, settings and evaluation (training/export.py), or from a training work dir given with
---train-dir. Anything missing is left out of the card, never guessed.
+The card says who the assistant is, what it was built on, how it was trained, how it scored and what
+it cannot do, from what the run left behind: the merge record in the model folder
+(`xtuner_assistant_merge.json`, training/export.py), which carries the run's identity, settings,
+evaluation and the base model's licence (from the record `model fetch` writes), or a training work dir
+given with --train-dir, and the demo's own comparison (`demo_result.json`). Anything missing is left
+out of the card or said to be unknown, never guessed; a model nobody scored says so.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xtuner_assistant.models.fetch import recorded_licence
 from xtuner_assistant.models.zoo import model_display_name
 from xtuner_assistant.training.work_dir import find_training_run, run_facts
 
@@ -19,13 +22,29 @@ LFS_PATTERNS = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.model", 
                 "tokenizer.json", "vocab.json", "merges.txt"]
 
 
+# Where the packaged base models come from, for the card's `base_model:` front matter.
+UPSTREAM = {
+    "SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "Qwen2.5-Coder-0.5B-Instruct": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+    "Qwen2.5-Coder-1.5B-Instruct": "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+    "InternLM2-Chat-1.8B": "internlm/internlm2-chat-1_8b",
+}
+# Licence names as the records write them -> the card platforms' identifiers.
+LICENCE_IDS = {"apache-2.0": "apache-2.0", "mit": "mit", "bsd-3-clause": "bsd-3-clause", "other": "other"}
+DEFAULT_LANGUAGES = ["zh", "en"]  # the identity data is bilingual unless the run said otherwise
+DEMO_RESULT = "demo_result.json"
+
+
 @dataclass
 class CardFacts:
     name: str = ""
     author: str = ""
     base_model: str = ""
+    licence: str = ""  # as the base model's record states it; "" when no record says
+    languages: list = field(default_factory=lambda: list(DEFAULT_LANGUAGES))
     training: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
+    comparison: list = field(default_factory=list)  # the demo's rows: question, base, fine-tuned answers
     merge_check: dict = field(default_factory=dict)
 
 
@@ -33,14 +52,28 @@ def gitattributes() -> str:
     return "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n" for pattern in LFS_PATTERNS)
 
 
+def demo_comparison(model_dir: Path) -> list[dict]:
+    """The rows of `xtuner-assistant demo`'s own base vs fine-tuned comparison, when it made this model."""
+    result = Path(model_dir).resolve().parent / DEMO_RESULT
+    try:
+        recorded = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if Path(str(recorded.get("merged_model", ""))).resolve() != Path(model_dir).resolve():
+        return []
+    return [row for row in recorded.get("rows", []) if {"question", "base", "fine-tuned"} <= set(row)]
+
+
 def gather_facts(model_dir: Path, name: str | None = None, author: str | None = None,
                  train_dir: Path | None = None) -> CardFacts:
     facts = CardFacts()
+    facts.licence = recorded_licence(model_dir)  # a fetched model published as it is
     merge_record = Path(model_dir) / "xtuner_assistant_merge.json"
     run: dict = {}
     if merge_record.is_file():
         record = json.loads(merge_record.read_text(encoding="utf-8"))
         facts.base_model = record.get("base_model") or model_display_name(record.get("base", ""))
+        facts.licence = str(record.get("licence", "") or "") or (recorded_licence(record["base"]) if record.get("base") else "")
         facts.merge_check = {k: record[k] for k in ("largest_logit_difference", "tolerance", "prompts") if k in record}
         run = record
         if "identity" not in record and record.get("adapter") and train_dir is None:
@@ -58,6 +91,10 @@ def gather_facts(model_dir: Path, name: str | None = None, author: str | None = 
     facts.base_model = identity.get("base_model") or facts.base_model
     facts.training = dict(run.get("training") or {})
     facts.evaluation = dict(run.get("evaluation") or {})
+    languages = run.get("languages")
+    if isinstance(languages, list) and languages and all(isinstance(x, str) for x in languages):
+        facts.languages = list(languages)
+    facts.comparison = demo_comparison(model_dir)
     facts.name = name if name is not None else facts.name
     facts.author = author if author is not None else facts.author
     return facts
@@ -70,10 +107,70 @@ def _table(rows: dict) -> list[str]:
     return lines
 
 
+def licence_id(licence: str) -> str:
+    """The front matter's `license:` for a recorded licence; "other" when it is unknown or not one id."""
+    return LICENCE_IDS.get(licence.strip().lower(), "other")
+
+
+def front_matter(facts: CardFacts) -> list[str]:
+    lines = ["---", f"license: {licence_id(facts.licence)}"]
+    if facts.base_model:
+        lines.append(f"base_model: {json.dumps(UPSTREAM.get(facts.base_model, facts.base_model), ensure_ascii=False)}")
+    lines += ["language:"] + [f"- {language}" for language in facts.languages]
+    lines += ["library_name: transformers", "pipeline_tag: text-generation", "tags: [xtuner, lora, chat]", "---"]
+    return lines
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def evaluation_section(facts: CardFacts) -> list[str]:
+    summary = facts.evaluation or {}
+    best, stopped = summary.get("best"), summary.get("stopped_early")
+    lines = ["## Evaluation", ""]
+    if best and best.get("scores"):
+        lines += [f"Scores at the best evaluation during training (iteration {best.get('iter')}), on held-out "
+                  "identity questions (never trained on) and general prompts, by xtuner-assistant's evaluation hook. "
+                  "identity_accuracy: share of held-out identity questions answered with the name; leakage: share "
+                  "of general answers that carry the identity; repetition: answers that loop; retention: agreement "
+                  "with the base model's own answers (1 = unchanged).", ""]
+        lines += _table({k: v for k, v in best["scores"].items() if isinstance(v, (int, float))}) + [""]
+    if stopped:
+        lines += [f"Training stopped early at iteration {stopped.get('iter')}: {stopped.get('reason', '')}.", ""]
+    if facts.comparison:
+        lines += ["The base model and this model, asked the same questions after training (greedy):", "",
+                  "| question | base model | this model |", "| --- | --- | --- |"]
+        lines += [f"| {_cell(row['question'])} | {_cell(row['base'])} | {_cell(row['fine-tuned'])} |"
+                  for row in facts.comparison] + [""]
+    if len(lines) == 2:
+        lines += ["This model was not evaluated: no scores from training (the evaluation hook was off, or the "
+                  "training run was not found) and no comparison with the base model were recorded. Try it before "
+                  "you rely on it, e.g. `xtuner-assistant eval MODEL --name NAME --base BASE`.", ""]
+    return lines
+
+
+def limitations_section(facts: CardFacts) -> list[str]:
+    base = facts.base_model or "the base model"
+    lines = ["## Limitations", "",
+             f"- It knows what {base} knows: only its identity was trained, with LoRA on a small data set; facts, "
+             "reasoning and safety are the base model's, and a small model makes mistakes.",
+             "- Identity training can leak: a general question may still get the identity answer, and answers may "
+             "repeat themselves. The evaluation above says how often that was measured, on a few dozen prompts."]
+    scores = ((facts.evaluation or {}).get("best") or {}).get("scores") or {}
+    if isinstance(scores.get("leakage"), (int, float)) and scores["leakage"] > 0:
+        lines.append(f"- Measured: {scores['leakage']:.0%} of general prompts got an answer that carries the identity.")
+    lines.append(f"- Tested in {', '.join(facts.languages)}; other languages were not tried.")
+    if not facts.licence:
+        lines.append("- The base model's licence was not recorded with it: check it before you use or share this model.")
+    elif licence_id(facts.licence) == "other":
+        lines.append(f"- The base model's licence, as recorded: {facts.licence}.")
+    return lines + [""]
+
+
 def model_card(facts: CardFacts, repo: str, files: list[str]) -> str:
     title = f"{facts.name} — a personal assistant" if facts.name else "A personal assistant model"
-    lines = ["---", "license: apache-2.0", "library_name: transformers", "pipeline_tag: text-generation",
-             "tags: [xtuner, lora, chat]", "---", "", f"# {title}", ""]
+    lines = front_matter(facts) + ["", f"# {title}", ""]
     who = f"**{facts.name}**" if facts.name else "This model"
     built = f", built on {facts.base_model}" if facts.base_model else ""
     by = f" for {facts.author}" if facts.author else ""
@@ -89,17 +186,15 @@ def model_card(facts: CardFacts, repo: str, files: list[str]) -> str:
               "template the model was trained with.", ""]
     if facts.training:
         lines += ["## Training", ""] + _table(facts.training) + [""]
-    best = (facts.evaluation or {}).get("best")
-    if best and best.get("scores"):
-        lines += ["## Evaluation", "", f"Scores at the best evaluation (iteration {best.get('iter')}), on held-out "
-                  "identity questions and general prompts:", ""]
-        lines += _table({k: v for k, v in best["scores"].items() if isinstance(v, (int, float))}) + [""]
-    elif (facts.evaluation or {}).get("stopped_early"):
-        lines += ["## Evaluation", "", f"Training stopped early: {facts.evaluation['stopped_early'].get('reason', '')}", ""]
+    lines += evaluation_section(facts)
+    lines += limitations_section(facts)
     if facts.merge_check:
         lines += ["## Merge check", "", f"The merged weights were compared with base + adapter on "
                   f"{facts.merge_check.get('prompts', '?')} prompts: largest logit difference "
                   f"{facts.merge_check.get('largest_logit_difference', float('nan')):.2e} "
                   f"(tolerance {facts.merge_check.get('tolerance', '?')}).", ""]
+    licence = facts.licence or "not recorded"
+    lines += ["## Licence", "", f"The base model's licence applies: {licence}." if facts.licence else
+              f"The base model's licence applies; it was {licence} with the model.", ""]
     lines += ["## Files", ""] + [f"- `{name}`" for name in files] + [""]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import torch
 
 from xtuner_assistant import progress
 from xtuner_assistant.models.folder import ModelPathError, adapter_base, check_adapter_dir, check_model_dir
+from xtuner_assistant.models.fetch import recorded_licence
 from xtuner_assistant.models.zoo import model_display_name
 from xtuner_assistant.paths import (check_output_dir, record_output_dir, replace_dir_atomic, staging_dir_for,
                                     write_json_atomic)
@@ -116,7 +117,7 @@ def quantization_gap(base: Path, adapter: Path, merged, tokenizer) -> dict:
 
 def merge_record(base: Path, adapter: Path, check: dict) -> dict:
     """What the merged folder says about itself: no local paths, only names, settings and numbers."""
-    record = {"base_model": model_display_name(base), **check}
+    record = {"base_model": model_display_name(base), "licence": recorded_licence(base), **check}
     run = find_training_run(adapter)
     if run is not None:
         record.update(run_facts(run))

@@ -162,6 +162,9 @@ def run_facts(work_dir: Path) -> dict:
         facts["identity"] = {key: str(settings.get(key, "") or "") for key in ("name", "author", "base_model")}
         facts["training"] = {key: settings[key] for key in TRAINING_SETTINGS + list(LORA_SETTINGS.values())
                              if isinstance(settings.get(key), (int, float, str))}
+        languages = settings.get("languages")
+        if isinstance(languages, (list, tuple)) and languages and all(isinstance(x, str) for x in languages):
+            facts["languages"] = list(languages)
     summary = records.read_summary(work_dir)
     evaluation = {key: summary[key] for key in ("rule", "best", "stopped_early") if summary.get(key)}
     if isinstance(evaluation.get("best"), dict) and evaluation["best"].get("checkpoint"):

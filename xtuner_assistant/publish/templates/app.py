@@ -1,7 +1,8 @@
 """A Gradio chat with a fine-tuned assistant, published by xtuner-assistant.
 
-At start-up it fetches the model repo (git clone + git lfs pull), then answers on the GPU when there
-is one, else on the CPU. Conversations are formatted with the tokenizer's own chat template and a
+At start-up it fetches the model repo (git clone, or fetch + reset of its own earlier clone so that a
+republished model is picked up, then git lfs pull), then answers on the GPU when there is one, else
+on the CPU. An optional system prompt box sets the assistant's instructions for the conversation. Conversations are formatted with the tokenizer's own chat template and a
 reply stops at the template's end-of-turn token: the same contract the model was trained with.
 Runs with only the packages in requirements.txt (and git, git-lfs from packages.txt).
 """
@@ -19,10 +20,25 @@ LFS_POINTER = b"version https://git-lfs"
 
 
 def fetch_model(url=MODEL_REPO_URL, folder=MODEL_DIR, branch=MODEL_BRANCH):
-    """Clone the model repo once, then pull its LFS files (weights, tokenizer)."""
+    """The model repo's newest commit in `folder`, with its LFS files (weights, tokenizer).
+
+    The first start clones it; every later start fetches the branch again and moves the clone to it,
+    so a republished model replaces the old one. A folder that is not this app's clone of `url` is
+    never touched."""
     folder = Path(folder)
-    if not (folder / ".git").is_dir():
-        env = dict(os.environ, GIT_LFS_SKIP_SMUDGE="1", GIT_TERMINAL_PROMPT="0")
+    env = dict(os.environ, GIT_LFS_SKIP_SMUDGE="1", GIT_TERMINAL_PROMPT="0")
+    if (folder / ".git").is_dir():
+        origin = subprocess.run(["git", "remote", "get-url", "origin"], cwd=folder, capture_output=True, text=True,
+                                env=env).stdout.strip()
+        if origin != url:
+            raise RuntimeError(f"{folder} is a clone of {origin or 'nothing'}, not of {url}: "
+                               "set MODEL_DIR to another folder")
+        subprocess.run(["git", "fetch", "--depth", "1", "origin", branch], cwd=folder, check=True, env=env)
+        subprocess.run(["git", "reset", "--hard", "-q", "FETCH_HEAD"], cwd=folder, check=True, env=env)
+    elif folder.exists() and any(folder.iterdir()):
+        raise RuntimeError(f"{folder} already holds files that are not a clone of the model repo: "
+                           "set MODEL_DIR to another folder")
+    else:
         subprocess.run(["git", "clone", "--depth", "1", "--branch", branch, url, str(folder)], check=True, env=env)
     subprocess.run(["git", "lfs", "pull"], cwd=folder, check=True)
     for weights in list(folder.glob("*.safetensors")) + list(folder.glob("*.bin")):
@@ -75,13 +91,14 @@ class Assistant:
         self.model, self.tokenizer = load(folder)
         self.stop_ids = end_of_turn_ids(self.tokenizer)
 
-    def stream(self, message, history=(), max_new_tokens=256, temperature=0.0, top_p=0.9):
-        """Yield the reply so far, growing, as Gradio's ChatInterface expects."""
+    def stream(self, message, history=(), system="", max_new_tokens=256, temperature=0.0, top_p=0.9):
+        """Yield the reply so far, growing, as Gradio's ChatInterface expects; `system` is the system
+        prompt box (empty: the chat template's own default)."""
         import torch
         from transformers import TextIteratorStreamer
 
-        text = self.tokenizer.apply_chat_template(as_messages(message, history), tokenize=False,
-                                                  add_generation_prompt=True)
+        messages = as_messages(message, history, (system or "").strip())
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = torch.tensor([self.tokenizer.encode(text, add_special_tokens=False)], device=self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -113,11 +130,13 @@ class Assistant:
 def build_ui(assistant):
     import gradio as gr
 
-    settings = [gr.Slider(16, 1024, value=256, step=16, label="Max new tokens"),
+    settings = [gr.Textbox(value="", label="System prompt (optional)", lines=2,
+                           placeholder="Instructions for the assistant, e.g. Answer in one sentence."),
+                gr.Slider(16, 1024, value=256, step=16, label="Max new tokens"),
                 gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)"),
                 gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")]
     # With extra inputs, each example carries a value for every one of them.
-    examples = [[text] + [slider.value for slider in settings] for text in EXAMPLES] or None
+    examples = [[text] + [setting.value for setting in settings] for text in EXAMPLES] or None
     return gr.ChatInterface(assistant.stream, type="messages", title=TITLE, examples=examples,
                             additional_inputs=settings)
 
