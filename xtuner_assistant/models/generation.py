@@ -76,27 +76,118 @@ def replies(model, tokenizer, prompts: list[str], batch_size: int = 8, **setting
     return results
 
 
-def stream_reply(model, tokenizer, messages, **settings):
-    """Yield the reply piece by piece as it is generated."""
-    from transformers import TextIteratorStreamer
+class ContextError(ValueError):
+    """A prompt that does not fit in the model's context, even with every earlier turn left out."""
 
-    ids = torch.tensor([generation_prompt_ids(tokenizer, messages)], device=model.device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-                  **generation_kwargs(tokenizer, **settings))
-    errors = []
 
-    def run():
-        try:
-            with torch.inference_mode():
-                model.generate(**kwargs)
-        except BaseException as error:  # surfaced to the reader below, not lost in the thread
-            errors.append(error)
-            streamer.on_finalized_text("", stream_end=True)
+def context_length(model, tokenizer=None) -> int:
+    """How many tokens the model reads at most: its position limit (or the tokenizer's, when smaller)."""
+    config = model.config
+    limits = [getattr(config, key, None) for key in ("max_position_embeddings", "n_positions", "seq_length")]
+    limits = [int(limit) for limit in limits if isinstance(limit, int) and limit > 0]
+    from_tokenizer = getattr(tokenizer, "model_max_length", None)
+    if isinstance(from_tokenizer, int) and 0 < from_tokenizer < 10_000_000:
+        limits.append(from_tokenizer)
+    return min(limits) if limits else 2048
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    yield from streamer
-    thread.join()
-    if errors:
-        raise errors[0]
+
+def fit_to_context(tokenizer, messages: list[dict], context: int, max_new_tokens: int):
+    """What of `messages` (system?, turns..., the new question) is sent so the prompt fits the context.
+
+    The oldest turns are left out first; the system message and the new question always stay.
+    Returns (messages to send, prompt tokens, turns left out, max new tokens that still fit); raises
+    ContextError when the system message and the question alone do not fit."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):-1]
+    question = messages[-1:]
+    dropped = 0
+    while True:
+        kept = system + turns[dropped:] + question
+        tokens = len(generation_prompt_ids(tokenizer, kept))
+        if tokens < context:
+            return kept, tokens, dropped // 2, min(max_new_tokens, context - tokens)
+        if dropped >= len(turns):
+            raise ContextError(f"the question is {tokens:,} tokens with the chat template"
+                               f"{' and the system message' if system else ''}; this model reads at most "
+                               f"{context:,}. Shorten it.")
+        dropped += 2  # a question and its answer
+
+
+class _StopWhenSet:
+    """A StoppingCriteria that ends generation as soon as `event` is set (checked after every token)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class ReplyStream:
+    """One reply generated in a background thread. Iterate for the pieces as they come, or `take()`
+    what arrived so far without waiting; `stop()` ends generation within one token, so a reader that
+    goes away never leaves the model computing."""
+
+    def __init__(self, model, tokenizer, messages, stop_event: threading.Event | None = None, **settings):
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        self.stop_event = stop_event or threading.Event()
+        ids = torch.tensor([generation_prompt_ids(tokenizer, messages)], device=model.device)
+        self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=self.streamer,
+                      stopping_criteria=StoppingCriteriaList([_StopWhenSet(self.stop_event)]),
+                      **generation_kwargs(tokenizer, **settings))
+        self.errors: list[BaseException] = []
+        self.finished = False
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    model.generate(**kwargs)
+            except BaseException as error:  # surfaced to the reader, not lost in the thread
+                self.errors.append(error)
+                self.streamer.on_finalized_text("", stream_end=True)
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def take(self) -> str:
+        """The text that arrived since the last call, without waiting; sets `finished` at the end."""
+        import queue
+
+        pieces = []
+        while not self.finished:
+            try:
+                piece = self.streamer.text_queue.get_nowait()
+            except queue.Empty:
+                break
+            if piece is self.streamer.stop_signal:
+                self.finished = True
+                self._raise_error()
+            else:
+                pieces.append(piece)
+        return "".join(pieces)
+
+    def __iter__(self):
+        for piece in self.streamer:
+            yield piece
+        self.finished = True
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        self.thread.join()
+        if self.errors:
+            raise self.errors[0]
+
+
+def stream_reply(model, tokenizer, messages, stop_event: threading.Event | None = None, **settings):
+    """Yield the reply piece by piece as it is generated. Closing the generator early (a reader that
+    stops reading, Ctrl-C) stops the generation too."""
+    stream = ReplyStream(model, tokenizer, messages, stop_event, **settings)
+    try:
+        yield from stream
+    finally:
+        stream.stop()
