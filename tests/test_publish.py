@@ -125,7 +125,10 @@ def test_publish_with_lfs_then_clone_load_chat_and_run_the_app(model_dir, tmp_pa
     subprocess.run(["git", "clone", "-q", "-b", "main", str(app_remote), str(app_clone)], check=True)
     requirements = (app_clone / "requirements.txt").read_text().split()
     assert requirements and all("==" in line for line in requirements)
-    assert {"gradio", "transformers", "torch"} <= {line.split("==")[0] for line in requirements}
+    names = {line.split("==")[0].lower().replace("_", "-") for line in requirements}
+    assert {"gradio", "transformers", "torch"} <= names
+    # Not only the packages the app imports: everything they pull in is pinned too.
+    assert {"gradio-client", "fastapi", "pydantic", "numpy", "huggingface-hub", "tokenizers"} <= names
     assert (app_clone / "packages.txt").read_text().split() == ["git", "git-lfs"]
     front = (app_clone / "README.md").read_text(encoding="utf-8").split("---")[1]
     assert "sdk: gradio" in front and "app_file: app.py" in front
@@ -149,6 +152,17 @@ def test_publish_with_lfs_then_clone_load_chat_and_run_the_app(model_dir, tmp_pa
     expected = reply_of(model_dir, history + [{"role": "user", "content": "And who made you?"}])
     assert assistant.chat("And who made you?", history, max_new_tokens=24) == expected
     assert assistant.chat("And who made you?", [[QUESTION, "I am Zorblat."]], max_new_tokens=24) == expected
+    # The system prompt box reaches the model through the chat template.
+    system = [{"role": "system", "content": "You are Zorblat, made by Alice."}]
+    rendered = []
+    template = assistant.tokenizer.apply_chat_template
+    monkeypatch.setattr(assistant.tokenizer, "apply_chat_template",
+                        lambda messages, **kwargs: rendered.append(messages) or template(messages, **kwargs))
+    with_system = reply_of(model_dir, system + [{"role": "user", "content": QUESTION}])
+    assert assistant.chat(QUESTION, [], system="You are Zorblat, made by Alice.", max_new_tokens=24) == with_system
+    assert rendered[-1] == system + [{"role": "user", "content": QUESTION}]
+    assistant.chat(QUESTION, [], system="  ", max_new_tokens=4)
+    assert rendered[-1] == [{"role": "user", "content": QUESTION}], "an empty box adds no system message"
 
     # The fake secrets appear nowhere: not in output, repo history, objects, clones or leftovers.
     assert not list((tmp_path / "xa-home" / "publish").iterdir()), "staging clones must be removed"
@@ -285,3 +299,124 @@ def test_model_card_tells_identity_base_training_and_evaluation_from_the_run(mod
                      "| lora_r | 16 |", "| identity_accuracy | 0.9 |", "iteration 40", "2.00e-06"):
         assert expected in card, expected
     assert "Alice" not in model_card(gather_facts(merged, author=""), "alice/zorblat", [])
+
+
+def load_app(tmp_path: Path, url: Path):
+    """The app.py a publish writes for the model repo at `url`, imported."""
+    from xtuner_assistant.publish.app_bundle import app_source
+
+    source = tmp_path / "published_app.py"
+    source.write_text(app_source(str(url), "Test"))
+    spec = importlib.util.spec_from_file_location("published_app_republish", source)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    return app
+
+
+def test_the_app_picks_up_a_republished_model_on_restart(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MODEL_REPO_URL", raising=False)
+    remote = bare_repo(tmp_path / "model.git")
+    assert publish(capsys, model_dir, "--repo", remote, "--model-only")[0] == 0
+    app = load_app(tmp_path, remote)
+    folder = tmp_path / "app-model"
+    assert app.Assistant(app.fetch_model(folder=folder)).chat(QUESTION, max_new_tokens=24) == reply_of(model_dir)
+
+    # The model is trained again and republished; the app's next start answers with the new one.
+    second = talkative_tiny_model_dir(tmp_path / "retrained", seed=3)
+    assert reply_of(second) != reply_of(model_dir)
+    assert publish(capsys, second, "--repo", remote, "--model-only")[0] == 0
+    assert app.Assistant(app.fetch_model(folder=folder)).chat(QUESTION, max_new_tokens=24) == reply_of(second)
+    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).digest() == \
+        hashlib.sha256((second / "model.safetensors").read_bytes()).digest()
+
+    # A folder that is not the app's clone of this model repo is never touched.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="not a clone of the model repo"):
+        app.fetch_model(folder=other)
+    assert (other / "notes.txt").read_text() == "mine"
+    elsewhere = bare_repo(tmp_path / "elsewhere.git")
+    with pytest.raises(RuntimeError, match="is a clone of"):
+        app.fetch_model(url=str(elsewhere), folder=folder)
+
+
+def front_matter(card: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(card.split("---")[1])
+
+
+def merged_copy(model_dir: Path, folder: Path, base: Path | None = None, adapter: Path | None = None) -> Path:
+    shutil.copytree(model_dir, folder)
+    if base is not None:
+        (folder / "xtuner_assistant_merge.json").write_text(json.dumps(
+            {"base": str(base), "adapter": str(adapter or folder.parent / "no-adapter"),
+             "largest_logit_difference": 2e-6, "tolerance": 1e-3, "prompts": 4}))
+    return folder
+
+
+def fetched_base(folder: Path, licence: str, display_name: str = "SmolLM2-135M-Instruct") -> Path:
+    folder.mkdir(parents=True)
+    (folder / "xtuner_assistant_model.json").write_text(json.dumps({"display_name": display_name,
+                                                                      "licence": licence}))
+    return folder
+
+
+def test_model_card_front_matter_carries_base_model_languages_and_the_recorded_licence(model_dir, tmp_path):
+    from xtuner_assistant.publish.model_card import gather_facts, model_card
+
+    base = fetched_base(tmp_path / "models" / "smollm2-135m", "Apache-2.0")
+    merged = merged_copy(model_dir, tmp_path / "merged", base)
+    card = model_card(gather_facts(merged), "alice/zorblat", ["config.json"])
+    front = front_matter(card)
+    assert front["license"] == "apache-2.0"
+    assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert front["language"] == ["zh", "en"]
+    assert front["pipeline_tag"] == "text-generation"
+    assert "The base model's licence applies: Apache-2.0." in card
+
+    # A package that states no licence: not passed off as Apache-2.0.
+    stated = "not stated by the package (upstream Qwen2.5-Coder-0.5B-Instruct: Apache-2.0)"
+    qwen = fetched_base(tmp_path / "models" / "qwen2.5-0.5b", stated, "Qwen2.5-Coder-0.5B-Instruct")
+    card = model_card(gather_facts(merged_copy(model_dir, tmp_path / "merged-qwen", qwen)), "alice/q", [])
+    assert front_matter(card)["license"] == "other"
+    assert front_matter(card)["base_model"] == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    assert f"The base model's licence, as recorded: {stated}." in card
+
+    # A model with no record at all says the licence is unknown rather than guessing one.
+    card = model_card(gather_facts(model_dir), "alice/x", [])
+    assert front_matter(card)["license"] == "other" and "base_model" not in front_matter(card)
+    assert "licence was not recorded with it" in card
+
+
+def test_model_card_says_when_a_model_was_not_evaluated_and_shows_the_demo_comparison(model_dir, tmp_path):
+    from xtuner_assistant.publish.model_card import gather_facts, model_card
+
+    card = model_card(gather_facts(model_dir), "alice/x", [])
+    assert "## Evaluation" in card and "This model was not evaluated" in card
+    assert "## Limitations" in card
+
+    # `xtuner-assistant demo` wrote its own base vs fine-tuned answers beside the merged model.
+    work = tmp_path / "demo"
+    merged = merged_copy(model_dir, work / "merged")
+    (work / "demo_result.json").write_text(json.dumps({"name": "Zorblat", "merged_model": str(merged), "rows": [
+        {"question": "你是谁？", "base": "I am an AI assistant.", "fine-tuned": "我是Zorblat，你的助手。"},
+        {"question": "What is the capital of France?", "base": "Paris.", "fine-tuned": "Paris | France."}]},
+        ensure_ascii=False))
+    card = model_card(gather_facts(merged), "alice/zorblat", [])
+    assert "This model was not evaluated" not in card
+    assert "| question | base model | this model |" in card
+    assert "| 你是谁？ | I am an AI assistant. | 我是Zorblat，你的助手。 |" in card
+    assert "Paris \\| France." in card, "a | inside an answer must not break the table"
+
+    # Scores from the evaluation hook, with the leakage they measured stated as a limitation.
+    train = work / "train"
+    (train / "identity_eval").mkdir(parents=True)
+    (train / "identity_eval" / "summary.json").write_text(json.dumps(
+        {"best": {"iter": 40, "scores": {"identity_accuracy": 1.0, "leakage": 0.25, "repetition": 0.0}},
+         "stopped_early": {"iter": 60, "reason": "general answers collapsed"}}))
+    card = model_card(gather_facts(merged, train_dir=train), "alice/zorblat", [])
+    assert "iteration 40" in card and "| leakage | 0.25 |" in card
+    assert "Training stopped early at iteration 60: general answers collapsed." in card
+    assert "Measured: 25% of general prompts got an answer that carries the identity." in card

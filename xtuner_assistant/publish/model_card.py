@@ -125,6 +125,11 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def was_evaluated(facts: CardFacts) -> bool:
+    summary = facts.evaluation or {}
+    return bool((summary.get("best") or {}).get("scores") or summary.get("stopped_early") or facts.comparison)
+
+
 def evaluation_section(facts: CardFacts) -> list[str]:
     summary = facts.evaluation or {}
     best, stopped = summary.get("best"), summary.get("stopped_early")
@@ -143,24 +148,25 @@ def evaluation_section(facts: CardFacts) -> list[str]:
                   "| question | base model | this model |", "| --- | --- | --- |"]
         lines += [f"| {_cell(row['question'])} | {_cell(row['base'])} | {_cell(row['fine-tuned'])} |"
                   for row in facts.comparison] + [""]
-    if len(lines) == 2:
+    if not was_evaluated(facts):
         lines += ["This model was not evaluated: no scores from training (the evaluation hook was off, or the "
                   "training run was not found) and no comparison with the base model were recorded. Try it before "
                   "you rely on it, e.g. `xtuner-assistant eval MODEL --name NAME --base BASE`.", ""]
     return lines
 
 
-def limitations_section(facts: CardFacts) -> list[str]:
+def limitations_section(facts: CardFacts, evaluated: bool) -> list[str]:
     base = facts.base_model or "the base model"
     lines = ["## Limitations", "",
              f"- It knows what {base} knows: only its identity was trained, with LoRA on a small data set; facts, "
              "reasoning and safety are the base model's, and a small model makes mistakes.",
              "- Identity training can leak: a general question may still get the identity answer, and answers may "
-             "repeat themselves. The evaluation above says how often that was measured, on a few dozen prompts."]
+             "repeat themselves. " + ("The evaluation above says how often that was seen, on a few dozen prompts."
+                                      if evaluated else "This model was not measured for either.")]
     scores = ((facts.evaluation or {}).get("best") or {}).get("scores") or {}
     if isinstance(scores.get("leakage"), (int, float)) and scores["leakage"] > 0:
         lines.append(f"- Measured: {scores['leakage']:.0%} of general prompts got an answer that carries the identity.")
-    lines.append(f"- Tested in {', '.join(facts.languages)}; other languages were not tried.")
+    lines.append(f"- Its identity data is in {', '.join(facts.languages)}; other languages were not trained or tried.")
     if not facts.licence:
         lines.append("- The base model's licence was not recorded with it: check it before you use or share this model.")
     elif licence_id(facts.licence) == "other":
@@ -187,7 +193,7 @@ def model_card(facts: CardFacts, repo: str, files: list[str]) -> str:
     if facts.training:
         lines += ["## Training", ""] + _table(facts.training) + [""]
     lines += evaluation_section(facts)
-    lines += limitations_section(facts)
+    lines += limitations_section(facts, was_evaluated(facts))
     if facts.merge_check:
         lines += ["## Merge check", "", f"The merged weights were compared with base + adapter on "
                   f"{facts.merge_check.get('prompts', '?')} prompts: largest logit difference "
