@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 
@@ -82,3 +83,64 @@ def test_chat_says_what_is_wrong_with_the_model_or_image(tiny_llava, talkative_m
     assert f"{picture}: not an image" in error_of("chat", tiny_llava, "--image", picture, "--prompt", "hi")
     assert f"{tmp_path / 'missing.png'}: no such image file" in error_of("vqa", "chat", tiny_llava, "--image",
                                                                          tmp_path / "missing.png")
+
+
+def test_a_reader_that_stops_reading_stops_the_generation(talkative_model):
+    """The terminal's Ctrl-C and the web page's Stop both close the stream: the model stops computing
+    within a token instead of finishing the answer nobody reads."""
+    import threading
+
+    from xtuner_assistant.models.generation import ReplyStream, load_chat_model, stream_reply
+
+    model, tokenizer = load_chat_model(talkative_model, device="cpu")
+    messages = [{"role": "user", "content": QUESTION}]
+    produced = []
+    original = model.forward
+
+    def counting_forward(*args, **kwargs):
+        produced.append(1)
+        return original(*args, **kwargs)
+
+    model.forward = counting_forward
+    try:
+        stream = stream_reply(model, tokenizer, messages, max_new_tokens=400)
+        next(stream)
+        stream.close()
+        time.sleep(0.5)
+        after_close = len(produced)
+        time.sleep(0.5)
+        assert len(produced) == after_close < 400, "generation went on after the reader closed the stream"
+
+        stop = threading.Event()
+        reply = ReplyStream(model, tokenizer, messages, stop, max_new_tokens=400)
+        while not reply.take():
+            time.sleep(0.01)
+        stop.set()
+        reply.thread.join(timeout=10)
+        assert not reply.thread.is_alive()
+    finally:
+        model.forward = original
+
+
+def test_a_prompt_is_fitted_to_the_context_oldest_turns_first(talkative_model):
+    from xtuner_assistant.models.generation import ContextError, context_length, fit_to_context, load_chat_model
+
+    model, tokenizer = load_chat_model(talkative_model, device="cpu")
+    context = context_length(model, tokenizer)
+    assert context == 512, "the tiny model's max_position_embeddings"
+    system = {"role": "system", "content": "Be brief."}
+    turns = []
+    for number in range(6):
+        turns += [{"role": "user", "content": f"question {number} " + "cats and dogs " * 20},
+                  {"role": "assistant", "content": "answer " * 20}]
+    question = {"role": "user", "content": "And now?"}
+    kept, tokens, dropped, max_new = fit_to_context(tokenizer, [system, *turns, question], context, 256)
+    assert kept[0] == system and kept[-1] == question and dropped > 0
+    assert kept[1:-1] == turns[2 * dropped:], "the oldest turns go first, whole (question with its answer)"
+    assert tokens < context and max_new == min(256, context - tokens)
+
+    short = fit_to_context(tokenizer, [question], context, 256)
+    assert short[2] == 0 and short[3] == 256
+    with pytest.raises(ContextError, match=r"the question is [\d,]+ tokens with the chat template and the system "
+                                           r"message; this model reads at most 512"):
+        fit_to_context(tokenizer, [system, {"role": "user", "content": "cats and dogs " * 300}], context, 16)

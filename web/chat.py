@@ -166,9 +166,11 @@ def show_turn(turn: dict, column: int):
 def show_footer(footer, answer: dict) -> None:
     with footer:
         if answer["status"] == "stopped":
-            st.caption("⏹ stopped: this answer was cut short")
+            st.caption(":material/stop_circle: stopped: this answer was cut short")
         elif answer["status"] == "failed":
             st.error(answer["error"])
+        elif answer["status"] == "done" and not answer["text"]:
+            st.caption("no answer: the model ended its turn at once")
         if answer["text"]:
             with st.popover("Copy", help="the answer as plain text, with a copy button"):
                 st.code(answer["text"], language=None, wrap_lines=True)
@@ -212,7 +214,10 @@ def answer_turn(turn: dict, panels, models, plans, settings, outputs) -> None:
             model, tokenizer = models[column]
             streams.append(ReplyStream(model, tokenizer, plan["messages"], stop,
                                        **{**settings, "max_new_tokens": plan["max_new_tokens"]}))
+    for column, answer in enumerate(turn["answers"]):
+        outputs[column][0].markdown(answer["text"] or "…")
     completed = False
+    quiet_since = time.monotonic()
     try:
         while not all(stream.finished for stream in streams):
             for column, stream in enumerate(streams):
@@ -228,6 +233,12 @@ def answer_turn(turn: dict, panels, models, plans, settings, outputs) -> None:
                 if piece:
                     answer["text"] += piece
                     outputs[column][0].markdown(answer["text"])
+                    quiet_since = time.monotonic()
+            if time.monotonic() - quiet_since > 0.5:
+                # Nothing new for a while (a long prompt is being read): touching the page lets
+                # Streamlit deliver a Stop or a click now rather than at the next token.
+                outputs[0][0].markdown(turn["answers"][0]["text"] or "…")
+                quiet_since = time.monotonic()
             time.sleep(0.03)
         completed = True
     finally:
@@ -239,6 +250,8 @@ def answer_turn(turn: dict, panels, models, plans, settings, outputs) -> None:
     for column, answer in enumerate(turn["answers"]):
         if answer["text"]:
             outputs[column][0].markdown(answer["text"])
+        else:
+            outputs[column][0].empty()
         show_footer(outputs[column][1], answer)
 
 
@@ -286,9 +299,11 @@ def main() -> None:
     if sees_images:
         st.sidebar.caption("A LLaVA model answers greedily, each question about the image on its own: "
                            "of these settings only Max new tokens applies to it.")
-    system = st.sidebar.text_area("System message (optional)", value="",
-                                  help="Applies to the next answer as soon as you change it; empty: none").strip()
-    st.sidebar.caption("System message in use for the next answer." if system else "No system message.")
+    system = ""
+    if not all(panel["sees_images"] for panel in panels):  # a LLaVA model reads no system message
+        system = st.sidebar.text_area("System message (optional)", value="",
+                                      help="Applies to the next answer as soon as you change it; empty: none").strip()
+        st.sidebar.caption("System message in use for the next answer." if system else "No system message.")
     buttons = st.sidebar.columns(2)
     regenerate = buttons[0].button("Regenerate", help="answer the last question again, in every column")
     undo = buttons[1].button("Undo", help="remove the last question and its answers")
