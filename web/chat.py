@@ -1,7 +1,7 @@
 """The Chat page: the same question to every model, answered side by side.
 
 Each column is one model (the command line's MODEL and --compare, or a Train-page run's merged model
-beside its base, chosen with `?run=NAME`). A question appears in every column at once and the models
+beside its base, chosen with `?trained=NAME`). A question appears in every column at once and the models
 answer at the same time, each reply streamed through the model's own chat template
 (xtuner_assistant.models.generation). The columns share one list of turns, so they always hold the
 same conversation: a stopped answer is kept, cut short, in every column. Stop (the button in the chat
@@ -41,8 +41,8 @@ def one_line(error: BaseException) -> str:
 
 
 def panels_of(args) -> list[dict]:
-    """The columns: [{label, path, base}], from a Train-page run (?run=NAME) or the command line."""
-    run_name = st.query_params.get("run")
+    """The columns: [{label, path, base}], from a Train-page run (?trained=NAME) or the command line."""
+    run_name = st.query_params.get("trained")
     if run_name:
         try:
             run = training_runs.open_run(Path(args.runs), run_name)

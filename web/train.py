@@ -2,7 +2,7 @@
 
 A new run takes a name and author for the identity, a model (a packaged one from `model list`, or a
 folder) and a few settings. The run lives on disk (xtuner_assistant.serve.training_runs): a refresh
-or a closed tab leaves it running, and the page finds it again (`?run=NAME`). While it trains the page
+or a closed tab leaves it running, and the page finds it again (`/train?run=NAME`). While it trains the page
 shows a progress bar with the ETA, the live log, and the evaluation hook's held-out identity accuracy,
 leakage, repetition and retention as each evaluation arrives. Stop ends the whole training process
 group; Resume continues from the last checkpoint. When it is done, "Chat with the best checkpoint"
@@ -11,12 +11,14 @@ shows a dry run and then pushes the model (with its card) and its app.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import streamlit as st
 
+from xtuner_assistant.evaluation import records
 from xtuner_assistant.serve import training_runs as runs
 from xtuner_assistant.serve.web import page_arguments
 
@@ -28,7 +30,7 @@ CURVES = {  # history.jsonl key -> line name
     "retention": "retention",
 }
 DEFAULT_CONFIG = "smollm2_135m_lora_cpu_assistant.py"
-STATUS_TEXT = {"running": "🟢 running", "finished": "✅ finished", "stopped": "⏹ stopped", "failed": "❌ failed"}
+STATUS_COLOR = {"running": "blue", "finished": "green", "stopped": "orange", "failed": "red"}
 
 
 def shipped_configs() -> list[Path]:
@@ -117,11 +119,12 @@ def new_run_form(root: Path) -> None:
             from xtuner_assistant.models.zoo import get_model
 
             settings.setdefault("base_model", get_model(choice).display_name)
-        run = runs.start_run(root, run_name or name, config, path, settings)
+        run = runs.start_run(root, run_name.strip() or re.sub(r"[^\w.-]+", "-", name.strip()).strip("-.") or "run",
+                             config, path, settings)
     except runs.TrainRunError as error:
         st.error(str(error))
         return
-    st.query_params["run"] = run.name
+    st.session_state["select-run"] = run.name
     st.rerun()
 
 
@@ -143,9 +146,14 @@ def live_view(root: Path, name: str, shown_status: str) -> None:
     if progress.total:
         eta = f" · ETA {progress.eta}" if progress.eta and state == "running" else ""
         st.progress(progress.fraction, text=f"iteration {progress.iteration} of {progress.total}{eta}")
+    elif progress.iteration:
+        st.progress(1.0 if state == "finished" else 0.0, text=f"iteration {progress.iteration}")
     else:
         st.progress(0.0, text="starting: loading the model and preparing the data…" if state == "running"
                     else "no iteration logged")
+    stopped = (records.read_summary(run.work_dir) or {}).get("stopped_early")
+    if stopped:
+        st.warning(f"Evaluation hook: {stopped['message']}")
     points = runs.history(run)
     st.markdown("**Identity and leakage while training** (evaluation hook, held-out questions)")
     if points:
@@ -156,11 +164,11 @@ def live_view(root: Path, name: str, shown_status: str) -> None:
     else:
         st.caption("no evaluation yet: the first comes before training starts, then every N iterations")
     st.markdown("**Log**")
-    st.code("\n".join(runs.log_tail(run, 16_000).splitlines()[-30:]) or "(nothing yet)", language=None)
+    st.code("\n".join(runs.log_tail(run, 16_000).splitlines()[-30:]) or "(nothing yet)", language=None,
+            wrap_lines=True, height=420)
 
 
 def export_best(run: runs.Run) -> Path:
-    from xtuner_assistant.evaluation import records
     from xtuner_assistant.training.export import checkpoint_to_adapter, merge_adapter
 
     best = records.read_summary(run.work_dir).get("best") or {}
@@ -214,7 +222,8 @@ def run_view(root: Path, name: str) -> None:
         return
     state = runs.status(run)
     settings = run.state.get("settings", {})
-    st.subheader(f"{run.name} — {STATUS_TEXT.get(state, state)}")
+    st.subheader(run.name)
+    st.badge(state, color=STATUS_COLOR.get(state, "gray"))
     st.caption(f"{settings.get('name', '')} · model {run.state.get('model')} · {Path(run.state['config']).name} · "
                f"folder {run.folder}")
     buttons = st.columns(4)
@@ -241,7 +250,7 @@ def run_view(root: Path, name: str) -> None:
                     box.update(state="error", label="could not convert and merge")
                     st.error(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
                     return
-            st.switch_page("chat.py", query_params={"run": run.name})
+            st.switch_page("chat.py", query_params={"trained": run.name})
     if run.state.get("exported"):
         st.caption(f"merged model: {run.merged_dir} (from {run.state['exported']['checkpoint']})")
     st.fragment(live_view, run_every=2 if state == "running" else None)(root, name, state)
@@ -255,11 +264,20 @@ def main() -> None:
     st.title("Train your assistant")
     existing = runs.list_runs(root) if root.is_dir() else []
     names = [run.name for run in existing]
-    choice = st.query_params.get("run")
     options = ["New run"] + names
-    picked = st.sidebar.radio("Runs", options, index=options.index(choice) if choice in names else 0,
+    # The choice is kept here, not in the radio: a run's label changes with its status, which makes
+    # Streamlit build a new radio that would fall back to "New run". A run just started, or named in
+    # the URL on arrival, is selected.
+    if "select-run" in st.session_state:
+        st.session_state["picked-run"] = st.session_state.pop("select-run")
+    elif "picked-run" not in st.session_state:
+        st.session_state["picked-run"] = st.query_params.get("run", "New run")
+    if st.session_state["picked-run"] not in options:
+        st.session_state["picked-run"] = "New run"
+    picked = st.sidebar.radio("Runs", options, index=options.index(st.session_state["picked-run"]),
                               format_func=lambda n: n if n == "New run" else
                               f"{n} ({runs.status(next(r for r in existing if r.name == n))})")
+    st.session_state["picked-run"] = picked
     st.sidebar.caption(f"Runs are kept in {root.resolve()}; a run keeps training when the page is closed.")
     if picked == "New run":
         if "run" in st.query_params:

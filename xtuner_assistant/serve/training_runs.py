@@ -33,6 +33,8 @@ RUN_FILE = "run.json"
 LOG_FILE = "train.log"
 RUN_NAME = re.compile(r"[^\W][\w.-]{0,63}")  # letters (any script), digits, '_', '-', '.'; no '/' or leading '.'
 ITERATION = re.compile(r"Iter\(train\)\s*\[\s*(\d+)/(\d+)\]")
+# Lines that tell how far a run got between the logger's `Iter(train)` lines (every 10 iterations).
+REACHED = re.compile(r"Saving checkpoint at (\d+) iterations|IdentityEvalHook iter (\d+):")
 ETA = re.compile(r"eta:\s*((?:\d+ days?, )?\d+:\d\d:\d\d)")
 TAIL_BYTES = 64_000
 STOP_GRACE_SECONDS = 15
@@ -182,9 +184,17 @@ def is_alive(pid: int | None) -> bool:
     return True
 
 
+def reap() -> None:
+    """Collect the supervisors of this server that have ended, so none lingers as a zombie."""
+    for pid, child in list(_children.items()):
+        if child.poll() is not None:
+            _children.pop(pid)
+
+
 def status(run: Run) -> str:
     """running, finished, stopped or failed; a run whose supervisor vanished without a word failed
     (or was stopped, if Stop was asked for)."""
+    reap()
     state = run.state
     if state.get("status") == "running" and not is_alive(state.get("pid")):
         fresh = open_run(run.folder.parent, run.name).state  # the supervisor may have just written it
@@ -253,7 +263,8 @@ def log_tail(run: Run, size: int = TAIL_BYTES) -> str:
 
 
 def progress(run: Run, tail: str | None = None) -> Progress:
-    """Iterations done of the total and mmengine's ETA, from the newest `Iter(train) [N/TOTAL]` log line."""
+    """Iterations done of the total and mmengine's ETA, from the newest `Iter(train) [N/TOTAL]` log line
+    (the total) and the newest checkpoint or evaluation line (how far it got since)."""
     tail = log_tail(run) if tail is None else tail
     found = Progress()
     matches = list(ITERATION.finditer(tail))
@@ -262,6 +273,8 @@ def progress(run: Run, tail: str | None = None) -> Progress:
         found.iteration, found.total = int(last.group(1)), int(last.group(2))
         eta = ETA.search(tail, last.start())
         found.eta = eta.group(1) if eta else ""
+    for reached in REACHED.finditer(tail):
+        found.iteration = max(found.iteration, int(reached.group(1) or reached.group(2)))
     return found
 
 
