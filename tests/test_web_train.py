@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 from test_web import (answers, ask, browser, expected_reply, screenshot, start_page, stop, wait_for,  # noqa: F401 (fixture)
