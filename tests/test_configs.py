@@ -192,7 +192,9 @@ def test_settings_are_read_from_the_config_and_the_bases_it_names(tmp_path):
     (tmp_path / "mine.py").write_text('_base_ = ["./_base_/shared.py"]\n'
                                       'from xtuner_assistant.training.settings import required_setting, setting\n'
                                       'model_path = required_setting("model", "a folder")\nlr = setting("lr", 1e-3)\n')
-    assert declared_settings(tmp_path / "mine.py") == ["model", "lr", "seed"]
+    # Names in the order a reader meets them, with their literal defaults (a required one has none).
+    assert declared_settings(tmp_path / "mine.py") == {"model": None, "lr": 1e-3, "seed": 0}
+    assert list(declared_settings(tmp_path / "mine.py")) == ["model", "lr", "seed"]
 
 
 def test_another_model_is_not_told_it_is_built_on_smollm2(settings, tiny_model_dir):

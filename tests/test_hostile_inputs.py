@@ -150,7 +150,9 @@ def make_world(tmp_path: Path, tiny_model_dir: Path, adapter_source: Path) -> Pa
     config["base_model_name_or_path"] = str(tmp_path / "models" / "base")
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
     (tmp_path / "work").mkdir()
-    (tmp_path / "work" / "assistant.py").write_text(f"model_path = {str(tmp_path / 'models' / 'base')!r}\nname = 'Zorblat'\n")
+    # As `xtuner train` dumps it: every setting resolved, and the work dir it ran in.
+    (tmp_path / "work" / "assistant.py").write_text(f"model_path = {str(tmp_path / 'models' / 'base')!r}\nname = 'Zorblat'\n"
+                                                   f"work_dir = {str(tmp_path / 'work')!r}\n")
     (tmp_path / "work" / "iter_2.pth").write_bytes(b"PK\x03\x04 not a whole checkpoint")
     (tmp_path / "work" / "20260101_000000.log").write_text("the training log\n")
     (tmp_path / "precious").mkdir()

@@ -26,7 +26,10 @@ def fake_python(path: Path, version: str) -> Path:
 def checkout(tmp_path):
     if shutil.which("make") is None:
         pytest.skip("no make on this machine")
-    for name in ("Makefile", "pyproject.toml", "constraints.txt", "requirements-assets.txt"):
+    # The Makefile and every file its install targets depend on.
+    for name in ("Makefile", "pyproject.toml", "constraints.txt", "requirements-assets.txt",
+                 "xtuner_assistant/publish/openxlab-requirements.txt", "xtuner_assistant/compat.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, tmp_path / name)
     return tmp_path
 

@@ -14,7 +14,7 @@ from xtuner_assistant.models.folder import check_model_dir
 from xtuner_assistant.models.zoo import MODELS, get_model, model_display_name
 from xtuner_assistant.paths import check_output_dir, check_output_files, record_outputs, shipped, write_json_atomic
 from xtuner_assistant.training.export import checkpoint_to_adapter, merge_adapter
-from xtuner_assistant.training.settings import check_settings, check_training_inputs, parse_settings
+from xtuner_assistant.training.settings import check_training_inputs, parse_settings
 from xtuner_assistant.training.xtuner_tools import run_tool
 
 CONFIG = "smollm2_135m_lora_cpu_assistant.py"
@@ -86,7 +86,6 @@ def run_demo(name: str, author: str = "", model_name: str = "smollm2-135m", work
              config: Path | None = None, settings: dict | None = None, force: bool = False) -> Path:
     started = time.monotonic()
     config = Path(config) if config else shipped("configs") / CONFIG
-    check_settings(config, settings or {})
     work_dir = Path(work_dir).resolve()
     if work_dir.exists() and not work_dir.is_dir():
         raise DemoError(f"--work-dir {work_dir}: is a file, not a folder; choose another work dir")

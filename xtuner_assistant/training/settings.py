@@ -91,7 +91,8 @@ def declared_settings(config: str | os.PathLike) -> dict[str, object]:
             if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None))
                     in SETTING_FUNCTIONS and node.args and isinstance(node.args[0], ast.Constant)
                     and isinstance(node.args[0].value, str)):
-                default = node.args[1] if len(node.args) > 1 else None
+                function = getattr(node.func, "id", getattr(node.func, "attr", None))
+                default = node.args[1] if function == "setting" and len(node.args) > 1 else None  # not a hint
                 value = default.value if isinstance(default, ast.Constant) else None
                 declared.setdefault(node.args[0].value, value)
         pending += [path.parent / base for base in Config._get_base_files(str(path))]
