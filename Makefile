@@ -10,7 +10,7 @@ PYTHON_RANGE := import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 1
 PYTHON_NEEDED := xtuner-assistant needs Python >= 3.11 and < 3.13: its pinned dependencies need 3.11 or newer (numpy, streamlit, matplotlib) and XTuner 0.2.0 needs older than 3.13.
 STARTUP := $(VENV)/.startup-fix
 
-.PHONY: install python-check demo test test-fast clean
+.PHONY: install python-check demo test test-fast test-extra clean
 
 install: python-check $(STAMP) $(STARTUP)
 
@@ -47,6 +47,9 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-extra: install
+	$(BIN)/python -m pytest -q -m extra
 
 clean:
 	rm -rf $(VENV) work_dirs .pytest_cache
