@@ -47,6 +47,10 @@ seed = setting("seed", 0)
 quantize_4bit = setting("quantize_4bit", True)  # nf4 needs a CUDA GPU; false: plain LoRA
 dtype = setting("dtype", "bfloat16")  # float32 (with quantize_4bit=false) trains on a CPU
 flex_attention = setting("flex_attention", False)  # CUDA: skip attention between packed conversations (not yet measured)
+# CUDA: Liger Kernel's fused RMSNorm/SwiGLU/RoPE and torch.compile of each decoder layer (fewer kernel
+# launches, docs/gpu.md); auto = on where there is a GPU, false = the model's own code, eagerly.
+fused_kernels = setting("fused_kernels", "auto")
+compile_layers = setting("compile_layers", "auto")
 
 #######################################################################
 #                      PART 2  Model & Tokenizer                      #
@@ -60,6 +64,8 @@ model = dict(
     use_varlen_attn=False,
     use_activation_checkpointing=True,
     flex_attention=flex_attention,
+    fused_kernels=fused_kernels,
+    compile_layers=compile_layers,
     llm=dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=model_path,
              trust_remote_code=True, torch_dtype=f"torch.{dtype}",
              # SDPA honours the per-conversation mask of packed rows; flash-attn 2 would ignore it.

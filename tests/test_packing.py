@@ -264,3 +264,15 @@ def test_under_autocast_float32_attention_inputs_take_the_varlen_route_in_half_p
     router.route_used = None
     router(query, query, query, attn_mask=torch.zeros(()).expand(1, 1, 32, 32))  # no autocast: float32 stays dense
     assert router.route_used == "dense"
+
+
+def test_speed_ups_are_off_on_the_cpu_unless_required_and_then_say_why(tiny_model_dir):
+    finetune = packed_finetune(tiny_model_dir)  # the configs' "auto"
+    assert torch.isfinite(finetune(packed_batch(), mode="loss")["loss"])
+    assert finetune.speed_ups == {"fused_kernels": None, "compiled_layers": 0}
+    for field in ("fused_kernels", "compile_layers"):
+        required = packed_finetune(tiny_model_dir, **{field: "true"})  # as `--set fused_kernels=true` gives it
+        with pytest.raises(RuntimeError, match=f"model.{field}=True needs training on a CUDA GPU"):
+            required(packed_batch(), mode="loss")
+    with pytest.raises(ValueError, match="expected auto, true or false"):
+        packed_finetune(tiny_model_dir, compile_layers="fast")

@@ -14,7 +14,9 @@ InternLM2's 92,544 words, plus their gradient) cap how many tokens fit in a step
   each RMSNorm then returns float32, the residual stream runs in float32 and autocast casts every
   linear's input back, ~1,900 activation-sized copies a step. Keeping them made one InternLM2-1.8B
   step 1.4x faster at 0.73x the memory (docs/BENCHMARKS.md); their values are the loaded ones
-  either way, and the LoRA weights, the only ones trained, stay float32.
+  either way, and the LoRA weights, the only ones trained, stay float32;
+- on a CUDA model's first step, Liger Kernel's fused RMSNorm/SwiGLU/RoPE and compiled decoder layers
+  (fused_kernels.py): the step is bound by launching kernels, and these launch far fewer.
 The loss is the same token-mean cross-entropy as `SupervisedFinetune` (tests/test_packing.py).
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ from xtuner.model import SupervisedFinetune
 from xtuner_assistant.chat_template import IGNORE_INDEX
 from xtuner_assistant.data.packing import block_diagonal_causal_mask
 from xtuner_assistant.training.document_attention import DocumentAttention
+from xtuner_assistant.training.fused_kernels import compile_decoder_layers, fuse_decoder, liger_kernels
 
 # Small enough that the logits of a chunk stay a small share of peak memory, large enough to keep
 # the GPU busy: 1024 cost more memory for no speed (docs/BENCHMARKS.md).
@@ -67,15 +70,33 @@ def causal_lm_parts(llm) -> tuple[torch.nn.Module, torch.nn.Module]:
     return decoder, model.get_output_embeddings()
 
 
+def _auto_or_bool(field: str, value) -> bool | str:
+    """A setting's "auto" / True / False, also as the text a config setting or --set gives."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"model.{field}={value!r}: expected auto, true or false")
+
+
 class PackedSupervisedFinetune(SupervisedFinetune):
     """`SupervisedFinetune` whose batches may carry `document_ids` (from `packed_collate_fn`)."""
 
     loss_chunk_tokens = LOSS_CHUNK_TOKENS
 
-    def __init__(self, *args, flex_attention: bool = False, frozen_in_bfloat16: bool = True, **kwargs):
+    def __init__(self, *args, flex_attention: bool = False, frozen_in_bfloat16: bool = True,
+                 fused_kernels: bool | str = "auto", compile_layers: bool | str = "auto", **kwargs):
+        """`fused_kernels` / `compile_layers`: "auto" = on when training on a CUDA GPU (fused kernels
+        also need Liger Kernel installed), True = required (an error where they cannot be had), False = off."""
+        fused_kernels, compile_layers = _auto_or_bool("fused_kernels", fused_kernels), _auto_or_bool("compile_layers", compile_layers)
         self.frozen_in_bfloat16 = frozen_in_bfloat16  # read by _prepare_for_lora, during super().__init__
         super().__init__(*args, **kwargs)
         self.flex_attention = flex_attention
+        self.fused_kernels, self.compile_layers = fused_kernels, compile_layers
+        self.speed_ups = None  # what _apply_speed_ups did, on the first step
 
     def _prepare_for_lora(self, peft_model=None, use_activation_checkpointing=True):
         loaded_in_bfloat16 = {id(p) for p in self.llm.parameters() if p.dtype == torch.bfloat16}
@@ -96,8 +117,34 @@ class PackedSupervisedFinetune(SupervisedFinetune):
             cfg["config"] = config
         return cfg
 
+    def _apply_speed_ups(self, on_cuda: bool) -> dict:
+        """Fused kernels and compiled layers, once, on the first step (the model is on its device by then)."""
+        done = {"fused_kernels": None, "compiled_layers": 0}
+        for field in ("fused_kernels", "compile_layers"):
+            if getattr(self, field) is True and not on_cuda:
+                raise RuntimeError(f"model.{field}=True needs training on a CUDA GPU; set it to \"auto\" or False")
+        if self.fused_kernels and on_cuda:
+            try:
+                kernels = liger_kernels()
+            except ImportError as error:
+                if self.fused_kernels is True:
+                    raise RuntimeError(f"model.fused_kernels=True needs Liger Kernel ({error}): "
+                                       "pip install liger-kernel, or set it to \"auto\" or False") from error
+            else:
+                done["fused_kernels"] = fuse_decoder(self.llm, kernels)
+        if self.compile_layers and on_cuda:
+            done["compiled_layers"] = compile_decoder_layers(self.llm)
+        if done["fused_kernels"] or done["compiled_layers"]:
+            from mmengine.logging import print_log
+
+            print_log(f"PackedSupervisedFinetune: fused kernels {done['fused_kernels']}, "
+                      f"compiled decoder layers {done['compiled_layers']}", logger="current")
+        return done
+
     def compute_loss(self, data, data_samples=None):
         data = dict(data)
+        if self.speed_ups is None:
+            self.speed_ups = self._apply_speed_ups(data["input_ids"].is_cuda)
         labels = data.pop("labels")
         document_ids = data.pop("document_ids", None)
         decoder, head = causal_lm_parts(self.llm)

@@ -1,0 +1,127 @@
+"""The GPU speed-ups' logic, on the CPU: fused kernels go only where they give the module's own
+answer, and compiled layers serve training but never generation. Liger's Triton kernels need a GPU,
+so the CPU tests swap in the same math written in torch (`REFERENCE`); the GPU run that measures the
+real ones is in docs/BENCHMARKS.md."""
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from xtuner_assistant.training.fused_kernels import Kernels, compile_decoder_layers, fuse_decoder, liger_kernels
+
+
+def rotate_half(x):
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def reference_rms_norm(hidden, weight, eps):
+    variance = hidden.float().pow(2).mean(-1, keepdim=True)
+    return weight * (hidden.float() * torch.rsqrt(variance + eps)).to(hidden.dtype)
+
+
+def reference_rope(q, k, cos, sin):
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+REFERENCE = Kernels(rms_norm=reference_rms_norm, silu_mul=lambda gate, up: F.silu(gate) * up, rope=reference_rope)
+
+
+@pytest.fixture
+def restore_rope():
+    """fuse_decoder replaces the modeling module's apply_rotary_pos_emb; put every one back."""
+    saved = {name: module.apply_rotary_pos_emb for name, module in list(sys.modules.items())
+             if callable(getattr(module, "apply_rotary_pos_emb", None))}
+    yield
+    for name, function in saved.items():
+        sys.modules[name].apply_rotary_pos_emb = function
+
+
+@pytest.fixture(scope="module")
+def internlm2_dir(tiny_model_dir, tmp_path_factory):
+    from xtuner_assistant.models.stand_ins import random_internlm2_chat
+
+    return random_internlm2_chat(tmp_path_factory.mktemp("internlm2") / "model", tiny_model_dir, real_shape=False)
+
+
+def load(model_dir):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, attn_implementation="sdpa").eval()
+
+
+def logits(model, ids=torch.tensor([[3, 17, 42, 7, 99, 5, 64, 12]])):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("architecture", ["llama", "internlm2"])
+def test_fused_kernels_replace_every_norm_mlp_and_rope_and_keep_the_answers(tiny_model_dir, internlm2_dir,
+                                                                           architecture, restore_rope):
+    model = load(tiny_model_dir if architecture == "llama" else internlm2_dir)
+    layers = model.config.num_hidden_layers
+    before = logits(model)
+    counts = fuse_decoder(model, REFERENCE)
+    assert counts == {"rms_norm": 2 * layers + 1, "swiglu": layers, "rope_modules": 1, "kept_own": []}
+    modeling = sys.modules[type(model.model.layers[0]).__module__]
+    assert getattr(modeling.apply_rotary_pos_emb, "fused_by_xtuner_assistant", False)
+    assert torch.allclose(logits(model), before, atol=1e-5)
+
+
+def test_a_kernel_that_disagrees_with_the_module_is_not_used(tiny_model_dir, restore_rope):
+    model = load(tiny_model_dir)
+    before = logits(model)
+    wrong = Kernels(rms_norm=lambda hidden, weight, eps: reference_rms_norm(hidden, weight, 1.0),  # another eps
+                    silu_mul=lambda gate, up: torch.relu(gate) * up,
+                    rope=lambda q, k, cos, sin: reference_rope(q, k, cos, -sin))  # the other direction
+    counts = fuse_decoder(model, wrong)
+    assert counts["rms_norm"] == counts["swiglu"] == counts["rope_modules"] == 0
+    assert len(counts["kept_own"]) == 2 * 2 + 1 + 2 + 1
+    assert torch.equal(logits(model), before)
+
+
+def test_a_rope_of_another_convention_keeps_its_own_code(tiny_model_dir, restore_rope, monkeypatch):
+    """Some InternLM2 releases gather cos[position_ids] inside apply_rotary_pos_emb; Liger's kernel
+    takes cos per position. Same name, other contract: it must not be replaced."""
+    model = load(tiny_model_dir)
+    modeling = sys.modules[type(model.model.layers[0]).__module__]
+
+    def gathering_rope(q, k, cos, sin, position_ids, unsqueeze_dim=1):
+        cos, sin = cos[position_ids].unsqueeze(unsqueeze_dim), sin[position_ids].unsqueeze(unsqueeze_dim)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+    monkeypatch.setattr(modeling, "apply_rotary_pos_emb", gathering_rope)
+    counts = fuse_decoder(model, REFERENCE)
+    assert counts["rope_modules"] == 0 and any("apply_rotary_pos_emb" in kept for kept in counts["kept_own"])
+    assert modeling.apply_rotary_pos_emb is gathering_rope
+
+
+def test_liger_kernels_that_cannot_run_here_leave_the_model_as_it_was(tiny_model_dir, restore_rope):
+    """On the CPU Triton has no device: each check fails, nothing is swapped, the model still answers."""
+    model = load(tiny_model_dir)
+    before = logits(model)
+    counts = fuse_decoder(model, liger_kernels())
+    assert counts["rms_norm"] == counts["swiglu"] == counts["rope_modules"] == 0
+    assert torch.equal(logits(model), before)
+
+
+def test_compiled_layers_train_and_generation_runs_them_eagerly(tiny_model_dir):
+    model = load(tiny_model_dir)
+    before = logits(model)
+    assert compile_decoder_layers(model, backend="eager") == model.config.num_hidden_layers
+    assert compile_decoder_layers(model, backend="eager") == 0  # twice is once
+    calls = []
+    for layer in model.model.layers:
+        compiled = layer._compiled_forward
+        layer._compiled_forward = lambda *a, _compiled=compiled, **k: calls.append(1) or _compiled(*a, **k)
+    model.eval()
+    assert torch.allclose(logits(model), before, atol=1e-6) and calls == []
+    model.generate(torch.tensor([[3, 17, 42]]), max_new_tokens=3, do_sample=False)
+    assert calls == []
+    model.train()
+    loss = model(input_ids=torch.tensor([[3, 17, 42, 7]]), labels=torch.tensor([[3, 17, 42, 7]])).loss
+    loss.backward()
+    assert len(calls) == model.config.num_hidden_layers and torch.isfinite(loss)
