@@ -43,7 +43,7 @@ class IdentityEvalHook(Hook):
 
     def __init__(self, name: str, author: str = "", base_model: str = "", seed: int = 0,
                  held_out_fraction: float = 0.25, languages=LANGUAGES, every_n_iters: int = 25,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, patience: int = 2,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 0, patience: int = 2,
                  collapse_threshold: float = metrics.Thresholds.collapse,
                  repetition_threshold: float = metrics.Thresholds.repetition,
                  repetition_margin: float = metrics.Thresholds.repetition_margin,

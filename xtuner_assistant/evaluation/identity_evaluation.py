@@ -26,10 +26,13 @@ def general_eval_prompts() -> list[dict]:
     return items
 
 
+CPU_BATCH_SIZE = 16
+
+
 class IdentityEvaluation:
     def __init__(self, name: str, author: str = "", base_model: str = "", seed: int = 0,
                  held_out_fraction: float = 0.25, languages=LANGUAGES, identity_sentences=(),
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16):
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 0):
         self.phrasebook = IdentityPhrasebook(Identity(name, author, base_model), seed, held_out_fraction, languages)
         self.name = self.phrasebook.identity.name
         self.identity_items = self.phrasebook.held_out()
@@ -37,7 +40,7 @@ class IdentityEvaluation:
         self.identity_sentences += list(identity_sentences)
         self.general_items = general_eval_prompts()
         self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # 0: every prompt in one batch on a GPU, CPU_BATCH_SIZE on a CPU
 
     @property
     def identity_prompts(self) -> list[str]:
@@ -52,7 +55,10 @@ class IdentityEvaluation:
         from xtuner_assistant.models.generation import replies
 
         def generate(prompts, max_new_tokens):
-            return replies(model, tokenizer, prompts, batch_size=self.batch_size, max_new_tokens=max_new_tokens)
+            # A decoding step on a GPU costs about the same for 1 or 100 sequences (it waits on launches),
+            # so one batch takes the fewest steps; on a CPU the arithmetic grows with the batch.
+            batch_size = self.batch_size or (len(prompts) if model.device.type == "cuda" else CPU_BATCH_SIZE)
+            return replies(model, tokenizer, prompts, batch_size=max(1, batch_size), max_new_tokens=max_new_tokens)
 
         return generate
 
