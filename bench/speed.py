@@ -266,27 +266,37 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
     return result
 
 
-def evaluation_seconds(model, tokenizer_dir: Path, device: str, max_new_tokens: int) -> float:
-    """Wall time of one evaluation: greedy answers to the tutorial's three questions."""
+def evaluation_seconds(model, tokenizer_dir: Path, max_new_tokens: int, batch_size: int) -> dict:
+    """Wall time of one pass of the evaluation hook's generation (IdentityEvalHook: the held-out identity
+    questions and the general prompts, greedy, `max_new_tokens`), the way the hook runs it."""
     import torch
     from transformers import AutoTokenizer
 
-    from xtuner_assistant.chat_template import generation_prompt_ids
+    from xtuner_assistant.evaluation.hook import _inference
+    from xtuner_assistant.evaluation.identity_evaluation import IdentityEvaluation
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    llm = model.llm
-    llm.eval()
-    llm.config.use_cache = True
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for question in TUTORIAL_INPUTS:
-            ids = torch.tensor([generation_prompt_ids(tokenizer, [{"role": "user", "content": question}])], device=device)
-            llm.generate(input_ids=ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False)
-    if device == "cuda":
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=True)
+    evaluation = IdentityEvaluation("小菜鸡", base_model="InternLM2-Chat-1.8B", max_new_tokens=max_new_tokens,
+                                    batch_size=batch_size)
+    prompts = evaluation.identity_prompts + evaluation.general_prompts
+    with _inference(model):
         torch.cuda.synchronize()
-    llm.config.use_cache = False
-    llm.train()
-    return time.perf_counter() - start
+        start = time.perf_counter()
+        evaluation.generator(model.llm, tokenizer)(prompts, max_new_tokens)
+        torch.cuda.synchronize()
+    return {"seconds": round(time.perf_counter() - start, 2), "prompts": len(prompts), "batch_size": batch_size or len(prompts)}
+
+
+def compile_counters() -> dict:
+    """torch.compile's counts so far: graphs made and recompilations (a recompiling layer is slow)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return {}
+    return {"unique_graphs": counters["stats"].get("unique_graphs", 0),
+            "calls_captured": counters["stats"].get("calls_captured", 0),
+            "recompiles": sum(counters["recompiles"].values()) if "recompiles" in counters else None,
+            "graph_breaks": sum(counters["graph_break"].values())}
 
 
 def release() -> None:
@@ -299,22 +309,23 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
-def our_arms(args) -> list[tuple[int, int, str, bool]]:
-    """(pack tokens, loss chunk, dtype, frozen weights upcast) of each run of ours: `--ours` names them
-    one by one, else every pack size with every loss chunk, in bfloat16. `upcast` is the model before
-    the frozen weights were kept in bfloat16 (PEFT's float32 upcast), for the before/after comparison."""
+def our_arms(args) -> list[tuple[int, int, str, str]]:
+    """(pack tokens, loss chunk, dtype, variant) of each run of ours: `--ours` names them one by one, else
+    every pack size with every loss chunk, in bfloat16. Variant "upcast" is the model before the frozen
+    weights were kept in bfloat16 (PEFT's float32 upcast), "eager" the model before fused kernels and
+    compiled layers, "" the config as shipped."""
     if not args.ours:
-        return [(pack, chunk, "bfloat16", False) for pack in args.pack_tokens for chunk in args.loss_chunk_tokens]
+        return [(pack, chunk, "bfloat16", "") for pack in args.pack_tokens for chunk in args.loss_chunk_tokens]
     arms = []
     for spec in args.ours:
         fields = spec.split(":")
-        upcast = fields[-1] == "upcast"
-        fields = fields[:-1] if upcast else fields
+        variant = fields[-1] if fields[-1] in ("upcast", "eager") else ""
+        fields = fields[:-1] if variant else fields
         if not 1 <= len(fields) <= 3 or not all(f.isdigit() for f in fields[:2]) or \
                 (len(fields) == 3 and fields[2] not in ("bfloat16", "float16")):
-            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast], e.g. 4096:256:float16")
+            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager], e.g. 4096:256:float16")
         arms.append((int(fields[0]), int(fields[1]) if len(fields) > 1 else 0,
-                     fields[2] if len(fields) > 2 else "bfloat16", upcast))
+                     fields[2] if len(fields) > 2 else "bfloat16", variant))
     return arms
 
 
@@ -350,12 +361,16 @@ def run(args) -> dict:
     stock_config = tutorial_stock_config(model_dir, data, work / "internlm2_chat_1_8b_qlora_alpaca_e3_tutorial.py")
     recipes = [(f"stock XTuner (tutorial config){' seed ' + str(seed) if seed else ''}", stock_config, {}, seed, None, {})
                for seed in args.stock_seeds]
-    for pack, chunk, dtype, upcast in our_arms(args):
+    variants = {"": ({}, ""), "upcast": ({"model.frozen_in_bfloat16": False, "model.fused_kernels": False,
+                                          "model.compile_layers": False}, ", frozen weights upcast, eager"),
+                "eager": ({"model.fused_kernels": False, "model.compile_layers": False}, ", eager: no fused kernels, no compile")}
+    for pack, chunk, dtype, variant in our_arms(args):
+        cfg_options, described = variants[variant]
         recipes.append((f"ours (pack_tokens={pack}, loss chunk {chunk}{', ' + dtype if dtype != 'bfloat16' else ''}"
-                        f"{', frozen weights upcast' if upcast else ''})", OUR_CONFIG, {
+                        f"{described})", OUR_CONFIG, {
             "XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0", "XA_REPLAY_RATIO": "0",
             "XA_PACK_TOKENS": str(pack), "XA_ACCUMULATIVE_COUNTS": str(max(1, args.tokens_per_step // pack)),
-            "XA_MAX_LENGTH": "1024", "XA_DTYPE": dtype}, 0, chunk, {"model.frozen_in_bfloat16": False} if upcast else {}))
+            "XA_MAX_LENGTH": "1024", "XA_DTYPE": dtype}, 0, chunk, cfg_options))
     for label, config, env, seed, chunk, cfg_options in recipes:
         torch.manual_seed(seed)
         model, dataset, collate, optim_wrapper, batch_size = build(config, env, smoke, cfg_options)
@@ -374,12 +389,17 @@ def run(args) -> dict:
         router = document_attention._document_attention  # installed by our model's first packed step on CUDA
         if "ours" in label and router is not None and router.route_used:
             result["attention_route"] = router.route_used
-        if args.eval_new_tokens and not smoke:
-            one = evaluation_seconds(model, model_dir, device, args.eval_new_tokens)
-            # The tutorial evaluates every 300 steps of 1024 tokens: that much training per evaluation.
-            train_seconds = 300 * 1024 / result["real_tokens_per_s"]
-            result["evaluation"] = {"seconds": round(one, 2), "new_tokens_per_answer": args.eval_new_tokens,
-                                    "share_of_wall_time_every_300x1024_tokens": round(one / (one + train_seconds), 4)}
+        if label.startswith("ours") and device == "cuda":
+            result["torch_compile"] = compile_counters()
+        if args.eval_new_tokens and not smoke and label.startswith("ours"):
+            # The config evaluates every `evaluation_freq` optimizer steps (50): that much training per pass.
+            train_seconds = args.evaluation_freq * optim_wrapper._accumulative_counts * result["step_ms"] / 1000
+            result["evaluation"] = {"new_tokens_per_answer": args.eval_new_tokens, "every_n_steps": args.evaluation_freq,
+                                    "training_seconds_between": round(train_seconds, 2)}
+            for batch_size in (16, 0):  # before: 16 prompts a batch; now: all in one on a GPU
+                one = evaluation_seconds(model, model_dir, args.eval_new_tokens, batch_size)
+                one["share_of_wall_time"] = round(one["seconds"] / (one["seconds"] + train_seconds), 4)
+                result["evaluation"]["one_batch" if batch_size == 0 else "batches_of_16"] = one
         results["runs"].append(result)
         del model, dataset, optim_wrapper
         release()
@@ -480,7 +500,8 @@ def main() -> None:
                        help="keep the data file's last N conversations out of training and score each recipe "
                        "on them, one conversation at a time (the comparable loss; see heldout_scorer)")
     bench.add_argument("--heldout-points", type=int, default=4, help="held-out scores during training, besides the start")
-    bench.add_argument("--eval-new-tokens", type=int, default=100)
+    bench.add_argument("--eval-new-tokens", type=int, default=96, help="the hook's max_new_tokens (the config's 96)")
+    bench.add_argument("--evaluation-freq", type=int, default=50, help="optimizer steps between evaluations (the config's)")
     bench.add_argument("--shape-overrides", default="", help="JSON, e.g. a tiny shape for a CPU smoke run")
     bench.add_argument("--smoke", action="store_true", help="CPU, float32, no 4-bit: checks the harness only")
     drawing = verbs.add_parser("plot", help="draw the loss curves of a results file")

@@ -16,13 +16,13 @@ def arms(ours=(), packs=(8192,), chunks=(0,)):
 
 
 def test_runs_of_ours_are_named_one_by_one_or_made_from_every_pack_and_chunk():
-    assert arms(["4096:256", "4096:256:float16", "2048", "3072:256:upcast"]) == [
-        (4096, 256, "bfloat16", False), (4096, 256, "float16", False), (2048, 0, "bfloat16", False),
-        (3072, 256, "bfloat16", True)]
+    assert arms(["4096:256", "4096:256:float16", "2048", "3072:256:upcast", "3072:256:eager"]) == [
+        (4096, 256, "bfloat16", ""), (4096, 256, "float16", ""), (2048, 0, "bfloat16", ""),
+        (3072, 256, "bfloat16", "upcast"), (3072, 256, "bfloat16", "eager")]
     assert arms(packs=(4096, 8192), chunks=(256, 1024)) == [
-        (4096, 256, "bfloat16", False), (4096, 1024, "bfloat16", False), (8192, 256, "bfloat16", False),
-        (8192, 1024, "bfloat16", False)]
-    for wrong in ("4096:256:float32", "big", "4096:256:float16:x", "upcast", "4096:upcast:256"):
+        (4096, 256, "bfloat16", ""), (4096, 1024, "bfloat16", ""), (8192, 256, "bfloat16", ""),
+        (8192, 1024, "bfloat16", "")]
+    for wrong in ("4096:256:float32", "big", "4096:256:float16:x", "upcast", "4096:upcast:256", "eager:4096"):
         with pytest.raises(SystemExit, match="PACK\\[:CHUNK"):
             arms([wrong])
 
