@@ -107,12 +107,14 @@ fused() {  # issue 14: fused kernels + compiled layers (the configs' default now
   local t0=$SECONDS
   install_wheels
   [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
+  # The log goes straight to $OUT: each run's JSON line is there even if the call is cut short.
   timeout ${FUSED_TIMEOUT:-540} python3 bench/speed.py run --data $STASH/.gpu/bench_data.json --tokenizer $STASH/.gpu/tokenizer \
     --model-dir $W/internlm2 --work $W/bench --out $OUT/speed_fused.json --real-tokens ${BENCH_TOKENS:-196608} \
-    --tokens-per-step 3072 --stock-seeds 0 --ours ${FUSED_ARMS:-3072:256:eager 3072:256} \
-    --heldout 200 --heldout-points 4 >$W/fused.log 2>&1 || { note "speed.py failed"; tail -30 $W/fused.log | tee -a "$OUT/summary.txt"; }
-  sed -n '/^NVIDIA\|recipe \|^stock\|^ours\|^loss at\|^  /p' $W/fused.log | tail -14 | tee -a "$OUT/summary.txt"
-  grep -E "recompil|graph break|Warning|fused kernels" $W/fused.log | sort | uniq -c | sort -rn | head -12 | cut -c1-300 | tee -a "$OUT/summary.txt"
+    --tokens-per-step 3072 --stock-seeds ${FUSED_STOCK_SEEDS-0} --ours ${FUSED_ARMS:-3072:256 3072:256:eager} \
+    --heldout ${FUSED_HELDOUT:-200} --heldout-points ${FUSED_HELDOUT_POINTS:-4} >$OUT/fused.log 2>&1 \
+    || { note "speed.py failed"; tail -30 $OUT/fused.log | tee -a "$OUT/summary.txt"; }
+  sed -n '/^NVIDIA\|recipe \|^stock\|^ours\|^loss at\|^  /p' $OUT/fused.log | tail -14 | tee -a "$OUT/summary.txt"
+  grep -E "recompil|graph break|Warning|fused kernels" $OUT/fused.log | sort | uniq -c | sort -rn | head -12 | cut -c1-300 | tee -a "$OUT/summary.txt"
   note "fused speed in $((SECONDS - t0)) s"
 }
 
