@@ -319,7 +319,7 @@ def our_arms(args) -> list[tuple[int, int, str, str]]:
     arms = []
     for spec in args.ours:
         fields = spec.split(":")
-        variant = fields[-1] if fields[-1] in ("upcast", "eager") else ""
+        variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused") else ""
         fields = fields[:-1] if variant else fields
         if not 1 <= len(fields) <= 3 or not all(f.isdigit() for f in fields[:2]) or \
                 (len(fields) == 3 and fields[2] not in ("bfloat16", "float16")):
@@ -363,7 +363,8 @@ def run(args) -> dict:
                for seed in args.stock_seeds]
     variants = {"": ({}, ""), "upcast": ({"model.frozen_in_bfloat16": False, "model.fused_kernels": False,
                                           "model.compile_layers": False}, ", frozen weights upcast, eager"),
-                "eager": ({"model.fused_kernels": False, "model.compile_layers": False}, ", eager: no fused kernels, no compile")}
+                "eager": ({"model.fused_kernels": False, "model.compile_layers": False}, ", eager: no fused kernels, no compile"),
+                "fused": ({"model.fused_kernels": True, "model.compile_layers": False}, ", fused kernels, no compile")}
     for pack, chunk, dtype, variant in our_arms(args):
         cfg_options, described = variants[variant]
         recipes.append((f"ours (pack_tokens={pack}, loss chunk {chunk}{', ' + dtype if dtype != 'bfloat16' else ''}"

@@ -267,7 +267,7 @@ def test_under_autocast_float32_attention_inputs_take_the_varlen_route_in_half_p
 
 
 def test_speed_ups_are_off_on_the_cpu_unless_required_and_then_say_why(tiny_model_dir):
-    finetune = packed_finetune(tiny_model_dir)  # the configs' "auto"
+    finetune = packed_finetune(tiny_model_dir, fused_kernels="auto", compile_layers="auto")
     assert torch.isfinite(finetune(packed_batch(), mode="loss")["loss"])
     assert finetune.speed_ups == {"fused_kernels": None, "compiled_layers": 0}
     for field in ("fused_kernels", "compile_layers"):

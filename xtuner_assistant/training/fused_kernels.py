@@ -1,19 +1,18 @@
 """Fewer, larger GPU kernels for a training step: fused decoder pieces and compiled decoder layers.
 
-A packed QLoRA step of a 1.8B model is bound by launching kernels, not by arithmetic: the GPU waits
-on ~5,300 launches a step, most of them small elementwise ones (docs/BENCHMARKS.md, "Where a step's
-time goes"). Two maintained tools remove most of them:
+A packed QLoRA step of a 1.8B model launches ~5,300 kernels, most of them small elementwise ones
+(docs/BENCHMARKS.md, "Where a step's time goes"). Two maintained tools launch fewer:
 - `fuse_decoder`: Liger Kernel's fused RMSNorm, SiLU x up (SwiGLU) and rotary embedding, forward and
   backward one kernel each, in place of the model's own modules. Each replacement is first run beside
   the module it replaces, on the module's own device and dtype, and kept only if the outputs agree:
   a model whose code follows another convention (InternLM2 releases whose `apply_rotary_pos_emb`
   gathers `cos[position_ids]` itself, a norm with an offset) keeps its own forward.
-- `compile_decoder_layers`: `torch.compile` of each decoder layer (regional compilation: one layer's
-  graph is compiled once and reused by all). Only training uses it; generation (the evaluation
-  hook) runs the layers eagerly, so its growing KV cache never recompiles them.
-`PackedSupervisedFinetune(fused_kernels=..., compile_layers=...)` applies both on a CUDA model's first
-step. The RoPE replacement is process-wide: the `apply_rotary_pos_emb` of the modeling module that defines
-the model's classes (docs/gpu.md lists it with the other process-wide patches).
+- `compile_decoder_layers`: `torch.compile` of each decoder layer (regional compilation). Only
+  training uses it; generation (the evaluation hook) runs the layers eagerly, so its growing KV cache
+  never recompiles them. Off in the shipped configs: packed rows still recompiled it on every new row.
+`PackedSupervisedFinetune(fused_kernels=..., compile_layers=...)` applies them on a CUDA model's first
+step. The RoPE replacement is process-wide: the `apply_rotary_pos_emb` of the modeling module that
+defines the model's classes (README.md lists it with the other process-wide patches).
 """
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ InternLM2's 92,544 words, plus their gradient) cap how many tokens fit in a step
   linear's input back, ~1,900 activation-sized copies a step. Keeping them made one InternLM2-1.8B
   step 1.4x faster at 0.73x the memory (docs/BENCHMARKS.md); their values are the loaded ones
   either way, and the LoRA weights, the only ones trained, stay float32;
-- on a CUDA model's first step, Liger Kernel's fused RMSNorm/SwiGLU/RoPE and compiled decoder layers
-  (fused_kernels.py): the step is bound by launching kernels, and these launch far fewer.
+- on a CUDA model's first step, Liger Kernel's fused RMSNorm/SwiGLU/RoPE, and on request compiled
+  decoder layers (fused_kernels.py).
 The loss is the same token-mean cross-entropy as `SupervisedFinetune` (tests/test_packing.py).
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ class PackedSupervisedFinetune(SupervisedFinetune):
     loss_chunk_tokens = LOSS_CHUNK_TOKENS
 
     def __init__(self, *args, flex_attention: bool = False, frozen_in_bfloat16: bool = True,
-                 fused_kernels: bool | str = "auto", compile_layers: bool | str = "auto", **kwargs):
+                 fused_kernels: bool | str = "auto", compile_layers: bool | str = False, **kwargs):
         """`fused_kernels` / `compile_layers`: "auto" = on when training on a CUDA GPU (fused kernels
         also need Liger Kernel installed), True = required (an error where they cannot be had), False = off."""
         fused_kernels, compile_layers = _auto_or_bool("fused_kernels", fused_kernels), _auto_or_bool("compile_layers", compile_layers)
