@@ -503,3 +503,22 @@ def test_force_never_replaces_the_current_or_the_home_folder(tmp_path, monkeypat
     with pytest.raises(OutputError, match="would replace your home folder"):
         check_output_dir(tmp_path / "home", force=True)
     check_output_dir(tmp_path / "home" / "here" / "new", force=True)  # a new folder inside is fine
+
+
+@pytest.mark.parametrize("raised, one_line", [
+    ("from xtuner_assistant.data.replay import ReplayError\nraise ReplayError('the base model gave no usable answer')", True),
+    ("raise ZeroDivisionError('a bug keeps its traceback')", False)])
+def test_an_input_error_raised_while_xtuner_loads_a_config_is_one_line(tmp_path, raised, one_line):
+    """A config runs our code while XTuner loads it (replay, settings, data files): our errors end the
+    tool with one line and status 2, as our commands do; anything else keeps its traceback."""
+    config = tmp_path / "config.py"
+    config.write_text("_base_ = []  # a plain config, as ours are\n" + raised + "\n")
+    tool = tmp_path / "train.py"
+    tool.write_text("import sys\nfrom mmengine.config import Config\nConfig.fromfile(sys.argv[1])\n")
+    done = subprocess.run([sys.executable, "-m", "xtuner_assistant.training.launch", str(tool), str(config)],
+                          capture_output=True, text=True, timeout=300)
+    if one_line:
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and "train: " in done.stderr and "no usable answer" in done.stderr
+    else:
+        assert done.returncode == 1 and "Traceback" in done.stderr and "ZeroDivisionError" in done.stderr
