@@ -245,7 +245,9 @@ def test_a_text_models_app_has_no_image_input(tmp_path, monkeypatch):
     assert [c.args[0] for c in made if c.kind == "ChatInterface"] == [assistant.stream]
 
 
-def test_the_llava_card_says_when_nothing_was_measured_and_a_wrong_report_is_refused(tiny_llava, tmp_path):
+def test_the_llava_card_says_when_nothing_was_measured_and_bad_input_is_one_line(tiny_llava, tmp_path, capsys):
+    import shutil
+
     from xtuner_assistant.publish.git_repo import PublishError
     from xtuner_assistant.publish.model_card import gather_facts, model_card
 
@@ -261,6 +263,21 @@ def test_the_llava_card_says_when_nothing_was_measured_and_a_wrong_report_is_ref
     with pytest.raises(PublishError, match="not a `vqa eval --out` report"):
         gather_facts(tiny_llava, vqa_report_file=other)
 
+    # A LLaVA folder whose LLM was moved away, a report for a text model: one line each, nothing pushed.
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_llava, moved)
+    config = moved / "xtuner_config.py"
+    config.write_text(config.read_text().replace(str(tiny_llava.parent / "llm"), str(tmp_path / "gone")))
+    remote = bare_repo(tmp_path / "model.git")
+    status, out, err = publish(capsys, moved, "--repo", remote, "--model-only")
+    assert status == 2 and "its LLM folder" in err and "is missing" in err and "nothing was pushed" in err
+    assert "Traceback" not in err and git("for-each-ref", cwd=remote) == ""
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"model": str(tiny_llava), "overall": 0.5, "by_type": {}}))
+    text_model = talkative_tiny_model_dir(tmp_path / "text")
+    status, out, err = publish(capsys, text_model, "--repo", remote, "--model-only", "--vqa-report", report)
+    assert status == 2 and "--vqa-report is for a LLaVA model" in err
+
 
 def test_a_clip_llava_with_encoder_lora_goes_portable_and_answers_the_same(tiny_clip, pictures, tmp_path):
     """The tutorial's kind of encoder: a CLIP vision model with its own LoRA, merged into the published weights."""
@@ -275,3 +292,4 @@ def test_a_clip_llava_with_encoder_lora_goes_portable_and_answers_the_same(tiny_
     images = [read_image(picture) for picture in pictures]
     assert answer(loaded, images, [QUESTION] * 2, max_new_tokens=6) == answer(original, images, [QUESTION] * 2,
                                                                               max_new_tokens=6)
+

@@ -88,15 +88,18 @@ def run(args):
             raise PublishError("give --app-repo owner/name (or a git URL) for the app, or --model-only")
         app_url = remote_url(args.app_repo, GITHUB) if args.app_repo else None
         facts = gather_facts(Path(args.model), args.name, args.author, args.train_dir, args.vqa_report)
+        if not facts.llava:
+            return publish(args, facts, model_url, app_url)
+        # A LLaVA model's portable layout is written here and pushed from here; it goes afterwards.
         staging_root = home() / "publish"
         staging_root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="model-", dir=staging_root) as staging:
+        with tempfile.TemporaryDirectory(prefix="llava-", dir=staging_root) as staging:
             return publish(args, facts, model_url, app_url, Path(staging))
     except PublishError as error:
         raise UserError(str(error)) from None
 
 
-def publish(args, facts, model_url: str, app_url: str | None, staging: Path) -> int:
+def publish(args, facts, model_url: str, app_url: str | None, staging: Path | None = None) -> int:
     from xtuner_assistant.llava.image_chat import PORTABLE
     from xtuner_assistant.publish.app_bundle import app_files
     from xtuner_assistant.publish.git_repo import display_url, push_files

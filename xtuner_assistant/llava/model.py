@@ -92,8 +92,9 @@ def load_llava(path: Path, device: str | None = None) -> LLaVA:
     path = Path(path)
     config_file = path / "xtuner_config.py"
     if not is_llava_model(path):
-        raise LLaVAModelError(f"{path}: not a converted LLaVA model (needs projector/ and xtuner_config.py); "
-                              "make one with `xtuner-assistant vqa convert WORK_DIR --out FOLDER`")
+        raise LLaVAModelError(f"{path}: not a converted LLaVA model (needs projector/ and xtuner_config.py, or "
+                              "llava.json when published); make one with `xtuner-assistant vqa convert WORK_DIR "
+                              "--out FOLDER`")
     if not config_file.is_file():  # a published one (llava.json): what the app loads, loaded the same way
         return load_portable_llava(path, device)
     cfg = Config.fromfile(str(config_file))
