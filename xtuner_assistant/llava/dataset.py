@@ -21,7 +21,8 @@ from xtuner.dataset.utils import expand2square
 from xtuner.registry import BUILDER
 from xtuner.utils import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
-from xtuner_assistant.chat_template import encode_conversation, render, require_chat_template
+from xtuner_assistant.chat_template import encode_conversation, require_chat_template
+from xtuner_assistant.llava.image_chat import image_prompt_pieces
 from xtuner_assistant.paths import read_json_list
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -64,9 +65,9 @@ def encode_image_conversation(tokenizer, messages: list[dict], max_length: int) 
 
 
 def image_prompt_ids(tokenizer, question: str) -> list[int]:
-    """What the model sees at inference for one question about one image (same rendering as training)."""
-    messages = [{"role": "user", "content": DEFAULT_IMAGE_TOKEN + "\n" + question}]
-    return encode_with_image(tokenizer, render(tokenizer, messages, add_generation_prompt=True))
+    """What the model sees at inference for one question about one image (image_chat, which answers)."""
+    before, after = image_prompt_pieces(tokenizer, question)
+    return before + [IMAGE_TOKEN_INDEX] + after
 
 
 @BUILDER.register_module()

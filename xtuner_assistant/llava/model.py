@@ -1,5 +1,7 @@
-"""A trained LLaVA, outside training: checkpoint -> folder (XTuner's pth_to_hf), load it, answer
-questions about images -- the one path `vqa chat` and `vqa eval` share.
+"""A trained LLaVA, outside training: checkpoint -> folder (XTuner's pth_to_hf), load it, and save it
+as the portable layout `publish` pushes. Answering about images is llava/image_chat.py (`answer`,
+imported here too): the one path `chat --image`, `vqa chat`, `vqa eval`, the web page and the
+published app share.
 
 The folder `vqa convert` writes is XTuner's own LLaVA layout: `projector/`, `llm_adapter/` (after
 stage 2) and `visual_encoder_adapter/` (when the encoder had LoRA), plus `xtuner_config.py`, the
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from xtuner_assistant.llava.image_chat import is_llava_model
+from xtuner_assistant.llava.image_chat import PORTABLE, answer, is_llava_model, load_portable_llava  # noqa: F401
 from xtuner_assistant.training.export import pth_to_hf
 
 
@@ -43,6 +45,42 @@ class LLaVA:
         return self.llm.device
 
 
+def describe_llava(path: Path) -> dict:
+    """What a LLaVA folder is made of, for its model card: the LLM (display name, recorded licence),
+    the vision encoder, and the training stage and settings its config recorded. A portable folder
+    carries this in llava.json (`about`); nothing here needs the weights."""
+    import json
+
+    from mmengine.config import Config
+
+    from xtuner_assistant.models.fetch import recorded_licence
+    from xtuner_assistant.models.zoo import model_display_name
+
+    path = Path(path)
+    if not (path / "xtuner_config.py").is_file():
+        try:
+            return dict(json.loads((path / PORTABLE).read_text(encoding="utf-8")).get("about") or {})
+        except (OSError, ValueError):
+            return {}
+    cfg = Config.fromfile(str(path / "xtuner_config.py"))
+    llm = str(cfg.model.llm.pretrained_model_name_or_path)
+    encoder = cfg.model.visual_encoder
+    if str(encoder.type).endswith("EfficientNetLiteVisionTower"):
+        vision = (f"EfficientNet-Lite0 (ImageNet weights), {encoder.get('image_size', 128)} px"
+                  + (f", block {encoder.feature_block} joined" if encoder.get("feature_block", -1) >= 0 else ""))
+    else:
+        vision = f"{model_display_name(encoder.get('pretrained_model_name_or_path', '') or 'CLIP')} ({encoder.type})"
+    stage = ("stage 2: LoRA on the LLM and the projector, on instruction data" if (path / "llm_adapter").is_dir()
+             else "stage 1: the projector only, on captions (the LLM unchanged)")
+    dataset = cfg.train_dataloader.dataset
+    training = {"stage": stage, "data": Path(str(dataset.get("data_path", ""))).name,
+                "epochs": cfg.get("train_cfg", {}).get("max_epochs"), "batch_size": cfg.train_dataloader.get("batch_size"),
+                "learning_rate": cfg.get("optim_wrapper", {}).get("optimizer", {}).get("lr"),
+                "visual_select_layer": cfg.model.get("visual_select_layer", -2)}
+    return {"base_model": model_display_name(llm), "licence": recorded_licence(llm), "visual_encoder": vision,
+            "training": {key: value for key, value in training.items() if value not in (None, "")}}
+
+
 def load_llava(path: Path, device: str | None = None) -> LLaVA:
     from mmengine.config import Config
     from transformers import AutoModelForCausalLM
@@ -54,8 +92,11 @@ def load_llava(path: Path, device: str | None = None) -> LLaVA:
     path = Path(path)
     config_file = path / "xtuner_config.py"
     if not is_llava_model(path):
-        raise LLaVAModelError(f"{path}: not a converted LLaVA model (needs projector/ and xtuner_config.py); "
-                              "make one with `xtuner-assistant vqa convert WORK_DIR --out FOLDER`")
+        raise LLaVAModelError(f"{path}: not a converted LLaVA model (needs projector/ and xtuner_config.py, or "
+                              "llava.json when published); make one with `xtuner-assistant vqa convert WORK_DIR "
+                              "--out FOLDER`")
+    if not config_file.is_file():  # a published one (llava.json): what the app loads, loaded the same way
+        return load_portable_llava(path, device)
     cfg = Config.fromfile(str(config_file))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     llm_path = cfg.model.llm.pretrained_model_name_or_path
@@ -82,69 +123,38 @@ def load_llava(path: Path, device: str | None = None) -> LLaVA:
                  pad_image_to_square=dataset.get("pad_image_to_square", False), path=path)
 
 
-@torch.inference_mode()
-def image_features(model: LLaVA, images) -> torch.Tensor:
-    """(batch, image tokens, LLM width): encoder -> selected layer without its class token -> projector."""
-    from xtuner.dataset.utils import expand2square
+def save_portable_llava(model: LLaVA, out: Path) -> Path:
+    """`model` as the portable layout (image_chat.PORTABLE) that `publish` pushes and the published app
+    loads without XTuner: llm/ with its adapter merged and its tokenizer, projector/, visual_encoder/
+    (any adapter merged, plus its image processor) and llava.json."""
+    import json
 
-    pixels = []
-    for image in images:
-        if model.pad_image_to_square:
-            image = expand2square(image, tuple(int(x * 255) for x in model.image_processor.image_mean))
-        pixels.append(model.image_processor.preprocess(image, return_tensors="pt")["pixel_values"][0])
-    batch = torch.stack(pixels).to(model.device)
-    hidden = model.visual_encoder(batch, output_hidden_states=True).hidden_states[model.visual_select_layer]
-    return model.projector(hidden[:, 1:])
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModel
 
+    from xtuner_assistant.llava.vision_encoder import EfficientNetLiteVisionTower
 
-@torch.inference_mode()
-def answer(model: LLaVA, images, questions: list[str], max_new_tokens: int = 64) -> list[str]:
-    """Greedy answers, one per (image, question) pair, batched with left padding."""
-    from xtuner.model.utils import prepare_inputs_labels_for_multimodal
-
-    from xtuner_assistant.llava.dataset import image_prompt_ids
-
-    features = image_features(model, images)
-    embeddings = []
-    for question, feature in zip(questions, features):
-        ids = torch.tensor([image_prompt_ids(model.tokenizer, question.replace("<image>", "").strip())],
-                           device=model.device)
-        embeddings.append(prepare_inputs_labels_for_multimodal(llm=model.llm, input_ids=ids,
-                                                               pixel_values=feature[None])["inputs_embeds"][0])
-    width = max(e.shape[0] for e in embeddings)
-    padded = torch.zeros(len(embeddings), width, embeddings[0].shape[1], dtype=embeddings[0].dtype, device=model.device)
-    mask = torch.zeros(len(embeddings), width, dtype=torch.long, device=model.device)
-    for row, e in enumerate(embeddings):
-        padded[row, width - e.shape[0]:] = e
-        mask[row, width - e.shape[0]:] = 1
-    return greedy_decode(model, padded, mask, max_new_tokens)
-
-
-@torch.inference_mode()
-def greedy_decode(model: LLaVA, embeddings: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> list[str]:
-    """Greedy decoding from input embeddings, with a KV cache, until an end-of-turn token.
-
-    Written out rather than `generate(inputs_embeds=...)`, which InternLM2's remote code (as shipped
-    with xtuner 0.2.0) cannot run under transformers 4.48."""
-    from xtuner_assistant.chat_template import end_of_turn_token_ids
-
-    stop = torch.tensor(end_of_turn_token_ids(model.tokenizer), device=model.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    output = model.llm(inputs_embeds=embeddings, attention_mask=mask, position_ids=positions, use_cache=True)
-    tokens = torch.empty(len(mask), 0, dtype=torch.long, device=model.device)
-    finished = torch.zeros(len(mask), dtype=torch.bool, device=model.device)
-    for _ in range(max_new_tokens):
-        next_token = output.logits[:, -1].argmax(-1)
-        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-        finished |= torch.isin(next_token, stop)
-        if finished.all():
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        positions = positions[:, -1:] + 1
-        output = model.llm(input_ids=next_token[:, None], attention_mask=mask, position_ids=positions,
-                           past_key_values=output.past_key_values, use_cache=True)
-    replies = []
-    for row in tokens.tolist():
-        ends = [i for i, t in enumerate(row) if t in stop.tolist()]
-        replies.append(model.tokenizer.decode(row[:ends[0]] if ends else row, skip_special_tokens=True).strip())
-    return replies
+    out = Path(out)
+    encoder = model.visual_encoder
+    if isinstance(encoder, EfficientNetLiteVisionTower):
+        description = {"kind": "efficientnet-lite0", "image_size": encoder.config.image_size,
+                       "feature_block": encoder.feature_block}
+    elif isinstance(encoder, CLIPVisionModel):
+        description = {"kind": "clip"}
+    else:
+        raise LLaVAModelError(f"{model.path}: its vision encoder is a {type(encoder).__name__}; a LLaVA model can be "
+                              "published with EfficientNet-Lite0 or an HF CLIP vision encoder")
+    model.llm.save_pretrained(out / "llm", safe_serialization=True)
+    model.tokenizer.save_pretrained(out / "llm")
+    model.projector.save_pretrained(out / "projector", safe_serialization=True)
+    if description["kind"] == "clip":
+        encoder.save_pretrained(out / "visual_encoder", safe_serialization=True)
+    else:
+        (out / "visual_encoder").mkdir(parents=True)
+        save_file({key: value.contiguous() for key, value in encoder.state_dict().items()},
+                  out / "visual_encoder" / "model.safetensors")
+    model.image_processor.save_pretrained(out / "visual_encoder")
+    layout = {"visual_encoder": description, "visual_select_layer": model.visual_select_layer,
+              "pad_image_to_square": model.pad_image_to_square, "about": describe_llava(model.path)}
+    (out / PORTABLE).write_text(json.dumps(layout, indent=2) + "\n", encoding="utf-8")
+    return out

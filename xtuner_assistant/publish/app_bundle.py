@@ -1,10 +1,20 @@
 """The app repo: a standalone Gradio chat (app.py) that fetches the model repo at start-up, its pinned
-requirements, the system packages it needs, and the README front matter the app platform reads."""
+requirements, the system packages it needs, and the README front matter the app platform reads.
+
+For a LLaVA model the app also gets xtuner-assistant's own image-chat code, copied here from its one
+source (llava/image_chat.py and the chat-template contract it uses, chat_template.py), so the app
+answers about an image exactly as `chat --image` does without installing xtuner-assistant or XTuner."""
 from __future__ import annotations
 
 from pathlib import Path
 
+PACKAGE = Path(__file__).resolve().parent.parent
 TEMPLATE = Path(__file__).parent / "templates" / "app.py"
+# App file -> its source in the package. image_chat.py imports the contract as a sibling module there.
+IMAGE_CHAT_FILES = {"image_chat.py": PACKAGE / "llava" / "image_chat.py", "chat_template.py": PACKAGE / "chat_template.py"}
+PACKAGE_IMPORT = "from xtuner_assistant.chat_template import"
+# EfficientNet-Lite0's model code (pure Python, needs only torch); its weights are in the model repo.
+EFFICIENTNET_REQUIREMENT = "efficientnet-lite-pytorch==0.1.0"
 
 # Every package the app installs, pinned: the closure pip resolved for gradio 5.49.1, transformers
 # 4.48.0 (the version the model was trained and tested with), torch 2.5.1 (CUDA 12 or the CPU),
@@ -104,7 +114,7 @@ def app_source(model_url: str, title: str, branch: str = "main", examples: list[
     return source
 
 
-def readme(title: str, model_url: str) -> str:
+def readme(title: str, model_url: str, sees_images: bool = False) -> str:
     return "\n".join([
         "---",
         f"title: {title!r}",
@@ -121,7 +131,9 @@ def readme(title: str, model_url: str) -> str:
         "",
         f"# {title}",
         "",
-        f"A chat with a fine-tuned assistant. At start-up the app clones the model from {model_url} "
+        ("Questions about an image you upload, answered by a LLaVA vision-language model. " if sees_images
+         else "A chat with a fine-tuned assistant. ")
+        + f"At start-up the app clones the model from {model_url} "
         "(git + git-lfs, from packages.txt) and answers on the GPU when there is one, else on the CPU.",
         "",
         "Run it yourself: `pip install -r requirements.txt && python app.py`.",
@@ -129,10 +141,30 @@ def readme(title: str, model_url: str) -> str:
     ])
 
 
-def app_files(model_url: str, title: str, branch: str = "main", examples: list[str] | None = None) -> dict:
-    return {
+def image_chat_sources() -> dict:
+    """The app's copies of the image-chat code: the package's files, with the one import of the
+    package turned into an import of the sibling file; refused if anything else of the package is used."""
+    sources = {}
+    for name, source in IMAGE_CHAT_FILES.items():
+        text = source.read_text(encoding="utf-8").replace(PACKAGE_IMPORT, "from chat_template import")
+        if "xtuner_assistant." in "\n".join(line for line in text.splitlines() if "import" in line):
+            raise RuntimeError(f"{source} imports more of xtuner_assistant than the app carries")
+        sources[name] = text
+    return sources
+
+
+def app_files(model_url: str, title: str, branch: str = "main", examples: list[str] | None = None,
+              llava: dict | None = None) -> dict:
+    """`llava`: a LLaVA model's llava.json (the portable layout), which says which encoder it needs."""
+    requirements = list(REQUIREMENTS)
+    if llava and llava["visual_encoder"]["kind"] == "efficientnet-lite0":
+        requirements.append(EFFICIENTNET_REQUIREMENT)
+    files = {
         "app.py": app_source(model_url, title, branch, examples).encode(),
-        "requirements.txt": ("\n".join(REQUIREMENTS) + "\n").encode(),
+        "requirements.txt": ("\n".join(requirements) + "\n").encode(),
         "packages.txt": ("\n".join(SYSTEM_PACKAGES) + "\n").encode(),
-        "README.md": readme(title, model_url).encode(),
+        "README.md": readme(title, model_url, bool(llava)).encode(),
     }
+    if llava:
+        files.update({name: text.encode() for name, text in image_chat_sources().items()})
+    return files

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from xtuner_assistant.models.fetch import recorded_licence
 from xtuner_assistant.models.zoo import model_display_name
+from xtuner_assistant.publish.git_repo import PublishError
 from xtuner_assistant.training.work_dir import find_training_run, run_facts
 
 # Weights and tokenizer files go through Git LFS: large, binary, and the platform expects it.
@@ -46,6 +47,8 @@ class CardFacts:
     evaluation: dict = field(default_factory=dict)
     comparison: list = field(default_factory=list)  # the demo's rows: question, base, fine-tuned answers
     merge_check: dict = field(default_factory=dict)
+    llava: dict = field(default_factory=dict)  # a LLaVA model: llava/model.py's describe_llava
+    vqa: dict = field(default_factory=dict)  # its `vqa eval --out` report, when one was given
 
 
 def gitattributes() -> str:
@@ -64,9 +67,41 @@ def demo_comparison(model_dir: Path) -> list[dict]:
     return [row for row in recorded.get("rows", []) if {"question", "base", "fine-tuned"} <= set(row)]
 
 
+def vqa_report(report_file: Path, model_dir: Path) -> dict:
+    """A `vqa eval --out` report of this model, or a PublishError that says what is wrong with it."""
+    try:
+        report = json.loads(Path(report_file).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise PublishError(f"--vqa-report {report_file}: cannot be read ({error.strerror})") from None
+    except ValueError:
+        raise PublishError(f"--vqa-report {report_file}: not JSON; give the file `xtuner-assistant vqa eval MODEL "
+                        "--out FILE` wrote") from None
+    if not isinstance(report, dict) or not isinstance(report.get("overall"), (int, float)) or "by_type" not in report:
+        raise PublishError(f"--vqa-report {report_file}: not a `vqa eval --out` report (no overall and by_type)")
+    if Path(str(report.get("model", ""))).resolve() != Path(model_dir).resolve():
+        raise PublishError(f"--vqa-report {report_file}: it scored {report.get('model')}, not {model_dir}; evaluate "
+                        f"this model with `xtuner-assistant vqa eval {model_dir} --out FILE`")
+    return report
+
+
 def gather_facts(model_dir: Path, name: str | None = None, author: str | None = None,
-                 train_dir: Path | None = None) -> CardFacts:
+                 train_dir: Path | None = None, vqa_report_file: Path | None = None) -> CardFacts:
+    from xtuner_assistant.llava.image_chat import is_llava_model
+
     facts = CardFacts()
+    if is_llava_model(model_dir):
+        from xtuner_assistant.llava.model import describe_llava
+
+        facts.llava = {"kind": "llava", **describe_llava(Path(model_dir))}
+        facts.base_model, facts.licence = facts.llava.get("base_model", ""), facts.llava.get("licence", "")
+        facts.training = dict(facts.llava.get("training") or {})
+        facts.languages = []  # what the image questions were asked in is not recorded
+        facts.vqa = vqa_report(vqa_report_file, model_dir) if vqa_report_file else {}
+        facts.name = name or ""
+        facts.author = author or ""
+        return facts
+    if vqa_report_file:
+        raise PublishError(f"--vqa-report is for a LLaVA model; {model_dir} is a text model")
     facts.licence = recorded_licence(model_dir)  # a fetched model published as it is
     merge_record = Path(model_dir) / "xtuner_assistant_merge.json"
     run: dict = {}
@@ -116,8 +151,12 @@ def front_matter(facts: CardFacts) -> list[str]:
     lines = ["---", f"license: {licence_id(facts.licence)}"]
     if facts.base_model:
         lines.append(f"base_model: {json.dumps(UPSTREAM.get(facts.base_model, facts.base_model), ensure_ascii=False)}")
-    lines += ["language:"] + [f"- {language}" for language in facts.languages]
-    lines += ["library_name: transformers", "pipeline_tag: text-generation", "tags: [xtuner, lora, chat]", "---"]
+    if facts.languages:
+        lines += ["language:"] + [f"- {language}" for language in facts.languages]
+    if facts.llava:  # llm/ loads with transformers, the model as a whole with the app's image_chat.py
+        lines += ["pipeline_tag: image-text-to-text", "tags: [xtuner, llava, vision-language]", "---"]
+    else:
+        lines += ["library_name: transformers", "pipeline_tag: text-generation", "tags: [xtuner, lora, chat]", "---"]
     return lines
 
 
@@ -174,7 +213,82 @@ def limitations_section(facts: CardFacts, evaluated: bool) -> list[str]:
     return lines + [""]
 
 
+def vqa_section(facts: CardFacts) -> list[str]:
+    report = facts.vqa
+    lines = ["## Evaluation", ""]
+    if not report:
+        return lines + ["This model was not evaluated: no VQA score was recorded with it. Measure it on held-out "
+                        "questions with `xtuner-assistant vqa eval MODEL --out vqa.json` and publish again with "
+                        "`--vqa-report vqa.json`; until then, try it on your own images before you rely on it.", ""]
+    sample = (f"a seeded sample of up to {report['per_type_sample']} per question type" if report.get("per_type_sample")
+              else "every question of the split")
+    lines += [f"Accuracy on {report.get('questions', '?')} held-out questions of {Path(str(report.get('test_file', ''))).name or 'the test split'} "
+              f"({sample}; images never seen in training), by `xtuner-assistant vqa eval`: the first answer word of "
+              "each reply is compared with the expected one.", "",
+              "| question type | questions | accuracy |" + (" majority answer |" if report.get("majority_baseline") else ""),
+              "| --- | --- | --- |" + (" --- |" if report.get("majority_baseline") else "")]
+    baseline = (report.get("majority_baseline") or {}).get("by_type", {})
+    for kind, row in sorted(report["by_type"].items()):
+        lines.append(f"| {kind} | {row.get('questions')} | {row.get('accuracy', 0):.3f} |"
+                     + (f" {baseline.get(kind, {}).get('accuracy', float('nan')):.3f} |" if report.get("majority_baseline") else ""))
+    overall = f"| overall | {report.get('questions')} | {report['overall']:.3f} |"
+    if report.get("majority_baseline"):
+        overall += f" {report['majority_baseline'].get('overall', float('nan')):.3f} |"
+    lines += [overall, ""]
+    if report.get("majority_baseline"):
+        lines += ["The majority answer always gives each question type's most frequent training answer: a model "
+                  "that does not look at the image scores about that.", ""]
+    return lines
+
+
+def llava_card(facts: CardFacts, repo: str, files: list[str]) -> str:
+    about = facts.llava
+    title = f"{facts.name} — a vision-language model" if facts.name else "A vision-language model (LLaVA)"
+    lines = front_matter(facts) + ["", f"# {title}", ""]
+    by = f" for {facts.author}" if facts.author else ""
+    lines += [f"A vision-language model (LLaVA) made with XTuner{by}: "
+              f"{'the LLM ' + facts.base_model if facts.base_model else 'an LLM'} sees an image through a vision "
+              f"encoder ({about.get('visual_encoder', 'not recorded')}) and a projector that turns the image into "
+              "tokens in the LLM's input. Ask it a question about an image; each question is answered about that "
+              "image on its own.", ""]
+    folder = repo.rstrip("/").split("/")[-1].removesuffix(".git")
+    lines += ["## Use it", "",
+              "The app published with it shows an image upload beside the chat. Or, after `git clone` and "
+              "`git lfs pull`:", "", "```bash",
+              f"xtuner-assistant chat {folder} --image picture.png --prompt 'what shape is in the image?'", "```", "",
+              "Without xtuner-assistant, `image_chat.py` (in the app repo) loads it with torch and transformers "
+              "alone (EfficientNet-Lite0 also needs `efficientnet-lite-pytorch`):", "", "```python",
+              "import image_chat", f"model = image_chat.load_portable_llava('{folder}')",
+              "print(image_chat.answer(model, [image_chat.read_image('picture.png')], ['what shape is in the image?'])[0])",
+              "```", "",
+              "| part | folder |", "| --- | --- |",
+              "| the LLM, its LoRA merged, with its tokenizer and chat template | `llm/` |",
+              "| the projector (XTuner's ProjectorModel) | `projector/` |",
+              "| the vision encoder's weights and image processor | `visual_encoder/` |",
+              "| how they fit: encoder kind, selected layer, padding | `llava.json` |", "",
+              "Questions are formatted with the LLM's own chat template, the image placed before the question, as "
+              "in training.", ""]
+    if facts.training:
+        lines += ["## Training", ""] + _table(facts.training) + [""]
+    lines += vqa_section(facts)
+    lines += ["## Limitations", "",
+              "- It sees one image at a time and answers each question on its own: it does not remember earlier "
+              "questions.",
+              f"- It knows what {facts.base_model or 'its LLM'} knows; a small model trained on a small data set makes "
+              "mistakes, and may answer confidently about things that are not in the image.",
+              ("- Measured only on the held-out questions above; other kinds of images and questions were not tried."
+               if facts.vqa else "- Nothing about it was measured.")]
+    if not facts.licence:
+        lines.append("- The LLM's licence was not recorded with it: check it before you use or share this model.")
+    lines += ["", "## Licence", "", f"The LLM's licence applies: {facts.licence}." if facts.licence else
+              "The LLM's licence applies; it was not recorded with the model.", ""]
+    lines += ["## Files", ""] + [f"- `{name}`" for name in files] + [""]
+    return "\n".join(lines)
+
+
 def model_card(facts: CardFacts, repo: str, files: list[str]) -> str:
+    if facts.llava:
+        return llava_card(facts, repo, files)
     title = f"{facts.name} — a personal assistant" if facts.name else "A personal assistant model"
     lines = front_matter(facts) + ["", f"# {title}", ""]
     who = f"**{facts.name}**" if facts.name else "This model"

@@ -2,7 +2,11 @@
 The folder is checked first (models/folder.py: weights whole, config, tokenizer and chat template
 parse, no Git LFS pointers), so a publish never starts with something that cannot be loaded back.
 Files that name folders of this machine (the merge record, config.json's `_name_or_path`) are
-published without those paths."""
+published without those paths.
+
+A LLaVA model (a `vqa convert` folder, which names its LLM and vision encoder by local paths) goes
+as the portable layout the app loads without XTuner (llava/image_chat.py): llm/ with its adapter
+merged, projector/, visual_encoder/ with its weights and image processor, and llava.json."""
 from __future__ import annotations
 
 import fnmatch
@@ -16,6 +20,9 @@ GENERATED = (".gitattributes", "README.md")
 MERGE_RECORD = "xtuner_assistant_merge.json"
 # Local files that say where things were on this machine; never published.
 LOCAL_ONLY = ("xtuner_assistant_convert.json",)
+# JSON files that name local folders, and the keys that hold paths even when relative.
+PATH_KEYS = {MERGE_RECORD: ["base", "adapter"], "config.json": ["_name_or_path"],
+             "tokenizer_config.json": ["name_or_path"]}
 
 
 def check_publishable(model_dir: Path) -> None:
@@ -68,13 +75,40 @@ def model_files(model_dir: Path) -> list[Path]:
                   and p.relative_to(model_dir).as_posix() not in GENERATED + LOCAL_ONLY)
 
 
-def model_repo_files(model_dir: Path, facts: CardFacts, repo: str) -> Files:
-    check_publishable(model_dir)
+def portable_llava(model_dir: Path, staging: Path) -> Path:
+    """The LLaVA model as the portable layout, written under `staging` (a folder already in that
+    layout, e.g. a clone of a published one, is taken as it is)."""
+    from xtuner_assistant.chat_template import ChatTemplateError
+    from xtuner_assistant.llava.image_chat import PORTABLE
+    from xtuner_assistant.llava.model import LLaVAModelError, load_llava, save_portable_llava
+    from xtuner_assistant.llava.vision_encoder import VisionEncoderMissing
+
+    if (model_dir / PORTABLE).is_file():
+        return model_dir
+    try:
+        model = load_llava(model_dir, device="cpu")
+        return save_portable_llava(model, Path(staging) / "llava")
+    except (LLaVAModelError, ChatTemplateError, VisionEncoderMissing) as error:
+        raise PublishError(f"{error} (nothing was pushed)") from None
+
+
+def model_repo_files(model_dir: Path, facts: CardFacts, repo: str, staging: Path | None = None) -> Files:
+    """`staging`: an empty folder that outlives the push, for a LLaVA model's portable layout."""
+    from xtuner_assistant.llava.image_chat import is_llava_model
+
+    model_dir = Path(model_dir)
+    llava = is_llava_model(model_dir)
+    if llava:
+        if staging is None:
+            raise ValueError("publishing a LLaVA model needs a staging folder")
+        model_dir = portable_llava(model_dir, staging)
+        check_publishable(model_dir / "llm")
+    else:
+        check_publishable(model_dir)
     files: Files = {p.relative_to(model_dir).as_posix(): p for p in model_files(model_dir)}
-    for name, keys in ((MERGE_RECORD, ["base", "adapter"]), ("config.json", ["_name_or_path"]),
-                       ("tokenizer_config.json", ["name_or_path"])):
-        if name in files:
-            files[name] = published_json(files[name], keys)
+    for name in files:  # llm/config.json too, in a LLaVA model
+        if Path(name).name in PATH_KEYS:
+            files[name] = published_json(files[name], PATH_KEYS[Path(name).name])
     files[".gitattributes"] = gitattributes().encode()
     files["README.md"] = model_card(facts, repo, sorted(files)).encode()
     return files

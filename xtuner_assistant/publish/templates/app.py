@@ -2,12 +2,18 @@
 
 At start-up it fetches the model repo (git clone, or fetch + reset of its own earlier clone so that a
 republished model is picked up, then git lfs pull), then answers on the GPU when there is one, else
-on the CPU. An optional system prompt box sets the assistant's instructions for the conversation. Conversations are formatted with the tokenizer's own chat template and a
-reply stops at the template's end-of-turn token: the same contract the model was trained with.
+on the CPU. An optional system prompt box sets the assistant's instructions for the conversation.
+Conversations are formatted with the tokenizer's own chat template and a reply stops at the
+template's end-of-turn token: the same contract the model was trained with.
+
+A LLaVA model (its repo holds llava.json) gets an image upload beside the chat instead, and each
+question is answered about the image by image_chat.py, published beside this file: xtuner-assistant's
+own image-chat code, the one `xtuner-assistant chat MODEL --image FILE` runs.
 Runs with only the packages in requirements.txt (and git, git-lfs from packages.txt).
 """
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -17,6 +23,8 @@ MODEL_DIR = Path(os.environ.get("MODEL_DIR", "model"))
 TITLE = __TITLE__
 EXAMPLES = __EXAMPLES__
 LFS_POINTER = b"version https://git-lfs"
+LLAVA_LAYOUT = "llava.json"
+NO_IMAGE = "Add an image first: upload a PNG or JPEG beside the chat, then ask about it."
 
 
 def fetch_model(url=MODEL_REPO_URL, folder=MODEL_DIR, branch=MODEL_BRANCH):
@@ -41,7 +49,7 @@ def fetch_model(url=MODEL_REPO_URL, folder=MODEL_DIR, branch=MODEL_BRANCH):
     else:
         subprocess.run(["git", "clone", "--depth", "1", "--branch", branch, url, str(folder)], check=True, env=env)
     subprocess.run(["git", "lfs", "pull"], cwd=folder, check=True)
-    for weights in list(folder.glob("*.safetensors")) + list(folder.glob("*.bin")):
+    for weights in [p for pattern in ("*.safetensors", "*.bin") for p in folder.rglob(pattern) if ".git" not in p.parts]:
         with open(weights, "rb") as f:
             if f.read(len(LFS_POINTER)) == LFS_POINTER:
                 raise RuntimeError(f"{weights} is still a Git LFS pointer: install git-lfs (packages.txt) and restart")
@@ -86,10 +94,49 @@ def as_messages(message, history, system=""):
     return messages
 
 
+def load_image_chat():
+    """image_chat.py (+ chat_template.py) beside this file, which the publisher copies for a LLaVA model."""
+    here = Path(__file__).resolve().parent
+    if not (here / "image_chat.py").is_file():
+        raise RuntimeError("the model repo now holds a LLaVA model, but this app was published for a text model: "
+                           "publish the app again (xtuner-assistant publish MODEL --repo ... --app-repo ... --app-only)")
+    if str(here) not in sys.path:
+        sys.path.insert(0, str(here))
+    import image_chat
+
+    return image_chat
+
+
 class Assistant:
     def __init__(self, folder):
+        folder = Path(folder)
+        self.sees_images = (folder / LLAVA_LAYOUT).is_file()
+        if self.sees_images:
+            import torch
+
+            self.image_chat = load_image_chat()
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.llava = self.image_chat.load_portable_llava(
+                folder, device, torch.float16 if device == "cuda" else torch.float32)
+            self.tokenizer = self.llava.tokenizer
+            return
         self.model, self.tokenizer = load(folder)
         self.stop_ids = end_of_turn_ids(self.tokenizer)
+
+    def ask_about_image(self, message, history=(), image=None, max_new_tokens=64):
+        """The answer about `image` (the upload's file path) to `message`, as `chat MODEL --image FILE`
+        gives it: each question is answered about the image on its own, so `history` is not used.
+        No image, an empty question or a file that is not an image: one line that says so."""
+        if not image:
+            return NO_IMAGE
+        if not (message or "").strip():
+            return "Ask a question about the image."
+        try:
+            picture = self.image_chat.read_image(Path(image), name=Path(image).name)
+        except (ValueError, FileNotFoundError) as error:
+            return str(error)
+        reply = self.image_chat.answer(self.llava, [picture], [message], max_new_tokens=int(max_new_tokens))[0]
+        return reply or "(the model gave an empty answer)"
 
     def stream(self, message, history=(), system="", max_new_tokens=256, temperature=0.0, top_p=0.9):
         """Yield the reply so far, growing, as Gradio's ChatInterface expects; `system` is the system
@@ -130,6 +177,19 @@ class Assistant:
 def build_ui(assistant):
     import gradio as gr
 
+    if assistant.sees_images:
+        with gr.Blocks(title=TITLE) as page:
+            hint = f", e.g. *{EXAMPLES[0]}*" if EXAMPLES else ""
+            gr.Markdown(f"# {TITLE}\n\nUpload an image, then ask about it{hint}. Each question is answered about "
+                        "the image on its own.")
+            with gr.Row():
+                with gr.Column(scale=2):
+                    image = gr.Image(type="filepath", label="Image to ask about (PNG or JPEG)")
+                    max_new_tokens = gr.Slider(8, 256, value=64, step=8, label="Max new tokens")
+                with gr.Column(scale=3):
+                    # Rendered above, so the chat uses them without drawing them again.
+                    gr.ChatInterface(assistant.ask_about_image, type="messages", additional_inputs=[image, max_new_tokens])
+        return page
     settings = [gr.Textbox(value="", label="System prompt (optional)", lines=2,
                            placeholder="Instructions for the assistant, e.g. Answer in one sentence."),
                 gr.Slider(16, 1024, value=256, step=16, label="Max new tokens"),
