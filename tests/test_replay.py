@@ -95,6 +95,19 @@ def test_replay_keeps_whole_sentences_and_drops_loops_and_empty_answers(home, ti
     assert "这是一个回答。" in answers and not any("the same words" in a for a in answers)
 
 
+def test_a_changed_filter_never_reuses_the_replay_file_of_the_old_one(home, tiny_model_dir, monkeypatch):
+    """The cached file is named by what it holds: same model, prompts and answers, another `usable`."""
+    monkeypatch.setattr(replay, "base_model_answers",
+                        lambda model_path, prompts, max_new_tokens: canned_answers(prompts, max_new_tokens))
+    before = replay.replay_file(tiny_model_dir)
+    assert replay.replay_file(tiny_model_dir) == before  # reused while nothing changed
+    stricter = replay.usable
+    monkeypatch.setattr(replay, "usable", lambda prompt, answer: stricter(prompt, answer) and replay.language(prompt) == "en")
+    after = replay.replay_file(tiny_model_dir)
+    kept = [json.loads(line)["messages"][0]["content"] for line in open(after, encoding="utf-8")]
+    assert after != before and kept and all(replay.language(prompt) == "en" for prompt in kept)
+
+
 def test_replay_leaves_out_echoes_and_answers_in_another_language():
     assert replay.usable("什么是质数？", "质数是只能被一和它本身整除的数。")
     assert not replay.usable("什么是质数？", "什么是质数？")  # the question echoed back

@@ -7,6 +7,7 @@ list of strings). The answers are made once and cached (models/answers.py).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -120,7 +121,10 @@ def replay_file(model_path: str | Path, extra_prompts: str | Path | None = None,
     if not conversations:
         raise ReplayError(f"{model_path}: the base model gave no usable answer to {len(prompts)} replay prompts; "
                           "set replay_ratio=0 or check the model with `xtuner-assistant chat`")
-    target = cache_path(model_path, prompts, max_new_tokens).with_suffix(".jsonl")
+    # Named by what it holds: answers filtered another way (a changed `usable`) never reuse an older file.
+    content = hashlib.sha256(json.dumps(conversations, ensure_ascii=False).encode()).hexdigest()[:12]
+    answers_file = cache_path(model_path, prompts, max_new_tokens)
+    target = answers_file.with_name(f"{answers_file.stem}-replay-{content}.jsonl")
     if not target.is_file():
         write_jsonl_atomic(target, conversations)
     return str(target)
