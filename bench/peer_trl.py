@@ -17,35 +17,29 @@ both compute the logits of every token, so the work is the same.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from pathlib import Path
 
+from flops import H200_BF16_DENSE_FLOPS, useful_flops
+
 REPO = Path(__file__).resolve().parent.parent
 
-H200_BF16_DENSE_FLOPS = 989.4e12  # as bench/speed.py
-INTERNLM2_SHAPE = dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8,
-                       intermediate_size=8192, vocab_size=92544, max_position_embeddings=32768, rope_theta=1000000.0,
-                       rms_norm_eps=1e-5, tie_word_embeddings=False)
-TINY_SHAPE = dict(INTERNLM2_SHAPE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128)
 
-
-def linear_parameters(shape: dict) -> int:
-    d, layers, ff, vocab = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"], shape["vocab_size"]
-    head_dim = d // shape["num_attention_heads"]
-    return layers * (2 * d * d + 2 * d * shape["num_key_value_heads"] * head_dim + 3 * d * ff) + d * vocab
-
-
-def internlm2_chat_template() -> str:
-    """The chat template our InternLM2 stand-ins use, read from its module without importing our package
-    (which applies compatibility fixes for our pinned stack, not this one)."""
-    import importlib.util
-
+def stand_ins():
+    """xtuner_assistant/models/stand_ins.py (InternLM2's shape and chat template), loaded from its file:
+    importing our package would apply compatibility fixes meant for our pinned stack, not this one."""
     spec = importlib.util.spec_from_file_location("stand_ins", REPO / "xtuner_assistant" / "models" / "stand_ins.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.INTERNLM2_CHAT_TEMPLATE
+    return module
+
+
+STAND_INS = stand_ins()
+INTERNLM2_SHAPE = dict(STAND_INS.INTERNLM2_1_8B, rms_norm_eps=1e-5, tie_word_embeddings=False)
+TINY_SHAPE = dict(INTERNLM2_SHAPE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128)
 
 
 def make_model(folder: Path, shape: dict, tokenizer_dir: Path) -> Path:
@@ -56,7 +50,7 @@ def make_model(folder: Path, shape: dict, tokenizer_dir: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.chat_template = internlm2_chat_template()
+    tokenizer.chat_template = STAND_INS.INTERNLM2_CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     config = LlamaConfig(**shape, hidden_act="silu", bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -70,16 +64,13 @@ def make_model(folder: Path, shape: dict, tokenizer_dir: Path) -> Path:
     return folder
 
 
-def useful_flops(shape: dict, position_ids) -> float:
-    """As bench/speed.py: 2 x forward of the linear layers, and of attention within each conversation
-    (a packed row's conversations start where position_ids is 0)."""
-    tokens, pairs = 0, 0
+def conversation_lengths(position_ids) -> list[int]:
+    """The lengths of a packed batch's conversations: each starts where position_ids is 0."""
+    lengths = []
     for row in position_ids:
         starts = (row == 0).nonzero().flatten().tolist() + [row.numel()]
-        lengths = [b - a for a, b in zip(starts, starts[1:])]
-        tokens += sum(lengths)
-        pairs += sum(n * (n + 1) // 2 for n in lengths)
-    return 2 * (2 * linear_parameters(shape) * tokens + 4 * shape["num_hidden_layers"] * shape["hidden_size"] * pairs)
+        lengths += [b - a for a, b in zip(starts, starts[1:])]
+    return lengths
 
 
 def run(args) -> dict:
@@ -135,7 +126,7 @@ def run(args) -> dict:
         def on_step_end(self, arguments, state, control, **kwargs):
             if cuda:
                 torch.cuda.synchronize()
-            timings["steps"].append((state.global_step, time.perf_counter() - self.start, len(collated)))
+            timings["steps"].append((state.global_step, time.perf_counter() - self.start))
 
         def on_log(self, arguments, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -145,11 +136,10 @@ def run(args) -> dict:
     wall = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - wall
-    timed = [(step, seconds, rows) for step, seconds, rows in timings["steps"] if step > args.warmup_steps]
-    rows = collated[args.warmup_steps:args.warmup_steps + len(timed)]
-    seconds = sum(s for _, s, _ in timed)
-    tokens = sum(int(r.numel()) for r in rows)
-    flops = sum(useful_flops(shape, r) for r in rows)
+    timed = [seconds for step, seconds in timings["steps"] if step > args.warmup_steps]
+    lengths = [n for rows in collated[args.warmup_steps:args.warmup_steps + len(timed)] for n in conversation_lengths(rows)]
+    seconds, tokens = sum(timed), sum(lengths)
+    flops = useful_flops(shape, tokens, sum(n * (n + 1) // 2 for n in lengths))
     result = {
         "recipe": f"TRL SFTTrainer + PEFT QLoRA, padding-free BFD packing {args.pack_tokens}"
                   f"{', Liger Kernel' if args.liger else ''}",

@@ -32,14 +32,6 @@ SHAPES = {
 RANDOM_WEIGHTS_MARK = "RANDOM_WEIGHTS"  # written beside the weights, so no report calls them real
 
 
-def linear_parameters(shape: dict) -> int:
-    """Weights that take part in a matrix product per token (all linear layers and the output head)."""
-    d, layers, ff, vocab = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"], shape["vocab_size"]
-    head_dim = d // shape["num_attention_heads"]
-    attention = d * d + 2 * d * shape["num_key_value_heads"] * head_dim + d * d
-    return layers * (attention + 3 * d * ff) + d * vocab
-
-
 def copy_tokenizer(tokenizer_dir: Path, folder: Path) -> None:
     for file in Path(tokenizer_dir).iterdir():
         if file.suffix == ".xz":

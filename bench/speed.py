@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from random_models import RANDOM_WEIGHTS_MARK, SHAPES, linear_parameters, make_random_model  # noqa: E402
+from flops import H200_BF16_DENSE_FLOPS, useful_flops  # noqa: E402
+from random_models import RANDOM_WEIGHTS_MARK, SHAPES, make_random_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUR_CONFIG = REPO / "configs" / "internlm2_chat_1_8b_qlora_assistant.py"
 TUTORIAL_INPUTS = ["请你介绍一下你自己", "你是谁", "你是我的小助手吗"]
-H200_BF16_DENSE_FLOPS = 989.4e12  # the card's datasheet peak; MFU is measured against it
 
 
 # ---------------------------------------------------------------- data (run where the packages are)
@@ -198,8 +198,6 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(seed), num_workers=1 if device == "cuda" else 0)
-    linear = linear_parameters(shape)
-    layers, hidden = shape["num_hidden_layers"], shape["hidden_size"]
     cuda = device == "cuda"
     model.train()
     steps, tokens, pairs, seconds, warmup_tokens = 0, 0, 0, 0.0, 0
@@ -247,15 +245,11 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
         if marks and tokens >= marks[0]:
             marks = [mark for mark in marks if mark > tokens]
             heldout_curve.append({"real_tokens": warmup_tokens + tokens, "loss": heldout(model)})
-    # Frozen base: forward 2 FLOPs per weight per token and attention 2*2*d per query-key pair a
-    # layer; backward computes input gradients only (about as much again). Recomputation by
-    # gradient checkpointing and work on padding or across conversations count as overhead.
-    useful_flops = 2 * (2 * linear * tokens + 4 * layers * hidden * pairs)
     result = {
         "recipe": name, "steps": steps, "real_tokens": tokens, "seconds": round(seconds, 3),
         "real_tokens_per_s": round(tokens / seconds, 1), "step_ms": round(1000 * seconds / steps, 1),
         "real_tokens_per_step": round(tokens / steps, 1), "warmup_real_tokens": warmup_tokens,
-        "mfu": round(useful_flops / seconds / H200_BF16_DENSE_FLOPS, 4) if cuda else None,
+        "mfu": round(useful_flops(shape, tokens, pairs) / seconds / H200_BF16_DENSE_FLOPS, 4) if cuda else None,
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None,
         "peak_gpu_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20) if cuda else None,
         "loss_curve": curve,
