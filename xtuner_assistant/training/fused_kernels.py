@@ -60,12 +60,11 @@ def fuse_decoder(model: nn.Module, kernels: Kernels | None = None) -> dict:
                 counts["rms_norm"] += 1
             else:
                 counts["kept_own"].append(f"{name} ({kind})")
-        elif _swiglu_parts(module):
-            gate, up, down = _swiglu_parts(module)
+        elif parts := _swiglu_parts(module):
+            gate, up, down = parts
             fused = _fused_swiglu(module, kernels, gate, up, down)
             weight = next(p for p in getattr(module, gate).parameters() if p.dim() >= 1)
-            sample = _sample(weight, getattr(module, gate).in_features, torch.get_autocast_dtype("cuda")
-                             if torch.is_autocast_enabled("cuda") else None)
+            sample = _sample(weight, getattr(module, gate).in_features, _autocast_dtype())
             if _agrees(module.forward, fused, sample):
                 module.forward = fused
                 counts["swiglu"] += 1
@@ -141,12 +140,18 @@ def _fused_rope(rope: Callable, own: Callable):
     return apply_rotary_pos_emb
 
 
+def _autocast_dtype() -> torch.dtype | None:
+    """The dtype CUDA autocast computes in now (what a layer's input is during training), or None."""
+    return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+
+
 def _first_float_parameter(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     for parameter in model.parameters():
         if parameter.is_floating_point():
-            dtype = torch.get_autocast_dtype("cuda") if parameter.is_cuda and torch.is_autocast_enabled("cuda") else None
-            return parameter.device, dtype or (torch.bfloat16 if parameter.dtype == torch.float32 and parameter.is_cuda
-                                               else parameter.dtype)
+            if not parameter.is_cuda:
+                return parameter.device, parameter.dtype
+            return parameter.device, _autocast_dtype() or (torch.bfloat16 if parameter.dtype == torch.float32
+                                                           else parameter.dtype)
     return torch.device("cpu"), torch.float32
 
 

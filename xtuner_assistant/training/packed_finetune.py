@@ -31,6 +31,7 @@ from xtuner_assistant.chat_template import IGNORE_INDEX
 from xtuner_assistant.data.packing import block_diagonal_causal_mask
 from xtuner_assistant.training.document_attention import DocumentAttention
 from xtuner_assistant.training.fused_kernels import compile_decoder_layers, fuse_decoder, liger_kernels
+from xtuner_assistant.training.settings import SettingError, cast_setting
 
 # Small enough that the logits of a chunk stay a small share of peak memory, large enough to keep
 # the GPU busy: 1024 cost more memory for no speed (docs/BENCHMARKS.md).
@@ -71,15 +72,15 @@ def causal_lm_parts(llm) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def _auto_or_bool(field: str, value) -> bool | str:
-    """A setting's "auto" / True / False, also as the text a config setting or --set gives."""
-    text = str(value).strip().lower()
-    if text == "auto":
+    """A setting's "auto" / True / False, also as the text a config setting or --set gives (read as
+    every boolean setting is: settings.cast_setting)."""
+    text = str(value).strip()
+    if text.lower() == "auto":
         return "auto"
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"model.{field}={value!r}: expected auto, true or false")
+    try:
+        return cast_setting(text, False, f"model.{field}={value!r}")
+    except SettingError:
+        raise ValueError(f"model.{field}={value!r}: expected auto, true or false") from None
 
 
 class PackedSupervisedFinetune(SupervisedFinetune):
