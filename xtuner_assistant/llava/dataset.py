@@ -17,12 +17,11 @@ import torch
 from PIL import Image
 
 from xtuner.dataset import LLaVADataset
-from xtuner.dataset.utils import expand2square
 from xtuner.registry import BUILDER
 from xtuner.utils import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 from xtuner_assistant.chat_template import encode_conversation, require_chat_template
-from xtuner_assistant.llava.image_chat import image_prompt_pieces
+from xtuner_assistant.llava.image_chat import image_pixels, image_prompt_pieces
 from xtuner_assistant.paths import read_json_list
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -97,9 +96,7 @@ class ChatTemplateLLaVADataset(LLaVADataset):
         processor = self.image_processor
         if record.get("image"):
             image = Image.open(os.path.join(self.image_folder, record["image"])).convert("RGB")
-            if self.pad_image_to_square:
-                image = expand2square(image, tuple(int(x * 255) for x in processor.image_mean))
-            record["pixel_values"] = processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
+            record["pixel_values"] = image_pixels(image, processor, self.pad_image_to_square)
         else:
             size = getattr(processor, "crop_size", None) or processor.size
             record["pixel_values"] = torch.zeros(3, size["height"], size["width"])

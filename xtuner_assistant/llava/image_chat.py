@@ -49,7 +49,8 @@ def read_image(source: str | Path | bytes, name: str | None = None):
 
 
 def expand_to_square(image, background):
-    """The image centred on a square of `background` (XTuner's expand2square, as training pads)."""
+    """The image centred on a square of `background` (what XTuner's expand2square does; written here so
+    that the published app needs no XTuner)."""
     from PIL import Image
 
     width, height = image.size
@@ -87,15 +88,19 @@ def efficientnet_token_sequence(feature_map):
     return torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
 
 
+def image_pixels(image, processor, pad_to_square: bool):
+    """One image as the encoder's pixel_values (C, H, W), the same in training (llava/dataset.py) and
+    answering: centred on a square of the processor's mean colour first when the config says so."""
+    if pad_to_square:
+        image = expand_to_square(image, tuple(int(x * 255) for x in processor.image_mean))
+    return processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
+
+
 def image_features(model, images):
     """(batch, image tokens, LLM width): encoder -> selected layer without its class token -> projector."""
     import torch
 
-    pixels = []
-    for image in images:
-        if model.pad_image_to_square:
-            image = expand_to_square(image, tuple(int(x * 255) for x in model.image_processor.image_mean))
-        pixels.append(model.image_processor.preprocess(image, return_tensors="pt")["pixel_values"][0])
+    pixels = [image_pixels(image, model.image_processor, model.pad_image_to_square) for image in images]
     encoder_dtype = next(model.visual_encoder.parameters()).dtype
     batch = torch.stack(pixels).to(model.device, encoder_dtype)
     with torch.inference_mode():
