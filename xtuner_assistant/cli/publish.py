@@ -107,14 +107,11 @@ def publish(args, facts, model_url: str, app_url: str | None, staging: Path | No
     from xtuner_assistant.publish.openxlab import code_url_for, publish_with_sdk, upload_plan
 
     model = model_repo_files(Path(args.model), facts, args.repo, staging)
-    if facts.llava:
-        title = args.title or (f"{facts.name} — ask about an image" if facts.name else "Ask about an image")
-        llava = json.loads(Path(model[PORTABLE]).read_text(encoding="utf-8"))
-        app = None if args.model_only else app_files(display_url(model_url), title, args.branch, IMAGE_EXAMPLES,
-                                                     llava=llava)
-    else:
-        title = args.title or (f"{facts.name} — a personal assistant" if facts.name else "A personal assistant")
-        app = None if args.model_only else app_files(display_url(model_url), title, args.branch, EXAMPLES)
+    llava = json.loads(Path(model[PORTABLE]).read_text(encoding="utf-8")) if facts.llava else None
+    what = "ask about an image" if llava else "a personal assistant"
+    title = args.title or (f"{facts.name} — {what}" if facts.name else what.capitalize())
+    app = None if args.model_only else app_files(display_url(model_url), title, args.branch,
+                                                 IMAGE_EXAMPLES if llava else EXAMPLES, llava=llava)
     plan = []
     if not args.app_only and args.via == "openxlab":
         plan.append(("model repo with the openxlab SDK", f"OpenXLab {args.repo} (code URL {code_url_for(app_url)})",
