@@ -222,20 +222,20 @@ def vqa_section(facts: CardFacts) -> list[str]:
                         "`--vqa-report vqa.json`; until then, try it on your own images before you rely on it.", ""]
     sample = (f"a seeded sample of up to {report['per_type_sample']} per question type" if report.get("per_type_sample")
               else "every question of the split")
+    majority = report.get("majority_baseline")
     lines += [f"Accuracy on {report.get('questions', '?')} held-out questions of {Path(str(report.get('test_file', ''))).name or 'the test split'} "
               f"({sample}; images never seen in training), by `xtuner-assistant vqa eval`: the first answer word of "
               "each reply is compared with the expected one.", "",
-              "| question type | questions | accuracy |" + (" majority answer |" if report.get("majority_baseline") else ""),
-              "| --- | --- | --- |" + (" --- |" if report.get("majority_baseline") else "")]
-    baseline = (report.get("majority_baseline") or {}).get("by_type", {})
+              "| question type | questions | accuracy |" + (" majority answer |" if majority else ""),
+              "| --- | --- | --- |" + (" --- |" if majority else "")]
     for kind, row in sorted(report["by_type"].items()):
         lines.append(f"| {kind} | {row.get('questions')} | {row.get('accuracy', 0):.3f} |"
-                     + (f" {baseline.get(kind, {}).get('accuracy', float('nan')):.3f} |" if report.get("majority_baseline") else ""))
+                     + (f" {majority.get('by_type', {}).get(kind, {}).get('accuracy', float('nan')):.3f} |" if majority else ""))
     overall = f"| overall | {report.get('questions')} | {report['overall']:.3f} |"
-    if report.get("majority_baseline"):
-        overall += f" {report['majority_baseline'].get('overall', float('nan')):.3f} |"
+    if majority:
+        overall += f" {majority.get('overall', float('nan')):.3f} |"
     lines += [overall, ""]
-    if report.get("majority_baseline"):
+    if majority:
         lines += ["The majority answer always gives each question type's most frequent training answer: a model "
                   "that does not look at the image scores about that.", ""]
     return lines
