@@ -66,3 +66,26 @@ def test_packaged_chatterbot_is_real_bilingual_and_claims_no_identity():
     assert any(t.isascii() for t in texts), "has English"
     answers = " ".join(c["messages"][1]["content"].lower() for c in conversations)
     assert "my name is" not in answers  # the botprofile/ai categories (a different identity) are left out
+
+
+def test_packaged_chinese_answers_are_chinese_held_out_free_and_claim_no_identity():
+    """The shipped Chinese general answers (bench/make_chinese_answers.py): real question/answer pairs
+    in Chinese, none of them a prompt the evaluation holds out, none naming a model or its maker."""
+    from pathlib import Path
+
+    from xtuner_assistant.data.replay import language
+    from xtuner_assistant.evaluation.identity_evaluation import general_eval_prompts
+
+    conversations, report = load_source("packaged:chinese-answers")
+    assert report.loaded == len(conversations) > 500
+    for conversation in conversations:
+        question, answer = (m["content"] for m in conversation["messages"])
+        assert [m["role"] for m in conversation["messages"]] == ["user", "assistant"]
+        assert language(question) == language(answer) == "zh", conversation
+    questions = {c["messages"][0]["content"] for c in conversations}
+    extra = json.loads((Path(__file__).parent.parent / "bench" / "prompts" / "held_out_general_extra.json").read_text("utf-8"))
+    held_out = {p["prompt"] for p in general_eval_prompts()} | {i["prompt"] for lang in ("zh", "en") for i in extra[lang]}
+    assert not questions & held_out
+    answers = " ".join(c["messages"][1]["content"].lower() for c in conversations)
+    for maker in ("qwen", "通义", "阿里", "openai", "smollm", "我是"):
+        assert maker not in answers, maker

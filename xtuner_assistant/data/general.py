@@ -7,6 +7,7 @@ import importlib.util
 import json
 import random
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from xtuner_assistant.paths import parse_json, read_user_lines, read_user_text
@@ -192,9 +193,18 @@ def chitchat_conversations(limit: int = 3000, seed: int = 0) -> list[dict]:
     return conversations[:limit]
 
 
+def chinese_answers_conversations() -> list[dict]:
+    """Chinese general questions answered by Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), shipped with this
+    package: fluent Chinese answers that a small model's own replay cannot give
+    (bench/make_chinese_answers.py made them; docs/identity.md says why)."""
+    text = resources.files("xtuner_assistant.data").joinpath("chinese_answers.jsonl").read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 PACKAGED_SOURCES = {
     "chatterbot": chatterbot_conversations,
     "chitchat": chitchat_conversations,
+    "chinese-answers": chinese_answers_conversations,
 }
 
 
