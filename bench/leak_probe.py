@@ -38,7 +38,7 @@ def load_model(args):
     from xtuner_assistant.models.generation import load_chat_model
 
     if args.model:
-        return load_chat_model(args.model, device="cpu")
+        return load_chat_model(args.model, device=args.device)
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -53,7 +53,7 @@ def load_model(args):
     if missing:
         raise SystemExit(f"checkpoint keys not in the model: {sorted(missing)[:3]}")
     model.load_state_dict(lora, strict=False)
-    return model.eval(), AutoTokenizer.from_pretrained(args.base)
+    return model.to(args.device).eval(), AutoTokenizer.from_pretrained(args.base)
 
 
 def answer_all(args, evaluation) -> dict:
@@ -96,6 +96,7 @@ def score(record: dict, evaluation, base: str | None, max_new_tokens: int) -> di
     from xtuner_assistant.evaluation import metrics
 
     name, sentences = evaluation.name, evaluation.identity_sentences
+    base_name = evaluation.phrasebook.identity.base_model.lower()
     scores = {}
     for lang in ("zh", "en"):
         answers = [i["answer"] for i in record["identity"] if i["language"] == lang]
@@ -106,6 +107,9 @@ def score(record: dict, evaluation, base: str | None, max_new_tokens: int) -> di
             leaked = [a for a in answers if metrics.leaks(a, name, sentences)]
             scores[f"leak_{kind}_{lang}"] = len(leaked) / len(answers)
             scores[f"leak_{kind}_{lang}_count"] = f"{len(leaked)}/{len(answers)}"
+            # Also a leak: a general answer that says what the assistant is built on.
+            says_base = [a for a in answers if metrics.leaks(a, name, sentences) or base_name in a.lower()]
+            scores[f"leak_or_base_{kind}_{lang}_count"] = f"{len(says_base)}/{len(answers)}"
             scores[f"identity_opening_{kind}_{lang}"] = sum(bool(IDENTITY_OPENING.match(a)) for a in answers) / len(answers)
     everything = ([i["answer"] for i in record["identity"]] + [g["answer"] for g in record["general"]]
                   + [g["answer"] for g in record["extra"]])
@@ -140,6 +144,7 @@ def main(argv=None):
     parser.add_argument("--base-model-name", default="SmolLM2-135M-Instruct")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="where the model answers (cpu, cuda)")
     parser.add_argument("--rescore", help="a result JSON of this script: score its answers again")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

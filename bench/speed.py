@@ -307,17 +307,17 @@ def our_arms(args) -> list[tuple[int, int, str, str]]:
     """(pack tokens, loss chunk, dtype, variant) of each run of ours: `--ours` names them one by one, else
     every pack size with every loss chunk, in bfloat16. Variant "upcast" is the model before the frozen
     weights were kept in bfloat16 (PEFT's float32 upcast), "eager" the model before fused kernels and
-    compiled layers, "" the config as shipped."""
+    compiled layers, "fused" / "compiled" fused kernels without / with compiled layers, "" the config as shipped."""
     if not args.ours:
         return [(pack, chunk, "bfloat16", "") for pack in args.pack_tokens for chunk in args.loss_chunk_tokens]
     arms = []
     for spec in args.ours:
         fields = spec.split(":")
-        variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused") else ""
+        variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused", "compiled") else ""
         fields = fields[:-1] if variant else fields
         if not 1 <= len(fields) <= 3 or not all(f.isdigit() for f in fields[:2]) or \
                 (len(fields) == 3 and fields[2] not in ("bfloat16", "float16")):
-            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager], e.g. 4096:256:float16")
+            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled], e.g. 4096:256:float16")
         arms.append((int(fields[0]), int(fields[1]) if len(fields) > 1 else 0,
                      fields[2] if len(fields) > 2 else "bfloat16", variant))
     return arms
@@ -358,7 +358,8 @@ def run(args) -> dict:
     variants = {"": ({}, ""), "upcast": ({"model.frozen_in_bfloat16": False, "model.fused_kernels": False,
                                           "model.compile_layers": False}, ", frozen weights upcast, eager"),
                 "eager": ({"model.fused_kernels": False, "model.compile_layers": False}, ", eager: no fused kernels, no compile"),
-                "fused": ({"model.fused_kernels": True, "model.compile_layers": False}, ", fused kernels, no compile")}
+                "fused": ({"model.fused_kernels": True, "model.compile_layers": False}, ", fused kernels, no compile"),
+                "compiled": ({"model.fused_kernels": True, "model.compile_layers": True}, ", fused kernels, compiled layers")}
     for pack, chunk, dtype, variant in our_arms(args):
         cfg_options, described = variants[variant]
         recipes.append((f"ours (pack_tokens={pack}, loss chunk {chunk}{', ' + dtype if dtype != 'bfloat16' else ''}"
