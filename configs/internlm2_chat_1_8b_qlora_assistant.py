@@ -6,7 +6,8 @@
 #   (or: XA_MODEL=/root/ft/model XA_NAME=小菜鸡 xtuner train THIS_FILE; NPROC_PER_NODE=2 for 2 GPUs)
 _base_ = ["./_base_/runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.training.recipe import base_model_replay, identity_source, nf4_quantization, warmup_then_cosine
+from xtuner_assistant.training.recipe import (base_model_replay, identity_source, model_display_name, nf4_quantization,
+                                              warmup_then_cosine)
 from xtuner_assistant.training.settings import required_setting, setting
 
 #######################################################################
@@ -15,7 +16,7 @@ from xtuner_assistant.training.settings import required_setting, setting
 model_path = required_setting("model", "the folder of InternLM2-Chat-1.8B (the tutorial's /root/ft/model)")
 name = setting("name", "小菜鸡")
 author = setting("author", "")
-base_model = setting("base_model", "书生·浦语 InternLM2-Chat-1.8B")
+base_model = setting("base_model", model_display_name(model_path))  # what it says it is built on
 identity_file = setting("identity_file", "")  # the tutorial's personal_assistant.json works too
 identity_samples = setting("identity_samples", 2000)
 general = setting("general", "packaged:chatterbot,packaged:chitchat")  # comma-separated; "" = none

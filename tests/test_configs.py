@@ -197,11 +197,18 @@ def test_settings_are_read_from_the_config_and_the_bases_it_names(tmp_path):
     assert list(declared_settings(tmp_path / "mine.py")) == ["model", "lr", "seed"]
 
 
-def test_another_model_is_not_told_it_is_built_on_smollm2(settings, tiny_model_dir):
-    """`--model OTHER` (XA_MODEL): the identity names the model the folder holds, not the config's default."""
-    cfg = Config.fromfile(str(REPO / "configs" / "smollm2_135m_lora_cpu_assistant.py"))
-    assert cfg.base_model == tiny_model_dir.name != "SmolLM2-135M-Instruct"
-    assert cfg.train_dataloader.dataset.identity.base_model == tiny_model_dir.name
+IDENTITY_CONFIGS = [p for p in CONFIGS if "identity_source(" in p.read_text(encoding="utf-8")]
+
+
+@pytest.mark.parametrize("path", IDENTITY_CONFIGS, ids=[p.stem for p in IDENTITY_CONFIGS])
+def test_another_model_is_not_told_it_is_built_on_the_configs_model(path, settings, tiny_model_dir):
+    """`--model OTHER` (XA_MODEL): the identity and its evaluation name the model the folder holds, not the
+    model the config was written for."""
+    cfg = Config.fromfile(str(path))
+    assert cfg.base_model == tiny_model_dir.name
+    mixed = cfg.train_dataloader.dataset.get("dataset", cfg.train_dataloader.dataset)  # inside the packing, if packed
+    assert mixed.identity.base_model == tiny_model_dir.name
+    assert all(hook.base_model == tiny_model_dir.name for hook in cfg.custom_hooks)  # where it evaluates
 
 
 def test_a_model_folders_display_name(tmp_path):
@@ -216,7 +223,7 @@ def test_a_model_folders_display_name(tmp_path):
     (hub / "config.json").write_text(json.dumps({"_name_or_path": "internlm/internlm2-chat-1_8b"}))
     (merged / "config.json").write_text(json.dumps({"_name_or_path": str(fetched)}))  # as a merge saves it
     assert display_name(fetched) == "SmolLM2-135M-Instruct"
-    assert display_name(hub) == "internlm2-chat-1_8b"
+    assert display_name(hub) == "书生·浦语 InternLM2-Chat-1.8B"  # the tutorial's name for it
     assert display_name(merged) == "SmolLM2-135M-Instruct"
     assert display_name(bare) == "bare"
 

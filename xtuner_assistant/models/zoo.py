@@ -96,6 +96,10 @@ MODELS: dict[str, PackagedModel] = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 
+# Hub models called by another name than their repository's in identity answers, keyed by that name in lower
+# case: the tutorial's assistant says it is built on "书生·浦语 InternLM2-Chat-1.8B".
+KNOWN_NAMES = {"internlm2-chat-1_8b": "书生·浦语 InternLM2-Chat-1.8B"}
+
 
 def get_model(name: str) -> PackagedModel:
     if name not in MODELS:

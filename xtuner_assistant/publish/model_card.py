@@ -28,7 +28,7 @@ UPSTREAM = {
     "SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "Qwen2.5-Coder-0.5B-Instruct": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
     "Qwen2.5-Coder-1.5B-Instruct": "Qwen/Qwen2.5-Coder-1.5B-Instruct",
-    "InternLM2-Chat-1.8B": "internlm/internlm2-chat-1_8b",
+    "书生·浦语 InternLM2-Chat-1.8B": "internlm/internlm2-chat-1_8b",
 }
 # Licence names as the records write them -> the card platforms' identifiers.
 LICENCE_IDS = {"apache-2.0": "apache-2.0", "mit": "mit", "bsd-3-clause": "bsd-3-clause", "other": "other"}
