@@ -214,7 +214,7 @@ def test_another_model_is_not_told_it_is_built_on_the_configs_model(path, settin
 def test_a_model_folders_display_name(tmp_path):
     import json
 
-    from xtuner_assistant.models.fetch import MANIFEST, display_name
+    from xtuner_assistant.models.zoo import MANIFEST, model_display_name
 
     fetched, hub, merged, bare = (tmp_path / name for name in ("fetched", "hub", "merged", "bare"))
     for folder in (fetched, hub, merged, bare):
@@ -222,10 +222,28 @@ def test_a_model_folders_display_name(tmp_path):
     (fetched / MANIFEST).write_text(json.dumps({"display_name": "SmolLM2-135M-Instruct"}))
     (hub / "config.json").write_text(json.dumps({"_name_or_path": "internlm/internlm2-chat-1_8b"}))
     (merged / "config.json").write_text(json.dumps({"_name_or_path": str(fetched)}))  # as a merge saves it
-    assert display_name(fetched) == "SmolLM2-135M-Instruct"
-    assert display_name(hub) == "书生·浦语 InternLM2-Chat-1.8B"  # the tutorial's name for it
-    assert display_name(merged) == "SmolLM2-135M-Instruct"
-    assert display_name(bare) == "bare"
+    assert model_display_name(fetched) == "SmolLM2-135M-Instruct"
+    assert model_display_name(hub) == "书生·浦语 InternLM2-Chat-1.8B"  # the tutorial's name for it
+    assert model_display_name(merged) == "SmolLM2-135M-Instruct"
+    assert model_display_name(bare) == "bare"
+
+
+def test_the_identity_the_merge_record_and_the_model_card_name_a_model_folder_alike(tmp_path, monkeypatch):
+    """The tutorial's /root/ft/model holding InternLM2-Chat-1.8B: the identity must not say "built on model"
+    while the merged model's record and card say InternLM2 (two display names once disagreed so)."""
+    import json
+
+    from xtuner_assistant.cli import demo
+    from xtuner_assistant.publish import model_card
+    from xtuner_assistant.training import export
+
+    folder = tmp_path / "ft" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": "internlm/internlm2-chat-1_8b"}))
+    monkeypatch.setenv("XA_MODEL", str(folder))
+    identity = Config.fromfile(str(INTERNLM2)).base_model
+    record_and_card = {module.model_display_name(folder) for module in (export, model_card, demo)}
+    assert {identity} == record_and_card == {"书生·浦语 InternLM2-Chat-1.8B"}
 
 
 def test_the_dumped_config_is_found_beside_what_deepspeed_writes(tmp_path):

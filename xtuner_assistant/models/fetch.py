@@ -8,10 +8,9 @@ import shutil
 from pathlib import Path
 
 from xtuner_assistant import compat, progress
-from xtuner_assistant.models.zoo import KNOWN_NAMES, MODELS, PackagedModel, get_model
+from xtuner_assistant.models.zoo import MANIFEST, MODELS, PackagedModel, get_model
 from xtuner_assistant.paths import model_cache_dir, replace_dir_atomic, staging_dir_for, write_json_atomic
 
-MANIFEST = "xtuner_assistant_model.json"
 CHUNK = 8 << 20
 
 
@@ -59,28 +58,6 @@ def installed_manifest(name: str) -> dict | None:
         if not path.is_file() or path.stat().st_size != size:
             return None
     return manifest
-
-
-def display_name(model_dir: str | Path) -> str:
-    """What a model folder calls its model, for "built on <display name>": the packaged model's name
-    for a folder `model fetch` made (its manifest, or its name if the folder is gone), else the name in
-    its config.json (a merged model's names its base folder, whose name is used in turn), else the
-    folder's own name; a hub model in KNOWN_NAMES by the name it is known by there."""
-    folder = Path(model_dir)
-    try:
-        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["display_name"]
-    except (OSError, ValueError, KeyError):
-        pass
-    try:
-        named = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path") or ""
-    except (OSError, ValueError):
-        named = ""
-    if named and Path(named).is_dir() and Path(named).resolve() != folder.resolve():
-        return display_name(named)
-    if not named and folder.name in MODELS:  # a fetched folder that is gone: named after its model
-        return MODELS[folder.name].display_name
-    name = Path(named).name or folder.resolve().name
-    return KNOWN_NAMES.get(name.lower(), name)
 
 
 def fetch(name: str, force: bool = False) -> Path:

@@ -1,4 +1,5 @@
-"""The real chat models that ship as PyPI packages, and where their GGUF bytes lie once installed.
+"""The real chat models that ship as PyPI packages, where their GGUF bytes lie once installed, and
+what any model folder calls its model (model_display_name).
 
 A model is one GGUF file, stored whole in one package or split into parts over several packages
 (concatenated in order). The digest pins the exact bytes we verified.
@@ -6,9 +7,11 @@ A model is one GGUF file, stored whole in one package or split into parts over s
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+MANIFEST = "xtuner_assistant_model.json"  # what `model fetch` records in the folder it makes
 
 class ModelPackageMissing(RuntimeError):
     pass
@@ -107,8 +110,24 @@ def get_model(name: str) -> PackagedModel:
     return MODELS[name]
 
 
-def model_display_name(folder: str | Path) -> str:
-    """What a model folder is called in identity answers and model cards: the packaged model's name for a
-    folder fetched by `xtuner-assistant model fetch`, else the folder's own name (never its path)."""
-    name = Path(folder).name
-    return MODELS[name].display_name if name in MODELS else name
+def model_display_name(model_dir: str | Path) -> str:
+    """What a model folder calls its model, for "built on <display name>" in identity answers, merge records
+    and model cards: the packaged model's name for a folder `model fetch` made (its manifest, or its name if
+    the folder is gone), else the name in its config.json (a merged model's names its base folder, whose
+    name is used in turn), else the folder's own name (never its path); a hub model in KNOWN_NAMES by the
+    name it is known by there."""
+    folder = Path(model_dir)
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["display_name"]
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        named = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path") or ""
+    except (OSError, ValueError):
+        named = ""
+    if named and Path(named).is_dir() and Path(named).resolve() != folder.resolve():
+        return model_display_name(named)
+    if not named and folder.name in MODELS:  # a fetched folder that is gone: named after its model
+        return MODELS[folder.name].display_name
+    name = Path(named).name or folder.resolve().name
+    return KNOWN_NAMES.get(name.lower(), name)

