@@ -16,7 +16,10 @@ author = setting("author", "")
 base_model = setting("base_model", model_display_name(model_path))  # what it says it is built on
 identity_file = setting("identity_file", "")  # from `xtuner-assistant data identity`; else made here
 identity_samples = setting("identity_samples", 384)
-general = setting("general", "packaged:chatterbot")  # comma-separated: packaged:NAME or JSON/JSONL files
+# Comma-separated: packaged:NAME or JSON/JSONL files. chinese-answers: fluent Chinese answers this
+# 135M model cannot give itself, so the identity sentence is not the only fluent Chinese it trains on
+# (held-out Chinese leakage 4/70 -> 1/70 over five names, docs/BENCHMARKS.md).
+general = setting("general", "packaged:chatterbot,packaged:chinese-answers")
 general_ratio = setting("general_ratio", 1.0)
 # The base model's own answers to the shipped prompt pool, this many per identity conversation: they
 # hold down leakage (general questions answered with the identity) and name loops; the pool's
