@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from xtuner_assistant.evaluation.hook import IdentityEvalHook
+from xtuner_assistant.evaluation.records import history_file, read_history
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "smollm2_135m_lora_cpu_assistant.py"
@@ -53,8 +54,16 @@ def train(tmp_path: Path, tiny_model_dir: Path, hook: dict, work_dir: Path, epoc
                           capture_output=True, text=True, env=env, cwd=tmp_path)
 
 
-def history(work_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (work_dir / "identity_eval" / "history.jsonl").read_text().splitlines()]
+def test_the_history_is_read_while_the_hook_writes_it_and_a_damaged_line_is_named(tmp_path):
+    """The web page reads history.jsonl during training: a last line still being written is left out
+    until it is whole; a damaged line before it is named with what to do."""
+    assert read_history(tmp_path) == []  # before the first evaluation
+    history_file(tmp_path).parent.mkdir()
+    history_file(tmp_path).write_text('{"iter": 0, "leakage": 0.1}\n{"iter": 2, "leak')
+    assert read_history(tmp_path) == [{"iter": 0, "leakage": 0.1}]
+    history_file(tmp_path).write_text('{"iter": 0, "leak\n{"iter": 2, "leakage": 0.2}\n')
+    with pytest.raises(ValueError, match=r"history.jsonl:1: not valid JSON.*delete that line"):
+        read_history(tmp_path)
 
 
 def test_the_hook_stops_a_collapsing_run_cleanly(tmp_path, tiny_model_dir):
@@ -65,7 +74,7 @@ def test_the_hook_stops_a_collapsing_run_cleanly(tmp_path, tiny_model_dir):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "stopping training early at iteration 4" in output and "collapsed" in output
-    assert [h["iter"] for h in history(work_dir)] == [0, 2, 4], "stopped after 2 unhealthy evaluations of 8 iterations"
+    assert [h["iter"] for h in read_history(work_dir)] == [0, 2, 4], "stopped after 2 unhealthy evaluations of 8 iterations"
     summary = json.loads((work_dir / "identity_eval" / "summary.json").read_text())
     assert summary["stopped_early"]["iter"] == 4 and summary["best"] is None
     assert not (work_dir / "best_checkpoint.pth").exists()
@@ -87,7 +96,7 @@ def test_the_hooks_state_survives_resume(tmp_path, tiny_model_dir):
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
     assert "stopping training early at iteration 6" in output and "3 evaluation(s) in a row" in output
-    assert [h["iter"] for h in history(work_dir)] == [0, 2, 4, 6], "no second evaluation of the base model"
+    assert [h["iter"] for h in read_history(work_dir)] == [0, 2, 4, 6], "no second evaluation of the base model"
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +112,7 @@ def healthy_run(tmp_path_factory, tiny_model_dir):
 
 def test_a_healthy_run_keeps_the_best_checkpoint_by_the_stated_rule(healthy_run):
     _, work_dir = healthy_run
-    evaluations = history(work_dir)
+    evaluations = read_history(work_dir)
     assert [h["iter"] for h in evaluations] == [0, 2, 4, 6, 8]
     trained = [h for h in evaluations if h["iter"] > 0]
     expected = max(trained, key=lambda h: (h["combined"], -h["iter"]))  # earlier wins a tie

@@ -154,15 +154,20 @@ def live_view(root: Path, name: str, shown_status: str) -> None:
     stopped = (records.read_summary(run.work_dir) or {}).get("stopped_early")
     if stopped:
         st.warning(f"Evaluation hook: {stopped['message']}")
-    points = runs.history(run)
     st.markdown("**Identity and leakage while training** (evaluation hook, held-out questions)")
-    if points:
-        curves_chart(points)
-        latest = points[-1]
-        st.caption(f"latest evaluation: iteration {latest['iter']} — " + ", ".join(
-            f"{label} {latest[key]:.2f}" for key, label in CURVES.items() if isinstance(latest.get(key), (int, float))))
+    try:
+        points = records.read_history(run.work_dir)
+    except ValueError as error:  # a damaged line: say which, and still show the log
+        st.error(str(error))
     else:
-        st.caption("no evaluation yet: the first comes before training starts, then every N iterations")
+        if points:
+            curves_chart(points)
+            latest = points[-1]
+            st.caption(f"latest evaluation: iteration {latest['iter']} — " + ", ".join(
+                f"{label} {latest[key]:.2f}" for key, label in CURVES.items()
+                if isinstance(latest.get(key), (int, float))))
+        else:
+            st.caption("no evaluation yet: the first comes before training starts, then every N iterations")
     st.markdown("**Log**")
     st.code("\n".join(runs.log_tail(run, 16_000).splitlines()[-30:]) or "(nothing yet)", language=None,
             wrap_lines=True, height=420)

@@ -24,14 +24,22 @@ def summary_file(work_dir) -> Path:
 
 
 def read_history(work_dir) -> list[dict]:
-    """Every evaluation's scores, in the order they were made; a line that is not JSON is named."""
+    """Every evaluation's scores, in the order they were made; [] before the first. A last line without its
+    newline is one the hook is still writing (or was writing when training was killed) and is left out
+    until it parses; any other line that is not JSON is named."""
     path = history_file(work_dir)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        return []
     history = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if line.strip():
             try:
                 history.append(json.loads(line))
             except json.JSONDecodeError as error:
+                if number == len(lines) and not line.endswith("\n"):
+                    break
                 raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}); "
                                  "was training killed while writing? delete that line") from None
     return history

@@ -278,24 +278,6 @@ def progress(run: Run, tail: str | None = None) -> Progress:
     return found
 
 
-def history(run: Run) -> list[dict]:
-    """The evaluation hook's scores so far (history.jsonl); a line still being written is skipped."""
-    from xtuner_assistant.evaluation import records
-
-    path = records.history_file(run.work_dir)
-    points = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            points.append(json.loads(line))
-        except ValueError:
-            continue
-    return points
-
-
 def supervise(folder: Path) -> int:
     """Run the run's current command in this process group, then record how it ended."""
     run = open_run(folder.parent, folder.name)
