@@ -23,6 +23,7 @@ from xtuner_assistant.models.fetch import recorded_licence
 from xtuner_assistant.models.zoo import model_display_name
 from xtuner_assistant.paths import (check_output_dir, record_output_dir, replace_dir_atomic, staging_dir_for,
                                     write_json_atomic)
+from xtuner_assistant.training.recipe import nf4_quantization
 from xtuner_assistant.training.work_dir import (CONVERT_RECORD, checkpoint_problem, find_training_run,
                                                 literal_settings, named_checkpoint, resolved_config, run_facts)
 from xtuner_assistant.training.xtuner_tools import run_tool
@@ -103,9 +104,10 @@ def quantization_gap(base: Path, adapter: Path, merged, tokenizer) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.float32)
-    quantized = AutoModelForCausalLM.from_pretrained(base, quantization_config=nf4, torch_dtype=torch.float32,
+    nf4 = nf4_quantization("float32")  # the quantization the QLoRA configs train with
+    del nf4["type"]  # the registry's name for the class built here
+    quantized = AutoModelForCausalLM.from_pretrained(base, quantization_config=BitsAndBytesConfig(**nf4),
+                                                     torch_dtype=torch.float32,
                                                      device_map={"": 0}, trust_remote_code=True).eval()
     plain = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32, trust_remote_code=True).eval()
     base_gap = largest_logit_difference(quantized, plain, tokenizer)
