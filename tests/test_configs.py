@@ -256,3 +256,26 @@ def test_the_dumped_config_is_found_beside_what_deepspeed_writes(tmp_path):
     time.sleep(0.01)
     (tmp_path / "zero_to_fp32.py").write_text("from dataclasses import dataclass\n")
     assert resolved_config(tmp_path) == tmp_path / "assistant.py"
+
+
+def test_a_generic_folder_is_named_from_its_config(tmp_path):
+    """The tutorial copies InternLM2-Chat-1.8B to /root/ft/model, whose config.json need not name it:
+    the identity must not say "built on model"."""
+    import json
+
+    from xtuner_assistant.models.zoo import model_display_name
+
+    internlm2 = tmp_path / "ft" / "model"
+    internlm2.mkdir(parents=True)
+    (internlm2 / "config.json").write_text(json.dumps({
+        "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2", "hidden_size": 2048,
+        "num_hidden_layers": 24, "vocab_size": 92544}))
+    assert model_display_name(internlm2) == "书生·浦语 InternLM2-Chat-1.8B"
+    other = tmp_path / "other" / "model"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}))
+    assert model_display_name(other) == "model"  # a shape it does not know keeps the folder's name
+    named = tmp_path / "internlm2-mine"
+    named.mkdir()
+    (named / "config.json").write_text((internlm2 / "config.json").read_text())
+    assert model_display_name(named) == "internlm2-mine"  # a telling folder name is kept

@@ -102,6 +102,12 @@ DEFAULT_MODEL = "smollm2-135m"
 # Hub models called by another name than their repository's in identity answers, keyed by that name in lower
 # case: the tutorial's assistant says it is built on "书生·浦语 InternLM2-Chat-1.8B".
 KNOWN_NAMES = {"internlm2-chat-1_8b": "书生·浦语 InternLM2-Chat-1.8B"}
+# A folder named like these says nothing about its model (the tutorial copies InternLM2-Chat-1.8B to
+# /root/ft/model): a model of a known shape is named from its config instead.
+GENERIC_FOLDER_NAMES = {"model", "models", "hf", "hf_model", "merged", "final_model", "base", "base_model", "llm"}
+# (model_type, hidden_size, num_hidden_layers, vocab_size). InternLM2.5-1.8B has the same shape; its
+# folder needs a telling name or --set base_model.
+KNOWN_SHAPES = {("internlm2", 2048, 24, 92544): "书生·浦语 InternLM2-Chat-1.8B"}
 
 
 def get_model(name: str) -> PackagedModel:
@@ -114,20 +120,24 @@ def model_display_name(model_dir: str | Path) -> str:
     """What a model folder calls its model, for "built on <display name>" in identity answers, merge records
     and model cards: the packaged model's name for a folder `model fetch` made (its manifest, or its name if
     the folder is gone), else the name in its config.json (a merged model's names its base folder, whose
-    name is used in turn), else the folder's own name (never its path); a hub model in KNOWN_NAMES by the
-    name it is known by there."""
+    name is used in turn), else the folder's own name (never its path), or for a generic one ("model") the
+    name of a model of a known shape; a hub model in KNOWN_NAMES by the name it is known by there."""
     folder = Path(model_dir)
     try:
         return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["display_name"]
     except (OSError, ValueError, KeyError):
         pass
     try:
-        named = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path") or ""
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        named = ""
+        config = {}
+    named = (config.get("_name_or_path") or "") if isinstance(config, dict) else ""
     if named and Path(named).is_dir() and Path(named).resolve() != folder.resolve():
         return model_display_name(named)
     if not named and folder.name in MODELS:  # a fetched folder that is gone: named after its model
         return MODELS[folder.name].display_name
     name = Path(named).name or folder.resolve().name
+    if name.lower() in GENERIC_FOLDER_NAMES and isinstance(config, dict):
+        shape = tuple(config.get(key) for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"))
+        name = KNOWN_SHAPES.get(shape, name)
     return KNOWN_NAMES.get(name.lower(), name)
