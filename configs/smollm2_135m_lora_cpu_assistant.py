@@ -18,7 +18,7 @@ identity_file = setting("identity_file", "")  # from `xtuner-assistant data iden
 identity_samples = setting("identity_samples", 384)
 # Comma-separated: packaged:NAME or JSON/JSONL files. chinese-answers: fluent Chinese answers this
 # 135M model cannot give itself, so the identity sentence is not the only fluent Chinese it trains on
-# (held-out Chinese leakage 4/70 -> 1/70 over five names, docs/BENCHMARKS.md).
+# and Chinese general questions stop getting it (docs/BENCHMARKS.md, "Chinese leakage").
 general = setting("general", "packaged:chatterbot,packaged:chinese-answers")
 general_ratio = setting("general_ratio", 1.0)
 # The base model's own answers to the shipped prompt pool, this many per identity conversation: they

@@ -43,6 +43,11 @@ sys.meta_path.insert(0, _SlowTrainingIterations())
 """
 
 
+def stop_button(page):
+    """The page's Stop, not Streamlit's own header button of the same name, shown while a script reruns."""
+    return page.get_by_role("button", name="Stop").and_(page.get_by_test_id("stBaseButton-primary"))
+
+
 def run_state(runs: Path) -> dict:
     return json.loads((runs / "zorblat" / "run.json").read_text())
 
@@ -75,7 +80,7 @@ def test_train_page_starts_watches_stops_resumes_and_chats_with_the_result(brows
 
         # Stop: the whole process group ends, and the page says so.
         pid = run_state(runs)["pid"]
-        page.get_by_role("button", name="Stop").click()
+        stop_button(page).click()
         page.get_by_text("stopped", exact=True).wait_for(timeout=60_000)
         assert not training_runs.group_alive(pid), "a training process outlived Stop"
         assert run_state(runs)["status"] == "stopped"
@@ -96,7 +101,7 @@ def test_train_page_starts_watches_stops_resumes_and_chats_with_the_result(brows
         page.get_by_text("running", exact=True).wait_for(timeout=60_000)
         page.get_by_text(re.compile(r"iteration \d+ of \d+")).wait_for(timeout=60_000)
         pid = run_state(runs)["pid"]
-        page.get_by_role("button", name="Stop").click()
+        stop_button(page).click()
         page.get_by_text("stopped", exact=True).wait_for(timeout=60_000)
         assert not training_runs.group_alive(pid)
         screenshot(page, "web_train_stopped.png")
