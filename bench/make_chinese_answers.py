@@ -19,12 +19,9 @@ import re
 import time
 from pathlib import Path
 
-import torch
-
-from xtuner_assistant.chat_template import generation_prompt_ids
 from xtuner_assistant.data import replay
 from xtuner_assistant.evaluation.identity_evaluation import general_eval_prompts
-from xtuner_assistant.models.generation import generation_kwargs, load_chat_model
+from xtuner_assistant.models.generation import load_chat_model, replies
 from xtuner_assistant.paths import write_jsonl_atomic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,18 +60,10 @@ def main() -> None:
         raise SystemExit(f"held-out prompts in the pool: {sorted(overlap)}")
     prompts = prompts[:args.limit] if args.limit else prompts
     model, tokenizer = load_chat_model(args.model)
-    kwargs = generation_kwargs(tokenizer, max_new_tokens=args.max_new_tokens)
     answers, start = [], time.time()
     for first in range(0, len(prompts), args.batch_size):
-        batch = [generation_prompt_ids(tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}])
-                 for p in prompts[first:first + args.batch_size]]
-        width = max(map(len, batch))
-        pad = kwargs["pad_token_id"]
-        ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch])
-        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
-        with torch.inference_mode():
-            out = model.generate(ids, attention_mask=mask, **kwargs)
-        answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        answers += replies(model, tokenizer, prompts[first:first + args.batch_size], batch_size=args.batch_size,
+                           system=SYSTEM, max_new_tokens=args.max_new_tokens)
         done = len(answers)
         eta = (time.time() - start) / done * (len(prompts) - done)
         print(f"{done}/{len(prompts)} prompts, {time.time() - start:.0f} s, ETA {eta:.0f} s", flush=True)

@@ -61,12 +61,14 @@ def reply(model, tokenizer, messages, **settings) -> str:
 
 
 @torch.inference_mode()
-def replies(model, tokenizer, prompts: list[str], batch_size: int = 8, **settings) -> list[str]:
-    """Greedy single-turn replies to many prompts, batched with left padding."""
+def replies(model, tokenizer, prompts: list[str], batch_size: int = 8, system: str = "", **settings) -> list[str]:
+    """Greedy single-turn replies to many prompts (after `system`, if given), batched with left padding."""
     results = []
     kwargs = generation_kwargs(tokenizer, **settings)
+    opening = [{"role": "system", "content": system}] if system else []
     for start in range(0, len(prompts), batch_size):
-        batch = [generation_prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts[start:start + batch_size]]
+        batch = [generation_prompt_ids(tokenizer, opening + [{"role": "user", "content": p}])
+                 for p in prompts[start:start + batch_size]]
         width = max(len(ids) for ids in batch)
         pad = kwargs["pad_token_id"]
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=model.device)
