@@ -13,6 +13,7 @@ from pathlib import Path
 
 MANIFEST = "xtuner_assistant_model.json"  # what `model fetch` records in the folder it makes
 
+
 class ModelPackageMissing(RuntimeError):
     pass
 
@@ -99,15 +100,16 @@ MODELS: dict[str, PackagedModel] = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 
-# Hub models called by another name than their repository's in identity answers, keyed by that name in lower
-# case: the tutorial's assistant says it is built on "书生·浦语 InternLM2-Chat-1.8B".
-KNOWN_NAMES = {"internlm2-chat-1_8b": "书生·浦语 InternLM2-Chat-1.8B"}
+# The tutorial's assistant says it is built on this.
+INTERNLM2_CHAT_1_8B = "书生·浦语 InternLM2-Chat-1.8B"
+# Hub models called by another name than their repository's in identity answers, keyed by that name in lower case.
+KNOWN_NAMES = {"internlm2-chat-1_8b": INTERNLM2_CHAT_1_8B}
 # A folder named like these says nothing about its model (the tutorial copies InternLM2-Chat-1.8B to
 # /root/ft/model): a model of a known shape is named from its config instead.
 GENERIC_FOLDER_NAMES = {"model", "models", "hf", "hf_model", "merged", "final_model", "base", "base_model", "llm"}
 # (model_type, hidden_size, num_hidden_layers, vocab_size). InternLM2.5-1.8B has the same shape; its
 # folder needs a telling name or --set base_model.
-KNOWN_SHAPES = {("internlm2", 2048, 24, 92544): "书生·浦语 InternLM2-Chat-1.8B"}
+KNOWN_SHAPES = {("internlm2", 2048, 24, 92544): INTERNLM2_CHAT_1_8B}
 
 
 def get_model(name: str) -> PackagedModel:
@@ -131,13 +133,15 @@ def model_display_name(model_dir: str | Path) -> str:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         config = {}
-    named = (config.get("_name_or_path") or "") if isinstance(config, dict) else ""
+    if not isinstance(config, dict):
+        config = {}
+    named = config.get("_name_or_path") or ""
     if named and Path(named).is_dir() and Path(named).resolve() != folder.resolve():
         return model_display_name(named)
     if not named and folder.name in MODELS:  # a fetched folder that is gone: named after its model
         return MODELS[folder.name].display_name
     name = Path(named).name or folder.resolve().name
-    if name.lower() in GENERIC_FOLDER_NAMES and isinstance(config, dict):
+    if name.lower() in GENERIC_FOLDER_NAMES:
         shape = tuple(config.get(key) for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"))
         name = KNOWN_SHAPES.get(shape, name)
     return KNOWN_NAMES.get(name.lower(), name)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xtuner_assistant.models.fetch import recorded_licence
-from xtuner_assistant.models.zoo import model_display_name
+from xtuner_assistant.models.zoo import INTERNLM2_CHAT_1_8B, model_display_name
 from xtuner_assistant.publish.git_repo import PublishError
 from xtuner_assistant.training.work_dir import find_training_run, run_facts
 
@@ -28,7 +28,7 @@ UPSTREAM = {
     "SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "Qwen2.5-Coder-0.5B-Instruct": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
     "Qwen2.5-Coder-1.5B-Instruct": "Qwen/Qwen2.5-Coder-1.5B-Instruct",
-    "书生·浦语 InternLM2-Chat-1.8B": "internlm/internlm2-chat-1_8b",
+    INTERNLM2_CHAT_1_8B: "internlm/internlm2-chat-1_8b",
 }
 # Licence names as the records write them -> the card platforms' identifiers.
 LICENCE_IDS = {"apache-2.0": "apache-2.0", "mit": "mit", "bsd-3-clause": "bsd-3-clause", "other": "other"}
