@@ -152,6 +152,11 @@ def main() -> int:
     torch.manual_seed(0)
     model, dataset, collate, optim_wrapper, batch_size = speed.build(config, env, smoke=False, cfg_options=cfg_options)
     patched = {name: getattr(speed_patches, name)(model) for name in args.patch}
+    # from_pretrained returns a model in eval mode; mmengine's train loop (and speed.py) switch to
+    # training, which is what turns on LoRA dropout and the compiled layers (training only).
+    model.train()
+    modes = [m.training for m in model.modules()]
+    print(f"modules in training mode: {sum(modes)} of {len(modes)}", flush=True)
     source = batches(dataset, collate, batch_size, "cuda")
     for _ in range(args.warmup):
         step(model, optim_wrapper, next(source))

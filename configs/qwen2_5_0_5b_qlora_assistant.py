@@ -45,11 +45,10 @@ seed = setting("seed", 0)
 quantize_4bit = setting("quantize_4bit", True)  # nf4 needs a CUDA GPU; false: plain LoRA
 dtype = setting("dtype", "bfloat16")  # float32 (with quantize_4bit=false) trains on a CPU
 flex_attention = setting("flex_attention", False)  # CUDA: skip attention between packed conversations (not yet measured)
-# CUDA: Liger Kernel's fused RMSNorm/SwiGLU/RoPE (auto = where there is a GPU: the same loss and speed at 3 %
-# less memory) and torch.compile of each decoder layer (off: it recompiled on every new row and made a step 3x
-# slower, docs/gpu.md).
+# CUDA (auto = where there is a GPU): Liger Kernel's fused RMSNorm/SwiGLU/RoPE, and torch.compile of each
+# decoder layer for training (the same loss, 1.4x the rows a second; docs/gpu.md).
 fused_kernels = setting("fused_kernels", "auto")
-compile_layers = setting("compile_layers", False)
+compile_layers = setting("compile_layers", "auto")
 
 #######################################################################
 #                      PART 2  Model & Tokenizer                      #

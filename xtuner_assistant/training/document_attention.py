@@ -7,12 +7,17 @@ first:
 - **varlen**: torch's flash-attention kernel over variable-length sequences
   (`torch.nn.attention.varlen.varlen_attn`, torch >= 2.9, CUDA, fp16/bf16): no mask at all, no work
   between conversations, memory linear in the row length. Checked once against the dense path on
-  the running GPU (forward and gradients) before it is trusted;
+  the running GPU (forward and gradients) before it is trusted: `prepare()` does it before a step
+  runs, outside any compiled or checkpointed layer;
 - **flex** (opt-in): flex_attention with a block mask that skips the blocks between conversations;
 - **dense**: SDPA with a (row x row) boolean mask -- correct everywhere, but its mask and the
   kernels that accept one cost memory quadratic in the row length.
 Any other call (generation, other shapes, other models) passes through untouched. A route that
 fails is dropped with a warning and the next one is used from then on.
+
+Compiled decoder layers call the router too, so nothing it reads inside a layer changes from row to
+row except tensors: the longest conversation is bounded by the row length (a constant), and the
+offsets' length (the number of conversations) is marked dynamic.
 """
 from __future__ import annotations
 
@@ -28,15 +33,19 @@ _log = logging.getLogger(__name__)
 
 
 def document_boundaries(document_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(cumulative start offsets as int32, longest run) of the runs of equal ids in the flattened
-    (batch, n) rows: the `cu_seqlens` of varlen kernels. Every row starts a new run."""
+    """(cumulative start offsets as int32, a bound on the longest run) of the runs of equal ids in
+    the flattened (batch, n) rows: the `cu_seqlens` and `max_seqlen` of varlen kernels. Every row
+    starts a new run, so the row length n bounds every run; it is used instead of the longest run
+    itself, which would be a new number for every row (a recompilation of every compiled layer)
+    and a host-device sync to find."""
     batch, n = document_ids.shape
     flat = document_ids.reshape(-1)
     starts = torch.ones_like(flat, dtype=torch.bool)
     starts[1:] = flat[1:] != flat[:-1]
     starts[::n] = True
     offsets = torch.cat([starts.nonzero().flatten(), flat.new_tensor([flat.numel()])]).to(torch.int32)
-    return offsets, int((offsets[1:] - offsets[:-1]).max())
+    torch._dynamo.maybe_mark_dynamic(offsets, 0)  # one compiled graph for any number of conversations
+    return offsets, n
 
 
 def _torch_varlen_kernel():
@@ -133,8 +142,8 @@ class DocumentAttention:
         dtype = self._half_dtype(query)
         if self.varlen is not None and dtype is not None:
             query, key, value = (x.to(dtype) for x in (query, key, value))
-            if not self.varlen_checked:
-                self._check_varlen(query, scale)
+            if not self.varlen_checked:  # a caller that did not prepare(): check on first use
+                self._check_varlen(dtype, query.shape[-1], query.device, scale)
             if self.varlen is not None:
                 self._use("varlen")
                 return self._varlen(query, key, value, scale)
@@ -150,6 +159,18 @@ class DocumentAttention:
             self.allowed = allowed_pairs(self.documents)
         return self.original(query, key, value, attn_mask=self.allowed, scale=scale)
 
+    def prepare(self, dtype: torch.dtype, head_dim: int) -> str:
+        """Before a step of the current documents, whose attention runs in `dtype` with heads of
+        `head_dim`: check the varlen route now, if it was not yet, and say which route packed rows
+        take. Checked later, inside the first layer, the check would run inside a compiled graph and
+        inside a checkpointed forward, whose recomputation would then save different tensors."""
+        if self.varlen is not None and not self.varlen_checked and dtype in self.varlen_dtypes:
+            self._check_varlen(dtype, head_dim, self.documents.device, None)
+        route = ("varlen" if self.varlen is not None and dtype in self.varlen_dtypes
+                 else "flex" if self.flex is not None and self.block_mask is not None else "dense")
+        self._use(route)
+        return route
+
     def _half_dtype(self, query):
         """The dtype the varlen kernel would run in, or None. Under autocast, float32 inputs (rotary
         embeddings in float32 promote q and k) go in autocast's dtype, as SDPA itself would take them."""
@@ -162,6 +183,8 @@ class DocumentAttention:
         return None
 
     def _use(self, route: str) -> None:
+        if torch.compiler.is_compiling():  # prepare() said it; a compiled layer keeps no such state
+            return
         if route != self.route_used:
             _log.warning("packed attention route: %s", route)  # a warning, so that mmengine's log shows it
             self.route_used = route
@@ -180,16 +203,16 @@ class DocumentAttention:
     def _dense(self, query, key, value, documents, scale):
         return self.original(query, key, value, attn_mask=allowed_pairs(documents), scale=scale)
 
-    def _check_varlen(self, like: torch.Tensor, scale) -> None:
+    def _check_varlen(self, dtype: torch.dtype, head_dim: int, device: torch.device, scale) -> None:
         """Once, on this GPU: the varlen route's output and gradients against the dense route's,
         on three short conversations. A torch whose kernel is missing, lacks a backward pass or
         disagrees is dropped before it can train anything."""
         self.varlen_checked = True
         try:
-            generator = torch.Generator(device=like.device).manual_seed(0)
-            documents = torch.tensor([[0] * 5 + [1] * 7 + [2] * 4], device=like.device)
-            shape = (1, 2, documents.shape[1], like.shape[-1])
-            q, k, v = (torch.randn(shape, generator=generator, device=like.device).to(like.dtype).requires_grad_()
+            generator = torch.Generator(device=device).manual_seed(0)
+            documents = torch.tensor([[0] * 5 + [1] * 7 + [2] * 4], device=device)
+            shape = (1, 2, documents.shape[1], head_dim)
+            q, k, v = (torch.randn(shape, generator=generator, device=device).to(dtype).requires_grad_()
                        for _ in range(3))
             with torch.enable_grad():  # the first call may come from a checkpointed no-grad forward
                 varlen_out = self._varlen(q, k, v, scale, boundaries=document_boundaries(documents))

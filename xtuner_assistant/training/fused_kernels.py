@@ -9,7 +9,9 @@ A packed QLoRA step of a 1.8B model launches ~5,300 kernels, most of them small 
   gathers `cos[position_ids]` itself, a norm with an offset) keeps its own forward.
 - `compile_decoder_layers`: `torch.compile` of each decoder layer (regional compilation). Only
   training uses it; generation (the evaluation hook) runs the layers eagerly, so its growing KV cache
-  never recompiles them. Off in the shipped configs: packed rows still recompiled it on every new row.
+  never recompiles them. One graph serves every row: the packed-attention router reads no per-row
+  number inside a layer (document_attention.py), and `PackedSupervisedFinetune` switches activation
+  checkpointing to the non-reentrant kind, whose recomputation runs under the forward's grad mode.
 `PackedSupervisedFinetune(fused_kernels=..., compile_layers=...)` applies them on a CUDA model's first
 step. The RoPE replacement is process-wide: the `apply_rotary_pos_emb` of the modeling module that
 defines the model's classes (README.md lists it with the other process-wide patches).

@@ -15,8 +15,8 @@ InternLM2's 92,544 words, plus their gradient) cap how many tokens fit in a step
   linear's input back, ~1,900 activation-sized copies a step. Keeping them made one InternLM2-1.8B
   step 1.4x faster at 0.73x the memory (docs/BENCHMARKS.md); their values are the loaded ones
   either way, and the LoRA weights, the only ones trained, stay float32;
-- on a CUDA model's first step, Liger Kernel's fused RMSNorm/SwiGLU/RoPE, and on request compiled
-  decoder layers (fused_kernels.py).
+- on a CUDA model's first step, Liger Kernel's fused RMSNorm/SwiGLU/RoPE and compiled decoder layers
+  (fused_kernels.py).
 The loss is the same token-mean cross-entropy as `SupervisedFinetune` (tests/test_packing.py).
 """
 from __future__ import annotations
@@ -71,6 +71,10 @@ def causal_lm_parts(llm) -> tuple[torch.nn.Module, torch.nn.Module]:
     return decoder, model.get_output_embeddings()
 
 
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def _auto_or_bool(field: str, value) -> bool | str:
     """A setting's "auto" / True / False, also as the text a config setting or --set gives (read as
     every boolean setting is: settings.cast_setting)."""
@@ -89,7 +93,7 @@ class PackedSupervisedFinetune(SupervisedFinetune):
     loss_chunk_tokens = LOSS_CHUNK_TOKENS
 
     def __init__(self, *args, flex_attention: bool = False, frozen_in_bfloat16: bool = True,
-                 fused_kernels: bool | str = "auto", compile_layers: bool | str = False, **kwargs):
+                 fused_kernels: bool | str = "auto", compile_layers: bool | str = "auto", **kwargs):
         """`fused_kernels` / `compile_layers`: "auto" = on when training on a CUDA GPU (fused kernels
         also need Liger Kernel installed), True = required (an error where they cannot be had), False = off."""
         fused_kernels, compile_layers = _auto_or_bool("fused_kernels", fused_kernels), _auto_or_bool("compile_layers", compile_layers)
@@ -134,6 +138,11 @@ class PackedSupervisedFinetune(SupervisedFinetune):
             else:
                 done["fused_kernels"] = fuse_decoder(self.llm, kernels)
         if self.compile_layers and on_cuda:
+            if getattr(self.llm, "is_gradient_checkpointing", False):
+                # Reentrant checkpointing (transformers' default) runs a layer's first forward without
+                # gradients and its recomputation with them: a compiled layer would switch between two
+                # graphs on every call. The non-reentrant kind recomputes under the forward's grad mode.
+                self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             done["compiled_layers"] = compile_decoder_layers(self.llm)
         if done["fused_kernels"] or done["compiled_layers"]:
             from mmengine.logging import print_log
@@ -154,7 +163,9 @@ class PackedSupervisedFinetune(SupervisedFinetune):
             if not dtype.is_floating_point or dtype == torch.float32:
                 dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.float32
             if document_ids.is_cuda:
-                DocumentAttention.installed(self.flex_attention).set_documents(document_ids)
+                router = DocumentAttention.installed(self.flex_attention)
+                router.set_documents(document_ids)
+                router.prepare(dtype, _head_dim(decoder.config))
                 # The models still need a 4-D mask to skip their own causal mask; the router
                 # ignores its values, so a zero-stride one costs no memory.
                 batch, n = document_ids.shape
