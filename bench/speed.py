@@ -313,11 +313,11 @@ def our_arms(args) -> list[tuple[int, int, str, str]]:
     arms = []
     for spec in args.ours:
         fields = spec.split(":")
-        variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused", "compiled") else ""
+        variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused", "compiled", "compiled_inside") else ""
         fields = fields[:-1] if variant else fields
         if not 1 <= len(fields) <= 3 or not all(f.isdigit() for f in fields[:2]) or \
                 (len(fields) == 3 and fields[2] not in ("bfloat16", "float16")):
-            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled], e.g. 4096:256:float16")
+            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled|:compiled_inside], e.g. 4096:256:float16")
         arms.append((int(fields[0]), int(fields[1]) if len(fields) > 1 else 0,
                      fields[2] if len(fields) > 2 else "bfloat16", variant))
     return arms
@@ -359,7 +359,10 @@ def run(args) -> dict:
                                           "model.compile_layers": False}, ", frozen weights upcast, eager"),
                 "eager": ({"model.fused_kernels": False, "model.compile_layers": False}, ", eager: no fused kernels, no compile"),
                 "fused": ({"model.fused_kernels": True, "model.compile_layers": False}, ", fused kernels, no compile"),
-                "compiled": ({"model.fused_kernels": True, "model.compile_layers": True}, ", fused kernels, compiled layers")}
+                "compiled": ({"model.fused_kernels": True, "model.compile_layers": True}, ", fused kernels, compiled layers"),
+                "compiled_inside": ({"model.fused_kernels": True, "model.compile_layers": True,
+                                     "model.checkpoint_in_compiled_layers": True},
+                                    ", fused kernels, compiled layers, checkpointing inside them")}
     for pack, chunk, dtype, variant in our_arms(args):
         cfg_options, described = variants[variant]
         recipes.append((f"ours (pack_tokens={pack}, loss chunk {chunk}{', ' + dtype if dtype != 'bfloat16' else ''}"

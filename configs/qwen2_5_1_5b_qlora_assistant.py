@@ -49,6 +49,8 @@ flex_attention = setting("flex_attention", False)  # CUDA: skip attention betwee
 # decoder layer for training (the same loss, 1.4x the rows a second; docs/gpu.md).
 fused_kernels = setting("fused_kernels", "auto")
 compile_layers = setting("compile_layers", "auto")
+# Activation checkpointing inside the compiled layers: 1.8x the rows a second for 3.4x the memory (docs/gpu.md).
+checkpoint_in_compiled_layers = setting("checkpoint_in_compiled_layers", False)
 
 #######################################################################
 #                      PART 2  Model & Tokenizer                      #
@@ -64,6 +66,7 @@ model = dict(
     flex_attention=flex_attention,
     fused_kernels=fused_kernels,
     compile_layers=compile_layers,
+    checkpoint_in_compiled_layers=checkpoint_in_compiled_layers,
     llm=dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=model_path,
              trust_remote_code=True, torch_dtype=f"torch.{dtype}",
              # SDPA honours the per-conversation mask of packed rows; flash-attn 2 would ignore it.

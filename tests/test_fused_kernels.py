@@ -108,20 +108,80 @@ def test_liger_kernels_that_cannot_run_here_leave_the_model_as_it_was(tiny_model
     assert torch.equal(logits(model), before)
 
 
+def counting_backend(graphs: list, calls: list):
+    """A torch.compile backend that runs each graph as traced and records compilations and calls."""
+    def backend(graph, example_inputs):
+        graphs.append(graph)
+
+        def run(*args):
+            calls.append(1)
+            return graph.forward(*args)
+
+        return run
+
+    return backend
+
+
 def test_compiled_layers_train_and_generation_runs_them_eagerly(tiny_model_dir):
+    import torch._dynamo
+
+    torch._dynamo.reset()
     model = load(tiny_model_dir)
     before = logits(model)
-    assert compile_decoder_layers(model, backend="eager") == model.config.num_hidden_layers
+    graphs, calls = [], []
+    assert compile_decoder_layers(model, backend=counting_backend(graphs, calls)) == model.config.num_hidden_layers
     assert compile_decoder_layers(model, backend="eager") == 0  # twice is once
-    calls = []
-    for layer in model.model.layers:
-        compiled = layer._compiled_forward
-        layer._compiled_forward = lambda *a, _compiled=compiled, **k: calls.append(1) or _compiled(*a, **k)
     model.eval()
     assert torch.allclose(logits(model), before, atol=1e-6) and calls == []
     model.generate(torch.tensor([[3, 17, 42]]), max_new_tokens=3, do_sample=False)
     assert calls == []
     model.train()
-    loss = model(input_ids=torch.tensor([[3, 17, 42, 7]]), labels=torch.tensor([[3, 17, 42, 7]])).loss
-    loss.backward()
-    assert len(calls) == model.config.num_hidden_layers and torch.isfinite(loss)
+    for ids in ([[3, 17, 42, 7]], [[5, 11, 2, 8]]):  # packed rows all have one length
+        loss = model(input_ids=torch.tensor(ids), labels=torch.tensor(ids), use_cache=False).loss
+        loss.backward()
+        assert torch.isfinite(loss)
+    assert len(calls) == 2 * model.config.num_hidden_layers
+    assert len(graphs) == 1, "one graph serves every layer and row"
+    torch._dynamo.reset()
+
+
+def lora_gradients(model, ids):
+    model.zero_grad()
+    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("checkpoint_inside", [True, False])
+def test_compiled_layers_with_activation_checkpointing_train_as_the_eager_model(tiny_model_dir, checkpoint_inside):
+    """Checkpointing moves inside the compiled layer (the model's own is turned off), or stays outside
+    in its non-reentrant kind; either way the LoRA gradients are the eager model's."""
+    import torch._dynamo
+    from peft import LoraConfig, get_peft_model
+
+    def lora_model():
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa"),
+                               LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "down_proj"]))
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:  # non-zero, so that every LoRA weight gets a gradient
+                torch.nn.init.normal_(parameter, std=0.02)
+        model.enable_input_require_grads()  # as PEFT's prepare_model_for_kbit_training does for XTuner
+        model.gradient_checkpointing_enable()  # transformers' default: reentrant
+        return model.train()
+
+    ids = torch.tensor([[3, 17, 42, 7, 99, 5, 64, 12]])
+    expected = lora_gradients(lora_model(), ids)
+    torch._dynamo.reset()
+    model = lora_model()
+    compile_decoder_layers(model, backend="aot_eager", checkpoint_inside=checkpoint_inside)
+    decoder = model.get_base_model().model
+    if checkpoint_inside:
+        assert not model.is_gradient_checkpointing and not decoder.gradient_checkpointing
+    else:
+        assert decoder.gradient_checkpointing and decoder._gradient_checkpointing_func.keywords == {"use_reentrant": False}
+    got = lora_gradients(model, ids)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-6), name
+    torch._dynamo.reset()
+

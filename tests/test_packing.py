@@ -321,19 +321,20 @@ def test_prepare_checks_the_varlen_route_before_any_layer_runs(monkeypatch, capl
     assert good.prepare(torch.float32, head_dim=8) == "varlen" and good.varlen_checked
 
 
-def test_compiled_layers_use_non_reentrant_checkpointing(tiny_model_dir):
-    """Reentrant checkpointing runs the first forward without gradients and the recomputation with
-    them: a compiled layer would alternate between two graphs."""
-    from functools import partial
-
-    finetune = packed_finetune(tiny_model_dir, compile_layers=True)
+@pytest.mark.parametrize("inside", ["false", "true"])  # as `--set checkpoint_in_compiled_layers=...` gives it
+def test_compiled_layers_take_the_checkpointing_the_config_asks_for(tiny_model_dir, inside):
+    finetune = packed_finetune(tiny_model_dir, compile_layers=True, checkpoint_in_compiled_layers=inside)
+    finetune.llm.enable_input_require_grads()
     finetune.llm.gradient_checkpointing_enable()  # what use_activation_checkpointing=True does
     decoder, _ = causal_lm_parts(finetune.llm)
-    assert decoder._gradient_checkpointing_func.keywords == {"use_reentrant": True}
     done = finetune._apply_speed_ups(on_cuda=True)  # compiling is lazy: nothing runs on a GPU here
     assert done["compiled_layers"] == len(decoder.layers)
-    assert isinstance(decoder._gradient_checkpointing_func, partial)
-    assert decoder._gradient_checkpointing_func.keywords == {"use_reentrant": False}
+    if inside == "true":  # the checkpoint moved into each compiled layer
+        assert not decoder.gradient_checkpointing
+    else:
+        assert decoder.gradient_checkpointing and decoder._gradient_checkpointing_func.keywords == {"use_reentrant": False}
+    with pytest.raises(Exception, match="checkpoint_in_compiled_layers"):
+        packed_finetune(tiny_model_dir, checkpoint_in_compiled_layers="sometimes")
 
 
 def test_speed_ups_are_off_on_the_cpu_unless_required_and_then_say_why(tiny_model_dir):

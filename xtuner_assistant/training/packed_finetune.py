@@ -93,14 +93,19 @@ class PackedSupervisedFinetune(SupervisedFinetune):
     loss_chunk_tokens = LOSS_CHUNK_TOKENS
 
     def __init__(self, *args, flex_attention: bool = False, frozen_in_bfloat16: bool = True,
-                 fused_kernels: bool | str = "auto", compile_layers: bool | str = "auto", **kwargs):
+                 fused_kernels: bool | str = "auto", compile_layers: bool | str = "auto",
+                 checkpoint_in_compiled_layers: bool = False, **kwargs):
         """`fused_kernels` / `compile_layers`: "auto" = on when training on a CUDA GPU (fused kernels
-        also need Liger Kernel installed), True = required (an error where they cannot be had), False = off."""
+        also need Liger Kernel installed), True = required (an error where they cannot be had), False = off.
+        `checkpoint_in_compiled_layers`: activation checkpointing inside the compiled layers rather than
+        around them: faster rows for more memory (fused_kernels.compile_decoder_layers, docs/gpu.md)."""
         fused_kernels, compile_layers = _auto_or_bool("fused_kernels", fused_kernels), _auto_or_bool("compile_layers", compile_layers)
         self.frozen_in_bfloat16 = frozen_in_bfloat16  # read by _prepare_for_lora, during super().__init__
         super().__init__(*args, **kwargs)
         self.flex_attention = flex_attention
         self.fused_kernels, self.compile_layers = fused_kernels, compile_layers
+        self.checkpoint_in_compiled_layers = cast_setting(str(checkpoint_in_compiled_layers), False,
+                                                          f"model.checkpoint_in_compiled_layers={checkpoint_in_compiled_layers!r}")
         self.speed_ups = None  # what _apply_speed_ups did, on the first step
 
     def _prepare_for_lora(self, peft_model=None, use_activation_checkpointing=True):
@@ -138,12 +143,7 @@ class PackedSupervisedFinetune(SupervisedFinetune):
             else:
                 done["fused_kernels"] = fuse_decoder(self.llm, kernels)
         if self.compile_layers and on_cuda:
-            if getattr(self.llm, "is_gradient_checkpointing", False):
-                # Reentrant checkpointing (transformers' default) runs a layer's first forward without
-                # gradients and its recomputation with them: a compiled layer would switch between two
-                # graphs on every call. The non-reentrant kind recomputes under the forward's grad mode.
-                self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            done["compiled_layers"] = compile_decoder_layers(self.llm)
+            done["compiled_layers"] = compile_decoder_layers(self.llm, checkpoint_inside=self.checkpoint_in_compiled_layers)
         if done["fused_kernels"] or done["compiled_layers"]:
             from mmengine.logging import print_log
 
