@@ -185,3 +185,31 @@ def test_compiled_layers_with_activation_checkpointing_train_as_the_eager_model(
         assert torch.allclose(got[name], expected[name], atol=1e-6), name
     torch._dynamo.reset()
 
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_a_compiler_that_fails_leaves_the_layers_eager_unless_compiling_was_required(tiny_model_dir, required, caplog):
+    """compile_layers=auto means on where it works: a GPU whose compiler fails still trains."""
+    import torch._dynamo
+
+    attempts = []
+
+    def failing_backend(graph, example_inputs):
+        attempts.append(1)
+        raise RuntimeError("no compiler for this device")
+
+    torch._dynamo.reset()
+    model = load(tiny_model_dir).train()
+    compile_decoder_layers(model, backend=failing_backend, required=required)
+    ids = torch.tensor([[3, 17, 42, 7]])
+    if required:
+        with pytest.raises(Exception, match="no compiler for this device"):
+            model(input_ids=ids, labels=ids, use_cache=False)
+    else:
+        for _ in range(2):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.backward()
+            assert torch.isfinite(loss)
+        assert len(attempts) == 1, "tried once, not on every layer and step"
+        assert "compiling the decoder layers failed" in caplog.text and "no compiler for this device" in caplog.text
+    torch._dynamo.reset()

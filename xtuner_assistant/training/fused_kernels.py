@@ -18,6 +18,7 @@ defines the model's classes (README.md lists it with the other process-wide patc
 """
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -25,6 +26,8 @@ from typing import Callable
 import torch
 import torch.utils.checkpoint
 from torch import nn
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,8 @@ def fuse_decoder(model: nn.Module, kernels: Kernels | None = None) -> dict:
     return counts
 
 
-def compile_decoder_layers(model: nn.Module, backend: str = "inductor", checkpoint_inside: bool = False) -> int:
+def compile_decoder_layers(model: nn.Module, backend: str = "inductor", checkpoint_inside: bool = False,
+                           required: bool = True) -> int:
     """`torch.compile` each decoder layer for training; in eval mode the layer runs eagerly.
     Where the model checkpoints activations, the checkpoint stays around each layer, switched to the
     non-reentrant kind: reentrant recomputation runs with gradients where the forward ran without, so
@@ -96,37 +100,60 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor", checkpoi
     compiled region instead (the model's own checkpointing is turned off, each compiled layer is
     `checkpoint(layer, use_reentrant=False)`): the compiler then decides what to keep and what to
     recompute, and keeps more (on InternLM2-1.8B's shape, 1.8x the rows a second at 3.4x the memory,
-    docs/BENCHMARKS.md). Returns how many layers."""
+    docs/BENCHMARKS.md). Compiling happens on the first training call; where it fails there and
+    compiling is not `required`, every layer runs eagerly from then on, with a warning.
+    Returns how many layers."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer") and not hasattr(m, "_eager_forward")]
+    if not layers:
+        return 0
     checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
-    if checkpointing and checkpoint_inside:
+    inside = checkpointing and checkpoint_inside
+    if inside:
         model.gradient_checkpointing_disable()
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if checkpointing and checkpoint_inside:
-        compiled = torch.compile(_checkpointed_layer, backend=backend)
-        # Random ops (LoRA dropout) in a compiled checkpoint are otherwise saved, not recomputed: their
-        # activation-sized outputs would cost the memory checkpointing saves. Recomputing them needs
-        # CUDA's counter-based generator.
-        on_cuda = any(parameter.is_cuda for parameter in model.parameters())
+    # Random ops (LoRA dropout) in a compiled checkpoint are otherwise saved, not recomputed: their
+    # activation-sized outputs would cost the memory checkpointing saves. Recomputing them needs
+    # CUDA's counter-based generator.
+    recompute_random = inside and any(parameter.is_cuda for parameter in model.parameters())
+    compiled = _CompiledLayer(_checkpointed_layer if inside else _layer_forward, backend, recompute_random, required)
+    for module in layers:
+        module._eager_forward = module.forward
 
-        def compiled_layer(*args, **kwargs):
-            with torch._functorch.config.patch(functionalize_rng_ops=on_cuda):
-                return compiled(*args, **kwargs)
-    else:
-        compiled_layer = torch.compile(_layer_forward, backend=backend)
-    compiled_count = 0
-    for module in model.modules():
-        if type(module).__name__.endswith("DecoderLayer") and not hasattr(module, "_eager_forward"):
-            module._eager_forward = module.forward
+        def forward(*args, _layer=module, **kwargs):
+            if _layer.training:
+                return compiled(_layer, *args, **kwargs)
+            return _layer._eager_forward(*args, **kwargs)
 
-            def forward(*args, _layer=module, **kwargs):
-                if _layer.training:
-                    return compiled_layer(_layer, *args, **kwargs)
-                return _layer._eager_forward(*args, **kwargs)
+        module.forward = forward
+    return len(layers)
 
-            module.forward = forward
-            compiled_count += 1
-    return compiled_count
+
+class _CompiledLayer:
+    """One compiled function for every layer (the layer its argument: one graph serves them all),
+    and the eager one it falls back to if compiling fails on the first call."""
+
+    def __init__(self, run_layer: Callable, backend, recompute_random: bool, required: bool):
+        self.run_layer, self.recompute_random, self.required = run_layer, recompute_random, required
+        self.compiled = torch.compile(run_layer, backend=backend)
+        self.state = "untried"  # -> "compiled" after a first call that worked, or "eager"
+
+    def __call__(self, layer, *args, **kwargs):
+        if self.state == "eager":
+            return self.run_layer(layer, *args, **kwargs)
+        try:
+            with torch._functorch.config.patch(functionalize_rng_ops=self.recompute_random):
+                out = self.compiled(layer, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 -- compilers fail in many ways
+            if self.required or self.state == "compiled":
+                raise
+            cause = getattr(error, "inner_exception", None) or error.__cause__ or error  # the compiler's own error
+            _log.warning("compiling the decoder layers failed (%s: %s); they run uncompiled. Set "
+                         "compile_layers=false to skip the attempt", type(cause).__name__, str(cause).strip()[:300])
+            self.state = "eager"
+            return self.run_layer(layer, *args, **kwargs)
+        self.state = "compiled"
+        return out
 
 
 def _layer_forward(layer: nn.Module, *args, **kwargs):

@@ -143,7 +143,8 @@ class PackedSupervisedFinetune(SupervisedFinetune):
             else:
                 done["fused_kernels"] = fuse_decoder(self.llm, kernels)
         if self.compile_layers and on_cuda:
-            done["compiled_layers"] = compile_decoder_layers(self.llm, checkpoint_inside=self.checkpoint_in_compiled_layers)
+            done["compiled_layers"] = compile_decoder_layers(self.llm, checkpoint_inside=self.checkpoint_in_compiled_layers,
+                                                              required=self.compile_layers is True)
         if done["fused_kernels"] or done["compiled_layers"]:
             from mmengine.logging import print_log
 
