@@ -307,7 +307,8 @@ def our_arms(args) -> list[tuple[int, int, str, str]]:
     """(pack tokens, loss chunk, dtype, variant) of each run of ours: `--ours` names them one by one, else
     every pack size with every loss chunk, in bfloat16. Variant "upcast" is the model before the frozen
     weights were kept in bfloat16 (PEFT's float32 upcast), "eager" the model before fused kernels and
-    compiled layers, "fused" / "compiled" fused kernels without / with compiled layers, "" the config as shipped."""
+    compiled layers, "fused" / "compiled" fused kernels without / with compiled layers, "compiled_inside" compiled
+    layers with activation checkpointing inside them, "" the config as shipped."""
     if not args.ours:
         return [(pack, chunk, "bfloat16", "") for pack in args.pack_tokens for chunk in args.loss_chunk_tokens]
     arms = []

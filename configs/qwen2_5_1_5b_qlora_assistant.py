@@ -46,10 +46,10 @@ quantize_4bit = setting("quantize_4bit", True)  # nf4 needs a CUDA GPU; false: p
 dtype = setting("dtype", "bfloat16")  # float32 (with quantize_4bit=false) trains on a CPU
 flex_attention = setting("flex_attention", False)  # CUDA: skip attention between packed conversations (not yet measured)
 # CUDA (auto = where there is a GPU): Liger Kernel's fused RMSNorm/SwiGLU/RoPE, and torch.compile of each
-# decoder layer for training (the same loss, 1.4x the rows a second; docs/gpu.md).
+# decoder layer for training (the same loss, more rows a second; docs/gpu.md).
 fused_kernels = setting("fused_kernels", "auto")
 compile_layers = setting("compile_layers", "auto")
-# Activation checkpointing inside the compiled layers: 1.8x the rows a second for 3.4x the memory (docs/gpu.md).
+# Activation checkpointing inside the compiled layers: faster rows for more memory (docs/gpu.md).
 checkpoint_in_compiled_layers = setting("checkpoint_in_compiled_layers", False)
 
 #######################################################################

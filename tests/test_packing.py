@@ -337,6 +337,15 @@ def test_compiled_layers_take_the_checkpointing_the_config_asks_for(tiny_model_d
         packed_finetune(tiny_model_dir, checkpoint_in_compiled_layers="sometimes")
 
 
+def test_checkpointing_inside_compiled_layers_without_them_says_it_does_nothing(tiny_model_dir, monkeypatch):
+    import mmengine.logging
+
+    said = []
+    monkeypatch.setattr(mmengine.logging, "print_log", lambda message, *args, **kwargs: said.append(message))
+    finetune = packed_finetune(tiny_model_dir, checkpoint_in_compiled_layers=True)  # compile_layers auto: off on a CPU
+    assert torch.isfinite(finetune(packed_batch(), mode="loss")["loss"])
+    assert any("checkpoint_in_compiled_layers has no effect" in message for message in said)
+
 def test_speed_ups_are_off_on_the_cpu_unless_required_and_then_say_why(tiny_model_dir):
     finetune = packed_finetune(tiny_model_dir, fused_kernels="auto", compile_layers="auto")
     assert torch.isfinite(finetune(packed_batch(), mode="loss")["loss"])

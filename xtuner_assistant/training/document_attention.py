@@ -44,7 +44,6 @@ def document_boundaries(document_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     starts[1:] = flat[1:] != flat[:-1]
     starts[::n] = True
     offsets = torch.cat([starts.nonzero().flatten(), flat.new_tensor([flat.numel()])]).to(torch.int32)
-    torch._dynamo.maybe_mark_dynamic(offsets, 0)  # one compiled graph for any number of conversations
     return offsets, n
 
 
@@ -111,6 +110,8 @@ class DocumentAttention:
         self.documents = document_ids
         self.block_mask = self.allowed = None
         self.boundaries = document_boundaries(document_ids) if self.varlen is not None else None
+        if self.boundaries is not None:  # one compiled graph for any number of conversations
+            torch._dynamo.maybe_mark_dynamic(self.boundaries[0], 0)
         if self.flex is None:
             return
         from torch.nn.attention.flex_attention import create_block_mask

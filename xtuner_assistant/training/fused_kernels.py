@@ -18,6 +18,7 @@ defines the model's classes (README.md lists it with the other process-wide patc
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from dataclasses import dataclass
@@ -97,16 +98,18 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor", checkpoi
     Where the model checkpoints activations, the checkpoint stays around each layer, switched to the
     non-reentrant kind: reentrant recomputation runs with gradients where the forward ran without, so
     a compiled layer would alternate between two graphs. With `checkpoint_inside` it moves into the
-    compiled region instead (the model's own checkpointing is turned off, each compiled layer is
-    `checkpoint(layer, use_reentrant=False)`): the compiler then decides what to keep and what to
-    recompute, and keeps more (on InternLM2-1.8B's shape, 1.8x the rows a second at 3.4x the memory,
-    docs/BENCHMARKS.md). Compiling happens on the first training call; where it fails there and
-    compiling is not `required`, every layer runs eagerly from then on, with a warning.
-    Returns how many layers."""
+    compiled region instead (the model's own checkpointing is turned off; one compiled function,
+    `checkpoint(type(layer).forward, layer, use_reentrant=False)`, serves every layer): the compiler
+    then decides what to keep and what to recompute, and keeps more (docs/gpu.md).
+    Compiling happens on the first training call; where it fails there and compiling is not
+    `required`, every layer runs eagerly from then on, with a warning (a failure while compiling the
+    backward pass, which comes later, still stops the run). Returns how many layers."""
     layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer") and not hasattr(m, "_eager_forward")]
     if not layers:
         return 0
     checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
+    if checkpoint_inside and not checkpointing:
+        _log.warning("checkpoint_in_compiled_layers has no effect: the model does not checkpoint activations")
     inside = checkpointing and checkpoint_inside
     if inside:
         model.gradient_checkpointing_disable()
@@ -115,54 +118,55 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor", checkpoi
     # Random ops (LoRA dropout) in a compiled checkpoint are otherwise saved, not recomputed: their
     # activation-sized outputs would cost the memory checkpointing saves. Recomputing them needs
     # CUDA's counter-based generator.
-    recompute_random = inside and any(parameter.is_cuda for parameter in model.parameters())
-    compiled = _CompiledLayer(_checkpointed_layer if inside else _layer_forward, backend, recompute_random, required)
+    attempt = _FirstCompile(recompute_random=inside and any(p.is_cuda for p in model.parameters()), required=required)
+    shared = torch.compile(_checkpointed_layer, backend=backend) if inside else None
     for module in layers:
         module._eager_forward = module.forward
+        if inside:
+            compiled, eager = functools.partial(shared, module), functools.partial(_checkpointed_layer, module)
+        else:
+            compiled, eager = torch.compile(module.forward, backend=backend), module.forward
 
-        def forward(*args, _layer=module, **kwargs):
+        def forward(*args, _layer=module, _compiled=compiled, _eager=eager, **kwargs):
             if _layer.training:
-                return compiled(_layer, *args, **kwargs)
+                return attempt.run(_compiled, _eager, *args, **kwargs)
             return _layer._eager_forward(*args, **kwargs)
 
         module.forward = forward
     return len(layers)
 
 
-class _CompiledLayer:
-    """One compiled function for every layer (the layer its argument: one graph serves them all),
-    and the eager one it falls back to if compiling fails on the first call."""
+def _checkpointed_layer(layer: nn.Module, *args, **kwargs):
+    return torch.utils.checkpoint.checkpoint(type(layer).forward, layer, *args, use_reentrant=False, **kwargs)
 
-    def __init__(self, run_layer: Callable, backend, recompute_random: bool, required: bool):
-        self.run_layer, self.recompute_random, self.required = run_layer, recompute_random, required
-        self.compiled = torch.compile(run_layer, backend=backend)
+
+class _FirstCompile:
+    """Runs the compiled layers; if compiling fails on their first call and was not required, the
+    eager ones from then on."""
+
+    def __init__(self, recompute_random: bool, required: bool):
+        self.recompute_random, self.required = recompute_random, required
         self.state = "untried"  # -> "compiled" after a first call that worked, or "eager"
 
-    def __call__(self, layer, *args, **kwargs):
+    def run(self, compiled: Callable, eager: Callable, *args, **kwargs):
         if self.state == "eager":
-            return self.run_layer(layer, *args, **kwargs)
+            return eager(*args, **kwargs)
         try:
-            with torch._functorch.config.patch(functionalize_rng_ops=self.recompute_random):
-                out = self.compiled(layer, *args, **kwargs)
-        except Exception as error:  # noqa: BLE001 -- compilers fail in many ways
-            if self.required or self.state == "compiled":
-                raise
+            if self.recompute_random:
+                with torch._functorch.config.patch(functionalize_rng_ops=True):
+                    out = compiled(*args, **kwargs)
+            else:
+                out = compiled(*args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as error:
             cause = getattr(error, "inner_exception", None) or error.__cause__ or error  # the compiler's own error
+            if self.required or self.state == "compiled" or isinstance(cause, torch.OutOfMemoryError):
+                raise
             _log.warning("compiling the decoder layers failed (%s: %s); they run uncompiled. Set "
                          "compile_layers=false to skip the attempt", type(cause).__name__, str(cause).strip()[:300])
             self.state = "eager"
-            return self.run_layer(layer, *args, **kwargs)
+            return eager(*args, **kwargs)
         self.state = "compiled"
         return out
-
-
-def _layer_forward(layer: nn.Module, *args, **kwargs):
-    # One function for every layer, the layer an argument: one compiled graph serves them all.
-    return type(layer).forward(layer, *args, **kwargs)
-
-
-def _checkpointed_layer(layer: nn.Module, *args, **kwargs):
-    return torch.utils.checkpoint.checkpoint(type(layer).forward, layer, *args, use_reentrant=False, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -21,6 +21,8 @@ The loss is the same token-mean cross-entropy as `SupervisedFinetune` (tests/tes
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -142,6 +144,11 @@ class PackedSupervisedFinetune(SupervisedFinetune):
                                        "pip install liger-kernel, or set it to \"auto\" or False") from error
             else:
                 done["fused_kernels"] = fuse_decoder(self.llm, kernels)
+        if self.checkpoint_in_compiled_layers and not (self.compile_layers and on_cuda):
+            from mmengine.logging import print_log
+
+            print_log("PackedSupervisedFinetune: checkpoint_in_compiled_layers has no effect without compiled "
+                      "layers (compile_layers, on a CUDA GPU)", logger="current", level=logging.WARNING)
         if self.compile_layers and on_cuda:
             done["compiled_layers"] = compile_decoder_layers(self.llm, checkpoint_inside=self.checkpoint_in_compiled_layers,
                                                               required=self.compile_layers is True)
