@@ -15,6 +15,7 @@
 #   bench/gpu_session.sh fused      # issue 14: bench/speed.py, stock beside the shipped InternLM2 config eager
 #                                   # (no fused kernels, no compile) and as shipped (fused + compiled), held-out
 #                                   # loss at equal real tokens, the evaluation hook's pass in batches of 16 and in one
+#                                   # (FUSED_ARMS, FUSED_SEPARATE=1: each arm in its own process)
 #   bench/gpu_session.sh peer       # issue 14: bench/peer_trl.py, TRL SFTTrainer + PEFT QLoRA padding-free, without
 #                                   # and with Liger (carries .whl/ and .gpp/: trl, datasets, liger-kernel 0.8.5)
 #   bench/gpu_session.sh leak       # issue 13: after `stash .gl1` (carries .whl/ .gl1/) and `stash .gl2`, carries .gl3/
@@ -144,11 +145,18 @@ fused() {  # issue 14: fused kernels + compiled layers (the configs' default now
   install_wheels
   [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
   # The log goes straight to $OUT: each run's JSON line is there even if the call is cut short.
-  timeout ${FUSED_TIMEOUT:-540} python3 bench/speed.py run --data $STASH/.gpu/bench_data.json --tokenizer $STASH/.gpu/tokenizer \
-    --model-dir $W/internlm2 --work $W/bench --out $OUT/speed_fused.json --real-tokens ${BENCH_TOKENS:-196608} \
-    --tokens-per-step 3072 --stock-seeds ${FUSED_STOCK_SEEDS-0} --ours ${FUSED_ARMS:-3072:256 3072:256:eager} \
-    --heldout ${FUSED_HELDOUT:-200} --heldout-points ${FUSED_HELDOUT_POINTS:-4} >$OUT/fused.log 2>&1 \
-    || { note "speed.py failed"; tail -30 $OUT/fused.log | tee -a "$OUT/summary.txt"; }
+  # FUSED_SEPARATE=1: each arm in a process of its own, stock before the first (an arm run second in
+  # a process was slower than run first, 2026-11-30), each process writing speed_fused_N.json.
+  local groups=("${FUSED_ARMS:-3072:256 3072:256:eager}") stock=${FUSED_STOCK_SEEDS-0} i=0
+  [ "${FUSED_SEPARATE:-0}" = 1 ] && read -r -a groups <<<"${FUSED_ARMS:-3072:256 3072:256:eager}"
+  for arms in "${groups[@]}"; do
+    timeout ${FUSED_TIMEOUT:-540} python3 bench/speed.py run --data $STASH/.gpu/bench_data.json --tokenizer $STASH/.gpu/tokenizer \
+      --model-dir $W/internlm2 --work $W/bench --out $OUT/speed_fused${groups[1]:+_$i}.json --real-tokens ${BENCH_TOKENS:-196608} \
+      --tokens-per-step 3072 --stock-seeds $stock --ours $arms \
+      --heldout ${FUSED_HELDOUT:-200} --heldout-points ${FUSED_HELDOUT_POINTS:-4} >>$OUT/fused.log 2>&1 \
+      || { note "speed.py failed"; tail -30 $OUT/fused.log | tee -a "$OUT/summary.txt"; }
+    stock=; i=$((i + 1))  # stock runs once, in the first process
+  done
   sed -n '/^NVIDIA\|recipe \|^stock\|^ours\|^loss at\|^  /p' $OUT/fused.log | tail -14 | tee -a "$OUT/summary.txt"
   grep -E "recompil|graph break|Warning|fused kernels" $OUT/fused.log | sort | uniq -c | sort -rn | head -12 | cut -c1-300 | tee -a "$OUT/summary.txt"
   note "fused speed in $((SECONDS - t0)) s"
