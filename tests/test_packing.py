@@ -338,10 +338,10 @@ def test_compiled_layers_take_the_checkpointing_the_config_asks_for(tiny_model_d
 
 
 def test_checkpointing_inside_compiled_layers_without_them_says_it_does_nothing(tiny_model_dir, monkeypatch):
-    import mmengine.logging
+    from xtuner_assistant.training import packed_finetune as module
 
     said = []
-    monkeypatch.setattr(mmengine.logging, "print_log", lambda message, *args, **kwargs: said.append(message))
+    monkeypatch.setattr(module, "print_log", lambda message, *args, **kwargs: said.append(message))
     finetune = packed_finetune(tiny_model_dir, checkpoint_in_compiled_layers=True)  # compile_layers auto: off on a CPU
     assert torch.isfinite(finetune(packed_batch(), mode="loss")["loss"])
     assert any("checkpoint_in_compiled_layers has no effect" in message for message in said)

@@ -25,6 +25,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig
 from xtuner.model import SupervisedFinetune
@@ -145,16 +146,12 @@ class PackedSupervisedFinetune(SupervisedFinetune):
             else:
                 done["fused_kernels"] = fuse_decoder(self.llm, kernels)
         if self.checkpoint_in_compiled_layers and not (self.compile_layers and on_cuda):
-            from mmengine.logging import print_log
-
             print_log("PackedSupervisedFinetune: checkpoint_in_compiled_layers has no effect without compiled "
                       "layers (compile_layers, on a CUDA GPU)", logger="current", level=logging.WARNING)
         if self.compile_layers and on_cuda:
             done["compiled_layers"] = compile_decoder_layers(self.llm, checkpoint_inside=self.checkpoint_in_compiled_layers,
                                                               required=self.compile_layers is True)
         if done["fused_kernels"] or done["compiled_layers"]:
-            from mmengine.logging import print_log
-
             print_log(f"PackedSupervisedFinetune: fused kernels {done['fused_kernels']}, "
                       f"compiled decoder layers {done['compiled_layers']}", logger="current")
         return done
