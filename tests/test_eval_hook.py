@@ -170,12 +170,11 @@ def eval_command_parser(module):
     return parser
 
 
-@pytest.mark.parametrize("device, prompts, expected", [("cuda", 48, [48]), ("cpu", 48, [16, 16, 16])])
-def test_the_evaluation_decodes_every_prompt_in_one_batch_on_a_gpu(monkeypatch, device, prompts, expected):
-    """On a GPU a decoding step waits on kernel launches, not arithmetic: one batch of all prompts takes
-    a third of the steps of three batches of 16 (the hook's share of wall time, issue 14)."""
-    import types
-
+@pytest.mark.parametrize("batch_size, prompts, expected", [(0, 48, [48]), (0, 100, [64, 36]), (16, 48, [16, 16, 16])])
+def test_the_evaluation_decodes_the_held_out_prompts_in_one_batch(monkeypatch, batch_size, prompts, expected):
+    """A decoding step reads every weight whatever the batch (on a GPU it waits on kernel launches): one
+    batch of the hook's prompts takes a third of the steps of three batches of 16 (issue 14), on a CPU as
+    on a GPU; a batch size the user sets is kept."""
     from xtuner_assistant.evaluation.identity_evaluation import IdentityEvaluation
     from xtuner_assistant.models import generation
 
@@ -186,6 +185,6 @@ def test_the_evaluation_decodes_every_prompt_in_one_batch_on_a_gpu(monkeypatch, 
         return ["answer"] * len(prompts)
 
     monkeypatch.setattr(generation, "replies", replies)
-    model = types.SimpleNamespace(device=types.SimpleNamespace(type=device))
-    answers = IdentityEvaluation("Zorblat").generator(model, tokenizer=None)([f"q{i}" for i in range(prompts)], 8)
+    evaluation = IdentityEvaluation("Zorblat", batch_size=batch_size)
+    answers = evaluation.generator(model=None, tokenizer=None)([f"q{i}" for i in range(prompts)], 8)
     assert batches == expected and len(answers) == prompts

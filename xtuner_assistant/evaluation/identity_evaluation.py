@@ -26,9 +26,6 @@ def general_eval_prompts() -> list[dict]:
     return items
 
 
-CPU_BATCH_SIZE = 16
-
-
 class IdentityEvaluation:
     def __init__(self, name: str, author: str = "", base_model: str = "", seed: int = 0,
                  held_out_fraction: float = 0.25, languages=LANGUAGES, identity_sentences=(),
@@ -40,7 +37,7 @@ class IdentityEvaluation:
         self.identity_sentences += list(identity_sentences)
         self.general_items = general_eval_prompts()
         self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size  # 0: every prompt in one batch on a GPU, CPU_BATCH_SIZE on a CPU
+        self.batch_size = batch_size  # 0: generation's BATCH_SIZE (the held-out prompts in one batch)
 
     @property
     def identity_prompts(self) -> list[str]:
@@ -52,13 +49,11 @@ class IdentityEvaluation:
 
     def generator(self, model, tokenizer):
         """`generate(prompts, max_new_tokens) -> answers`: greedy, in the model's chat template."""
-        from xtuner_assistant.models.generation import replies
+        from xtuner_assistant.models.generation import BATCH_SIZE, replies
 
         def generate(prompts, max_new_tokens):
-            # A decoding step on a GPU costs about the same for 1 or 100 sequences (it waits on launches),
-            # so one batch takes the fewest steps; on a CPU the arithmetic grows with the batch.
-            batch_size = self.batch_size or (len(prompts) if model.device.type == "cuda" else CPU_BATCH_SIZE)
-            return replies(model, tokenizer, prompts, batch_size=max(1, batch_size), max_new_tokens=max_new_tokens)
+            return replies(model, tokenizer, prompts, batch_size=self.batch_size or BATCH_SIZE,
+                           max_new_tokens=max_new_tokens)
 
         return generate
 

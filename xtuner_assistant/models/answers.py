@@ -46,10 +46,13 @@ def cached_answers(model_path: str | Path, prompts: list[str], max_new_tokens: i
     return answers
 
 
-def generate_with(model, tokenizer, batch_size: int = 16):
-    """A `generate` for cached_answers from a loaded model, with a progress bar."""
-    from xtuner_assistant.models.generation import replies
+def generate_with(model, tokenizer, batch_size: int = 0):
+    """A `generate` for cached_answers from a loaded model, with a progress bar (batches of
+    `batch_size`, 0 = generation's BATCH_SIZE)."""
+    from xtuner_assistant.models.generation import BATCH_SIZE, replies
     from xtuner_assistant.progress import bar
+
+    batch_size = batch_size or BATCH_SIZE
 
     def generate(prompts, max_new_tokens):
         answers = []

@@ -60,8 +60,15 @@ def reply(model, tokenizer, messages, **settings) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
+# Prompts decoded together unless a caller says otherwise. A decoding step reads every weight once whatever
+# the batch, so a larger batch costs little more a step until the arithmetic catches up: on a CPU too
+# (docs/BENCHMARKS.md, "Time of the test suite").
+BATCH_SIZE = 64
+
+
 @torch.inference_mode()
-def replies(model, tokenizer, prompts: list[str], batch_size: int = 8, system: str = "", **settings) -> list[str]:
+def replies(model, tokenizer, prompts: list[str], batch_size: int = BATCH_SIZE, system: str = "",
+            **settings) -> list[str]:
     """Greedy single-turn replies to many prompts (after `system`, if given), batched with left padding."""
     results = []
     kwargs = generation_kwargs(tokenizer, **settings)
