@@ -110,9 +110,12 @@ class IdentityEvalHook(Hook):
         model = _unwrap(runner.model)
         identity_prompts = self.evaluation.identity_prompts
         prompts = identity_prompts + (self.evaluation.general_prompts if general_answers is None else [])
-        with _inference(model):
+        with _inference(model) as merged_layers:
             # One pass over all prompts: full batches, the fewest generation loops.
             answers = self.evaluation.generator(model.llm, self.tokenizer)(prompts, self.max_new_tokens)
+        if merged_layers and self.last_evaluated_iter < 0:
+            runner.logger.info(f"IdentityEvalHook: generating with {merged_layers} LoRA layers merged into their "
+                               "dequantized 4-bit weights for each evaluation (as `merge` will write them)")
         identity_answers = answers[:len(identity_prompts)]
         if general_answers is None:
             general_answers = answers[len(identity_prompts):]
@@ -213,9 +216,12 @@ def _llm_path(runner) -> str:
 
 
 @contextmanager
-def _inference(model):
-    """Eval mode with the KV cache on and activation checkpointing off, as generation needs;
-    everything back as it was afterwards (like xtuner's EvaluateChatHook)."""
+def _inference(model, merge_adapter: bool = True):
+    """Eval mode with the KV cache on and activation checkpointing off, as generation needs, and LoRA
+    over 4-bit weights merged for the pass (yields how many layers); everything back as it was
+    afterwards (like xtuner's EvaluateChatHook)."""
+    from xtuner_assistant.models.generation import adapter_merged_for_generation
+
     checkpointing = getattr(model.llm, "is_gradient_checkpointing", False)
     use_cache = model.llm.config.use_cache
     was_training = model.training
@@ -224,7 +230,11 @@ def _inference(model):
     model.llm.config.use_cache = True
     model.eval()
     try:
-        yield
+        if not merge_adapter:
+            yield 0
+            return
+        with adapter_merged_for_generation(model.llm) as merged_layers:
+            yield merged_layers
     finally:
         if checkpointing:
             model.activation_checkpointing_enable()

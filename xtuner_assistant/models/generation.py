@@ -3,6 +3,7 @@ template: the one path the terminal chat, the web page and evaluation share."""
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -83,6 +84,65 @@ def replies(model, tokenizer, prompts: list[str], batch_size: int = BATCH_SIZE, 
         out = model.generate(input_ids, attention_mask=attention, **kwargs)
         results += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
     return results
+
+
+def _dequantized_4bit_weight(layer):
+    """The frozen weight of a bitsandbytes 4-bit linear layer in its compute dtype, or None for any other layer."""
+    weight = getattr(layer, "weight", None)
+    quant_state = getattr(weight, "quant_state", None)
+    if quant_state is None:
+        return None
+    from bitsandbytes.functional import dequantize_4bit
+
+    return dequantize_4bit(weight.data, quant_state)
+
+
+def _plain_linear(weight, bias):
+    def forward(x, *args, **kwargs):
+        return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+
+    return forward
+
+
+@contextmanager
+def adapter_merged_for_generation(model, dequantize=_dequantized_4bit_weight, free_memory_share: float = 0.5):
+    """Inside the block, each LoRA layer over a 4-bit frozen weight answers through one matrix product of
+    its weight dequantized once plus the adapter's update, the weights `merge` writes. Token by token, a
+    4-bit layer dequantizes its weight again at every step and the adapter adds four operations: on a
+    GPU the launches, not the arithmetic, set the pace (docs/BENCHMARKS.md). Yields how many layers
+    were merged: none where nothing is 4-bit, where adapters are merged, disabled or DoRA, or where the
+    dequantized weights would take more than `free_memory_share` of the GPU's free memory (the 4-bit
+    path, slower, stays). Everything is as before afterwards."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged and not m.disable_adapters
+              and not any(getattr(m, "use_dora", {}).values())]
+    merged, budget = [], None
+    try:
+        for layer in layers:
+            base = layer.get_base_layer()
+            quant_state = getattr(getattr(base, "weight", None), "quant_state", None)
+            if quant_state is not None and base.weight.is_cuda:
+                if budget is None:  # free on the card, and kept free by PyTorch's allocator
+                    device = base.weight.device
+                    budget = free_memory_share * (torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+                                                  - torch.cuda.memory_allocated(device))
+                budget -= quant_state.shape.numel() * torch.finfo(quant_state.dtype).bits // 8
+                if budget < 0:
+                    break
+            weight = dequantize(base)
+            if weight is None:
+                continue
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
+            bias = base.bias.to(weight.dtype) if getattr(base, "bias", None) is not None else None
+            layer.forward = _plain_linear(weight, bias)  # an instance attribute: the class's forward comes back on del
+            merged.append(layer)
+        yield len(merged)
+    finally:
+        for layer in merged:
+            del layer.forward
 
 
 class ContextError(ValueError):
