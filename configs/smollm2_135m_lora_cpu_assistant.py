@@ -15,7 +15,7 @@ name = setting("name", "小菜鸡")
 author = setting("author", "")
 base_model = setting("base_model", model_display_name(model_path))  # what it says it is built on
 identity_file = setting("identity_file", "")  # from `xtuner-assistant data identity`; else made here
-identity_samples = setting("identity_samples", 384)
+identity_samples = setting("identity_samples", 512)
 # Comma-separated: packaged:NAME or JSON/JSONL files. chinese-answers: fluent Chinese answers this
 # 135M model cannot give itself, so the identity sentence is not the only fluent Chinese it trains on
 # and Chinese general questions stop getting it (docs/BENCHMARKS.md, "Chinese leakage").
@@ -23,9 +23,10 @@ general = setting("general", "packaged:chatterbot,packaged:chinese-answers")
 general_ratio = setting("general_ratio", 1.0)
 # The base model's own answers to the shipped prompt pool, this many per identity conversation: they
 # hold down leakage (general questions answered with the identity) and name loops; the pool's
-# Chinese near-miss prompts ("介绍一下X", "X是谁？") are there for Chinese leakage. This ratio with 384
-# identity conversations is the setting that met the identity target in measurement
-# (docs/BENCHMARKS.md). Generated on first use, then cached; replay_ratio=0 turns replay off.
+# Chinese near-miss prompts ("介绍一下X", "X是谁？") are there for Chinese leakage. This ratio with 512
+# identity conversations (and general data and replay in proportion) is the measured setting
+# (docs/BENCHMARKS.md, "Chinese leakage"). Generated on first use, then cached; replay_ratio=0 turns
+# replay off.
 replay_ratio = setting("replay_ratio", 0.5)
 # This share of identity conversations also carry a general question (before or after, either
 # language): the name answers the identity question only, in the language it was asked in.

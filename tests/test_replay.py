@@ -148,6 +148,6 @@ def test_the_cpu_config_replays_the_base_models_answers_by_default(home, tiny_mo
     monkeypatch.setattr(replay, "base_model_answers",
                         lambda model_path, prompts, max_new_tokens: canned_answers(prompts, max_new_tokens))
     dataset = Config.fromfile(str(CPU_CONFIG)).train_dataloader.dataset
-    assert (dataset.replay_ratio, dataset.identity.n) == (0.5, 384)  # the measured recipe (docs/BENCHMARKS.md)
-    assert DEFAULT_SAMPLES == 384  # what `make demo` and `data identity` write
+    assert (dataset.replay_ratio, dataset.identity.n) == (0.5, 512)  # the measured recipe (docs/BENCHMARKS.md)
+    assert DEFAULT_SAMPLES == 512  # what `make demo` and `data identity` write
     assert Path(dataset.replay).parent == home / "answers"

