@@ -42,6 +42,9 @@ def test_merged_layers_answer_as_the_adapter_does_and_are_restored(adapted_model
 
     with adapter_merged_for_generation(model, dequantize=as_if_4bit) as merged:
         assert merged == len(lora_layers(model)) > 0
+        forward = lora_layers(model)[0].forward
+        weight = dict(zip(forward.__code__.co_freevars, (cell.cell_contents for cell in forward.__closure__)))["weight"]
+        assert weight.grad_fn is None and not weight.requires_grad, "the merged copy keeps no autograd graph"
         with torch.no_grad():
             merged_logits = model(ids).logits
         merged_answers = replies(model, tokenizer, prompts, max_new_tokens=12)

@@ -130,13 +130,14 @@ def adapter_merged_for_generation(model, dequantize=_dequantized_4bit_weight, fr
                 budget -= quant_state.shape.numel() * torch.finfo(quant_state.dtype).bits // 8
                 if budget < 0:
                     break
-            weight = dequantize(base)
-            if weight is None:
-                continue
-            for adapter in layer.active_adapters:
-                if adapter in layer.lora_A:
-                    weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
-            bias = base.bias.to(weight.dtype) if getattr(base, "bias", None) is not None else None
+            with torch.no_grad():  # the adapter's weights require grad; the merged copy must not keep a graph
+                weight = dequantize(base)
+                if weight is None:
+                    continue
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A:
+                        weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
+                bias = base.bias.to(weight.dtype) if getattr(base, "bias", None) is not None else None
             layer.forward = _plain_linear(weight, bias)  # an instance attribute: the class's forward comes back on del
             merged.append(layer)
         yield len(merged)
