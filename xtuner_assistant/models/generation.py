@@ -63,7 +63,7 @@ def reply(model, tokenizer, messages, **settings) -> str:
 
 # Prompts decoded together unless a caller says otherwise. A decoding step reads every weight once whatever
 # the batch, so a larger batch costs little more a step until the arithmetic catches up: on a CPU too
-# (docs/BENCHMARKS.md, "Time of the test suite").
+# (docs/BENCHMARKS.md, "The two commands").
 BATCH_SIZE = 64
 
 
