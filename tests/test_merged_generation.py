@@ -70,3 +70,34 @@ def test_a_failure_inside_the_block_still_restores_every_layer(adapted_model):
         with adapter_merged_for_generation(model, dequantize=as_if_4bit):
             raise RuntimeError("stop")
     assert not any("forward" in vars(layer) for layer in lora_layers(model))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="4-bit weights need a CUDA GPU (bitsandbytes)")
+def test_on_a_gpu_real_4bit_layers_merge_answer_as_the_adapter_and_respect_the_memory_budget(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=nf4, torch_dtype=torch.bfloat16,
+                                                 device_map={"": 0})
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
+                                             task_type="CAUSAL_LM")).eval()
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]], device="cuda")
+    with torch.no_grad():
+        adapter_logits = model(ids).logits.float()
+        with model.disable_adapter():
+            base_logits = model(ids).logits.float()
+    assert (adapter_logits - base_logits).abs().max() > 0.2, "the adapter changes the answer, so the check below can fail"
+
+    with adapter_merged_for_generation(model) as merged:
+        assert merged == len(lora_layers(model)) > 0
+        with torch.no_grad():
+            merged_logits = model(ids).logits.float()
+    # bf16: W + BA rounded once against two products added
+    torch.testing.assert_close(merged_logits, adapter_logits, rtol=0.02, atol=0.05)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits.float(), adapter_logits, rtol=0, atol=0)
+
+    with adapter_merged_for_generation(model, free_memory_share=1e-12) as merged:
+        assert merged == 0, "no room on the card: every layer stays 4-bit"
