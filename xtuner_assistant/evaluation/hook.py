@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -230,10 +230,7 @@ def _inference(model, merge_adapter: bool = True):
     model.llm.config.use_cache = True
     model.eval()
     try:
-        if not merge_adapter:
-            yield 0
-            return
-        with adapter_merged_for_generation(model.llm) as merged_layers:
+        with adapter_merged_for_generation(model.llm) if merge_adapter else nullcontext(0) as merged_layers:
             yield merged_layers
     finally:
         if checkpointing:
