@@ -2,6 +2,8 @@
 
 Answers (greedy, the model's own chat template, 64 new tokens) to:
 - the held-out identity paraphrases (same name/seed split as training): identity accuracy zh / en;
+- bench/prompts/held_out_identity_extra.json: 30 zh + 30 en identity questions outside the phrasebook,
+  the same for every seed, so runs with different splits or question pools compare on one set;
 - the shipped held-out general prompts and facts (evaluation/general_prompts.json `eval`, `facts`);
 - bench/prompts/held_out_general_extra.json: 40 zh + 40 en general prompts never used in training
   (facts, how-to, creative, "introduce X", "who is X", questions with you/I), and two-turn chats
@@ -30,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 EXTRA = REPO / "bench" / "prompts" / "held_out_general_extra.json"
+EXTRA_IDENTITY = REPO / "bench" / "prompts" / "held_out_identity_extra.json"
 IDENTITY_OPENING = re.compile(r"^\s*(我是|我叫|我的名字|你可以叫我|I am\b|I'm\b|My name\b|You can call me\b|This is\b)", re.I)
 
 
@@ -64,10 +67,13 @@ def answer_all(args, evaluation) -> dict:
     model, tokenizer = load_model(args)
     started = time.monotonic()
     extra_items = [dict(item, language=lang) for lang in ("zh", "en") for item in extra[lang]]
+    extra_identity = json.loads(EXTRA_IDENTITY.read_text(encoding="utf-8"))
+    identity_items = [{"question": q, "language": lang} for lang in ("zh", "en") for q in extra_identity[lang]]
     prompts = (evaluation.identity_prompts + evaluation.general_prompts + [i["prompt"] for i in extra_items]
-               + GENERAL_QUESTIONS)
-    answers = replies(model, tokenizer, prompts, batch_size=16, max_new_tokens=args.max_new_tokens)
+               + GENERAL_QUESTIONS + [i["question"] for i in identity_items])
+    answers = replies(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
     n_id, n_gen, n_extra = len(evaluation.identity_prompts), len(evaluation.general_prompts), len(extra_items)
+    n_demo = len(GENERAL_QUESTIONS)
     multi = []
     for chat in extra["multi_turn"]:
         messages = [{"role": "user", "content": chat["turns"][0]}]
@@ -80,6 +86,8 @@ def answer_all(args, evaluation) -> dict:
         "general": [dict(item, answer=a) for item, a in zip(evaluation.general_items, answers[n_id:n_id + n_gen])],
         "extra": [dict(item, answer=a) for item, a in zip(extra_items, answers[n_id + n_gen:n_id + n_gen + n_extra])],
         "demo": [{"question": q, "answer": a} for q, a in zip(GENERAL_QUESTIONS, answers[n_id + n_gen + n_extra:])],
+        "identity_extra": [dict(item, answer=a) for item, a in
+                           zip(identity_items, answers[n_id + n_gen + n_extra + n_demo:])],
         "multi_turn": multi,
         "answer_seconds": round(time.monotonic() - started, 1),
     }
@@ -101,6 +109,9 @@ def score(record: dict, evaluation, base: str | None, max_new_tokens: int) -> di
     for lang in ("zh", "en"):
         answers = [i["answer"] for i in record["identity"] if i["language"] == lang]
         scores[f"identity_{lang}"] = metrics.identity_accuracy(answers, name)
+        if "identity_extra" in record:  # absent from results saved before the set existed
+            answers = [i["answer"] for i in record["identity_extra"] if i["language"] == lang]
+            scores[f"identity_extra_{lang}"] = metrics.identity_accuracy(answers, name)
     for kind in ("general", "extra"):
         for lang in ("zh", "en"):
             answers = [g["answer"] for g in record[kind] if g["language"] == lang]

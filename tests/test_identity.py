@@ -51,6 +51,23 @@ def test_held_out_questions_never_appear_in_training(seed):
         assert not any(t.lower().rstrip("?？.!").endswith(core) for t in trained), question
 
 
+def test_the_extra_identity_probes_are_no_near_copies_of_any_question_in_the_pool():
+    """bench/leak_probe.py scores every run on these; a probe that is a pool question with words added in
+    front (as training adds prefixes), or one a pool question ends with, would be trained on."""
+    import re
+    from pathlib import Path
+
+    from xtuner_assistant.data.identity import _phrases
+
+    probes = json.loads((Path(__file__).parent.parent / "bench/prompts/held_out_identity_extra.json").read_text("utf-8"))
+    core = lambda text: re.sub(r"[\s?？.!。！,，呀吗呢吧啊]+$", "", text.lower().strip())
+    for language, entries in _phrases()["questions"].items():
+        pool = [core(q) for entry in entries for q in (entry if isinstance(entry, list) else [entry])]
+        assert len(probes[language]) >= 30
+        for probe in map(core, probes[language]):
+            assert not any(probe.endswith(q) or q.endswith(probe) for q in pool), probe
+
+
 @pytest.mark.parametrize("name", ['O\'Brien "the bot"', "Robo {name} {0}", "小菜鸡🐣", "A" * 64])
 def test_odd_names_appear_literally(name):
     conversations = IdentityPhrasebook(Identity(name)).conversations(40)
