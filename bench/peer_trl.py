@@ -77,7 +77,7 @@ def run(args) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
     cuda = args.device == "cuda"
@@ -102,7 +102,18 @@ def run(args) -> dict:
     lora = LoraConfig(r=64, lora_alpha=128, lora_dropout=0.05, target_modules="all-linear", bias="none",
                       task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+    recipe = (f"TRL SFTTrainer + PEFT QLoRA, padding-free BFD packing {args.pack_tokens}"
+              f"{', Liger Kernel' if args.liger else ''}")
+    return measure(trainer, args, shape, recipe)
 
+
+def measure(trainer, args, shape: dict, recipe: str, stack=("torch", "transformers", "trl", "peft")) -> dict:
+    """Trains `trainer` for the warm-up and timed steps and writes what the timed ones did to args.out
+    (bench/peer_unsloth.py measures its trainer here too, so the two JSONs compare key for key)."""
+    import torch
+    from transformers import TrainerCallback
+
+    cuda = args.device == "cuda"
     collated = []  # the rows in step order (num_workers=0: collated just before their step)
     collate = trainer.data_collator
 
@@ -141,8 +152,7 @@ def run(args) -> dict:
     seconds, tokens = sum(timed), sum(lengths)
     flops = useful_flops(shape, tokens, sum(n * (n + 1) // 2 for n in lengths))
     result = {
-        "recipe": f"TRL SFTTrainer + PEFT QLoRA, padding-free BFD packing {args.pack_tokens}"
-                  f"{', Liger Kernel' if args.liger else ''}",
+        "recipe": recipe,
         "device": torch.cuda.get_device_name() if cuda else "cpu", "model_shape": "internlm2-chat-1.8b as llama"
         if not args.tiny else "tiny llama", "weights": "random", "steps": len(timed), "real_tokens": tokens,
         "seconds": round(seconds, 3), "real_tokens_per_s": round(tokens / seconds, 1),
@@ -150,7 +160,7 @@ def run(args) -> dict:
         "mfu": round(flops / seconds / H200_BF16_DENSE_FLOPS, 4) if cuda else None,
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None,
         "train_wall_s_with_warmup": round(wall, 1), "loss_curve": timings["losses"],
-        "stack": {name: __import__(name).__version__ for name in ("torch", "transformers", "trl", "peft")},
+        "stack": {name: __import__(name).__version__ for name in stack},
     }
     print(json.dumps(result), flush=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
