@@ -167,18 +167,24 @@ def measure(trainer, args, shape: dict, recipe: str, stack=("torch", "transforme
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def peer_arguments(description: str) -> argparse.ArgumentParser:
+    """The work both peers run (bench/peer_unsloth.py adds its own options to it)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", required=True, help="bench/speed.py's conversations (OpenAI messages)")
     parser.add_argument("--tokenizer", required=True, help="stand-in tokenizer folder")
     parser.add_argument("--work", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--liger", action="store_true", help="TRL's use_liger_kernel=True")
     parser.add_argument("--pack-tokens", type=int, default=3072)
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--steps", type=int, default=64, help="timed steps after the warm-up")
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="a tiny Llama: checks the harness")
+    return parser
+
+
+def main() -> None:
+    parser = peer_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--liger", action="store_true", help="TRL's use_liger_kernel=True")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     run(parser.parse_args())
 
 

@@ -23,7 +23,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import unsloth  # noqa: E402  before transformers, trl and peft: it patches them as they import
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -66,16 +65,8 @@ def run(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="bench/speed.py's conversations (OpenAI messages)")
-    parser.add_argument("--tokenizer", required=True, help="stand-in tokenizer folder")
-    parser.add_argument("--work", required=True)
-    parser.add_argument("--out", required=True)
+    parser = peer_trl.peer_arguments(__doc__.splitlines()[0])
     parser.add_argument("--lora-dropout", type=float, default=0.0, help="0: Unsloth's fused LoRA kernels")
-    parser.add_argument("--pack-tokens", type=int, default=3072)
-    parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=64, help="timed steps after the warm-up")
-    parser.add_argument("--tiny", action="store_true", help="a tiny Llama: checks the harness")
     parser.set_defaults(device="cuda")  # peer_trl.measure reads it; Unsloth's kernels need the GPU
     run(parser.parse_args())
 
