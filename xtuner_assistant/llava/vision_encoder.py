@@ -12,7 +12,9 @@ The weights are the real ImageNet ones from the `efficientnet-lite0-pytorch-mode
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -60,8 +62,10 @@ class EfficientNetLiteVisionTower(nn.Module):
             weights_path = None
         else:
             weights_path = str(weights_path or packaged_efficientnet_lite0_weights())
-            self.backbone = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights_path,
-                                                         image_size=image_size)
+            # It prints "Loaded pretrained weights ..." to stdout, where `vqa chat` prints its answer.
+            with contextlib.redirect_stdout(sys.stderr):
+                self.backbone = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights_path,
+                                                             image_size=image_size)
         # The classifier head is not used; dropping it keeps LoRA's linear-layer search off it too.
         self.backbone._fc = nn.Identity()
         self.backbone.set_swish(memory_efficient=False)
