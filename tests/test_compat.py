@@ -99,6 +99,17 @@ def test_commands_that_use_no_gpu_are_quick_and_quiet(tmp_path):
         assert "compiled without GPU support" not in result.stdout + result.stderr, argv
 
 
+def test_importing_deepspeed_after_us_prints_no_jit_script_deprecation():
+    """mmengine's runner imports deepspeed in every training run; its torch.jit.script calls made torch
+    warn twice before the run's first line (and before a bad setting's one line)."""
+    code = "import xtuner_assistant, mmengine.runner, deepspeed"
+    result = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "torch.jit.script" not in result.stderr
+    without_us = subprocess.run([sys.executable, "-W", "default", "-c", "import deepspeed"], capture_output=True, text=True)
+    assert "torch.jit.script` is deprecated" in without_us.stderr, "the warning this fix drops is gone upstream"
+
+
 def test_the_top_help_is_written_for_people(capsys):
     from xtuner_assistant.cli.main import main
 

@@ -9,6 +9,7 @@ from xtuner_assistant.chat_template import IGNORE_INDEX
 from xtuner_assistant.data.packing import (PADDING_DOCUMENT, PackedChatDataset, block_diagonal_causal_mask, pack_samples,
                                       packed_collate_fn, plan_packs, real_token_count)
 from xtuner_assistant.training.packed_finetune import DocumentAttention, answer_token_loss, causal_lm_parts
+from xtuner_assistant.training.settings import SettingError
 
 CONVERSATIONS = [
     {"input_ids": [5, 6, 7, 8, 9, 10, 11], "labels": [IGNORE_INDEX] * 3 + [8, 9, 10, 11]},
@@ -352,7 +353,7 @@ def test_speed_ups_are_off_on_the_cpu_unless_required_and_then_say_why(tiny_mode
     assert finetune.speed_ups == {"fused_kernels": None, "compiled_layers": 0}
     for field in ("fused_kernels", "compile_layers"):
         required = packed_finetune(tiny_model_dir, **{field: "true"})  # as `--set fused_kernels=true` gives it
-        with pytest.raises(RuntimeError, match=f"model.{field}=True needs training on a CUDA GPU"):
+        with pytest.raises(SettingError, match=f"model.{field}=True needs training on a CUDA GPU"):
             required(packed_batch(), mode="loss")
-    with pytest.raises(ValueError, match="expected auto, true or false"):
+    with pytest.raises(SettingError, match="expected auto, true or false"):
         packed_finetune(tiny_model_dir, compile_layers="fast")

@@ -10,6 +10,7 @@ import os
 import site
 import sys
 import types
+import warnings
 from pathlib import Path
 
 STARTUP_FILE_NAME = "xtuner_assistant_venv_path.pth"
@@ -167,11 +168,20 @@ def install_startup_fix(site_packages: str | None = None) -> Path:
     return target
 
 
+def quiet_deepspeed_jit_script() -> None:
+    """deepspeed 0.17.6 decorates functions with `torch.jit.script` when it is imported, and torch 2.14
+    warns that `torch.jit.script` is deprecated each time: mmengine's runner imports deepspeed, so every
+    training run began with these warnings, and a bad setting found while the config loaded was no
+    longer one line. Only that message is dropped."""
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+
 def apply() -> None:
     global _applied
     if _applied:
         return
     quiet_bitsandbytes_without_gpu()  # first: the others import mmengine, which imports bitsandbytes
+    quiet_deepspeed_jit_script()  # before mmengine's runner imports deepspeed
     cpu_bf16_probe()
     bitsandbytes_without_triton_ops()
     if "mmengine.runner" in sys.modules:

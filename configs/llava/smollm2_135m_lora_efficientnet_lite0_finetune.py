@@ -5,7 +5,7 @@
 # Use Qwen2.5-0.5B instead:  --set llm=$(xtuner-assistant model fetch qwen2.5-0.5b) (and its stage 1)
 _base_ = ["./_base_/llava_runtime.py"]  # first statement: tells mmengine this is a plain (non-lazy) config
 
-from xtuner_assistant.llava.recipe import image_processor_for, vision_tower
+from xtuner_assistant.llava.recipe import encoder_lora, image_processor_for, vision_tower
 from xtuner_assistant.training.recipe import packaged_model, warmup_then_cosine
 from xtuner_assistant.training.settings import required_setting, setting
 
@@ -30,7 +30,7 @@ max_epochs = setting("max_epochs", 1)
 warmup_iters = setting("warmup_iters", 10)
 llm_lora_r = setting("llm_lora_r", 16)
 llm_lora_alpha = setting("llm_lora_alpha", 32)
-encoder_lora_r = setting("encoder_lora_r", 0)  # a convolutional backbone: frozen (LoRA targets linear layers)
+encoder_lora_r = setting("encoder_lora_r", 0)  # LoRA on the encoder: CLIP only (EfficientNet-Lite0 has no linear layers)
 save_steps = setting("save_steps", 100)
 seed = setting("seed", 0)
 num_workers = setting("num_workers", 0)  # image-loading processes; 4-8 keep a GPU fed
@@ -59,8 +59,7 @@ if llm_lora_r:
     model["llm_lora"] = dict(type="peft.LoraConfig", r=llm_lora_r, lora_alpha=llm_lora_alpha, lora_dropout=0.05,
                              bias="none", task_type="CAUSAL_LM")
 if encoder_lora_r:
-    model["visual_encoder_lora"] = dict(type="peft.LoraConfig", r=encoder_lora_r, lora_alpha=16,
-                                        lora_dropout=0.05, bias="none")
+    model["visual_encoder_lora"] = encoder_lora(visual_encoder_kind, encoder_lora_r)
 
 #######################################################################
 #                      PART 3  Dataset & Dataloader                   #

@@ -12,6 +12,10 @@ from torch.utils.data import Dataset
 from xtuner_assistant.chat_template import IGNORE_INDEX, encode_conversation, require_chat_template
 from xtuner_assistant.data.general import load_conversations, load_source, split_sources
 
+
+class MixError(ValueError):
+    """A mix that its sources cannot fill: one line, no traceback."""
+
 DEFAULT_GENERAL = ("packaged:chatterbot", "packaged:chitchat")
 
 
@@ -135,7 +139,7 @@ def _draw(pool: list, count: int, rng: random.Random, report: dict, kind: str) -
     if count <= 0:
         return []
     if not pool:
-        raise ValueError(f"the mix asks for {count} {kind} conversations but their sources are empty")
+        raise MixError(f"the mix asks for {count} {kind} conversations but their sources are empty")
     shuffled = pool[:]
     rng.shuffle(shuffled)
     drawn = [shuffled[i % len(shuffled)] for i in range(count)]

@@ -18,6 +18,10 @@ from torch.utils.data import Dataset
 
 from xtuner_assistant.chat_template import IGNORE_INDEX
 
+
+class PackingError(ValueError):
+    """Settings that cannot pack the data (a conversation longer than a row): one line, no traceback."""
+
 PADDING_DOCUMENT = -1
 
 
@@ -29,7 +33,7 @@ def plan_packs(lengths: list[int], pack_tokens: int, seed: int = 0) -> list[list
     too_long = [(i, n) for i, n in enumerate(lengths) if n > pack_tokens]
     if too_long:
         index, length = too_long[0]
-        raise ValueError(f"sample {index} has {length} tokens, more than pack_tokens={pack_tokens}; "
+        raise PackingError(f"sample {index} has {length} tokens, more than pack_tokens={pack_tokens}; "
                          f"set pack_tokens >= max_length")
     packs: list[list[int]] = []
     room: list[int] = []

@@ -69,7 +69,7 @@ def causal_lm_parts(llm) -> tuple[torch.nn.Module, torch.nn.Module]:
     model = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
     decoder = getattr(model, "model", None)
     if decoder is None:
-        raise TypeError(f"{type(model).__name__}: no `.model` decoder; packed training supports "
+        raise SettingError(f"{type(model).__name__}: no `.model` decoder; packed training supports "
                         "Llama/Qwen2/InternLM2-style causal LMs")
     return decoder, model.get_output_embeddings()
 
@@ -87,7 +87,7 @@ def _auto_or_bool(field: str, value) -> bool | str:
     try:
         return cast_setting(text, False, f"model.{field}={value!r}")
     except SettingError:
-        raise ValueError(f"model.{field}={value!r}: expected auto, true or false") from None
+        raise SettingError(f"model.{field}={value!r}: expected auto, true or false") from None
 
 
 class PackedSupervisedFinetune(SupervisedFinetune):
@@ -135,13 +135,13 @@ class PackedSupervisedFinetune(SupervisedFinetune):
         done = {"fused_kernels": None, "compiled_layers": 0}
         for field in ("fused_kernels", "compile_layers"):
             if getattr(self, field) is True and not on_cuda:
-                raise RuntimeError(f"model.{field}=True needs training on a CUDA GPU; set it to \"auto\" or False")
+                raise SettingError(f"model.{field}=True needs training on a CUDA GPU; set it to \"auto\" or False")
         if self.fused_kernels and on_cuda:
             try:
                 kernels = liger_kernels()
             except ImportError as error:
                 if self.fused_kernels is True:
-                    raise RuntimeError(f"model.fused_kernels=True needs Liger Kernel ({error}): "
+                    raise SettingError(f"model.fused_kernels=True needs Liger Kernel ({error}): "
                                        "pip install liger-kernel, or set it to \"auto\" or False") from error
             else:
                 done["fused_kernels"] = fuse_decoder(self.llm, kernels)

@@ -113,6 +113,20 @@ def check_settings(config: str | os.PathLike, settings: dict[str, str]) -> None:
         default = declared[name]
         if isinstance(default, (bool, int, float)):
             cast_setting(value, default, f"--set {name}={value}")
+    check_rows_hold_a_conversation(declared, settings)
+
+
+def check_rows_hold_a_conversation(declared: dict[str, object], settings: dict[str, str]) -> None:
+    """Packed configs cut conversations at max_length and pack them into rows of pack_tokens: a row
+    shorter than that cannot hold every conversation, which the data set would find only after the
+    run has begun."""
+    if not {"pack_tokens", "max_length"} <= set(declared):
+        return
+    pack_tokens, max_length = (int(settings[name]) if name in settings else declared[name]
+                               for name in ("pack_tokens", "max_length"))
+    if isinstance(pack_tokens, int) and isinstance(max_length, int) and pack_tokens < max_length:
+        raise SettingError(f"--set pack_tokens={pack_tokens}: rows shorter than max_length={max_length} cannot hold "
+                           f"every conversation; set pack_tokens >= max_length (or --set max_length={pack_tokens})")
 
 
 def check_training_inputs(config: str | os.PathLike, settings: dict[str, str]) -> dict[str, str]:
