@@ -1,6 +1,7 @@
 """Base-model replay: the base model's own answers to a bilingual prompt pool (plus the user's), made
 once and cached, cut to whole sentences without loops, and mixed in by MixedChatDataset at a ratio."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from xtuner_assistant.data.mixed import MixedChatDataset, language_of
 from xtuner_assistant.data.replay import ReplayError
 from xtuner_assistant.evaluation.identity_evaluation import general_eval_prompts
 from xtuner_assistant.models import answers as answer_cache
+from xtuner_assistant.models.zoo import MANIFEST
 
 CPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smollm2_135m_lora_cpu_assistant.py"
 
@@ -77,6 +79,52 @@ def test_answers_are_generated_once_per_model_prompts_and_length(home, tiny_mode
     answer_cache.cached_answers(tiny_model_dir, ["a", "b"], 64, generate)  # another length limit
     assert len(calls) == 3
     assert len(list((home / "answers").glob("*.json"))) == 3
+
+
+def fetched_copy(source: Path, target: Path) -> Path:
+    """`source` as `model fetch` leaves a model: with its record of files, sizes and weights digests."""
+    shutil.copytree(source, target)
+    files = {p.name: p.stat().st_size for p in target.iterdir() if p.is_file()}
+    (target / MANIFEST).write_text(json.dumps({"files": files, "weights_sha256": {"model.safetensors": "ab" * 32}}))
+    return target
+
+
+def test_a_fetched_model_is_known_by_its_weights_and_any_other_by_its_place(tmp_path, tiny_model_dir):
+    here, there = fetched_copy(tiny_model_dir, tmp_path / "a"), fetched_copy(tiny_model_dir, tmp_path / "b")
+    assert answer_cache.model_fingerprint(here) == answer_cache.model_fingerprint(there)
+    plain = shutil.copytree(tiny_model_dir, tmp_path / "plain")
+    assert answer_cache.model_fingerprint(plain) != answer_cache.model_fingerprint(tiny_model_dir)
+    with open(there / "config.json", "a") as config:  # a changed file: its record no longer holds
+        config.write(" ")
+    assert answer_cache.fetched_weights(there) is None
+    assert answer_cache.model_fingerprint(there) != answer_cache.model_fingerprint(here)
+
+
+def test_shipped_answers_serve_their_model_prompts_and_length_only(home, tmp_path, tiny_model_dir, monkeypatch):
+    model = fetched_copy(tiny_model_dir, tmp_path / "fetched")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(answer_cache, "shipped_file", lambda name: shipped / name)
+    name = answer_cache.cache_path(model, ["a", "b"], 32).name
+    (shipped / name).write_text(json.dumps({"prompts": ["a", "b"], "max_new_tokens": 32, "answers": ["x.", "y."]}))
+    calls = []
+
+    def generate(prompts, max_new_tokens):
+        calls.append(prompts)
+        return ["made."] * len(prompts)
+
+    assert answer_cache.cached_answers(model, ["a", "b"], 32, generate) == ["x.", "y."] and not calls
+    assert answer_cache.cached_answers(model, ["a", "c"], 32, generate) == ["made.", "made."]
+    assert answer_cache.cached_answers(model, ["a", "b"], 64, generate) == ["made.", "made."] and len(calls) == 2
+
+
+def test_the_packaged_default_ships_the_replay_answers_of_its_config():
+    """The CPU config's replay prompts for the fetched SmolLM2: shipped, or a changed prompt pool
+    needs `python -m xtuner_assistant.data.replay ship smollm2-135m`."""
+    from xtuner_assistant.models.fetch import fetch
+
+    name = answer_cache.cache_path(fetch("smollm2-135m"), replay.replay_prompts(), replay.DEFAULT_MAX_NEW_TOKENS).name
+    assert answer_cache.shipped_file(name).is_file(), f"no shipped {name}: run the command in this test's docstring"
 
 
 def test_replay_keeps_whole_sentences_and_drops_loops_and_empty_answers(home, tiny_model_dir, monkeypatch):

@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 
 from xtuner_assistant.evaluation import metrics
-from xtuner_assistant.models.answers import base_model_answers, cache_path
-from xtuner_assistant.paths import read_json_list, write_jsonl_atomic
+from xtuner_assistant.models.answers import SHIPPED, base_model_answers, cache_path
+from xtuner_assistant.paths import read_json_list, write_json_atomic, write_jsonl_atomic
 
 # Answers are cut to whole sentences anyway; 64 tokens keep the first use of a 2-core CPU short.
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -128,3 +128,25 @@ def replay_file(model_path: str | Path, extra_prompts: str | Path | None = None,
     if not target.is_file():
         write_jsonl_atomic(target, conversations)
     return str(target)
+
+
+def ship_answers(name: str) -> Path:
+    """The fetched packaged model `name`'s answers to the shipped pool, as the configs ask for them, into
+    models/shipped_answers/ (made now if they are not cached), so that no user's machine makes them again."""
+    from xtuner_assistant.models.fetch import fetch
+
+    model, prompts = fetch(name), replay_prompts()
+    answers = base_model_answers(model, prompts, DEFAULT_MAX_NEW_TOKENS)
+    target = (Path(__file__).parent.parent / "models" / SHIPPED
+              / cache_path(model, prompts, DEFAULT_MAX_NEW_TOKENS).name)
+    write_json_atomic(target, {"model": name, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "prompts": prompts,
+                               "answers": answers})
+    return target
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["ship"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m xtuner_assistant.data.replay ship MODEL_NAME")
+    print(ship_answers(sys.argv[2]))
