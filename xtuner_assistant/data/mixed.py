@@ -16,6 +16,7 @@ from xtuner_assistant.data.general import load_conversations, load_source, split
 class MixError(ValueError):
     """A mix that its sources cannot fill: one line, no traceback."""
 
+
 DEFAULT_GENERAL = ("packaged:chatterbot", "packaged:chitchat")
 
 

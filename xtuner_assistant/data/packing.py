@@ -22,6 +22,7 @@ from xtuner_assistant.chat_template import IGNORE_INDEX
 class PackingError(ValueError):
     """Settings that cannot pack the data (a conversation longer than a row): one line, no traceback."""
 
+
 PADDING_DOCUMENT = -1
 
 
@@ -34,7 +35,7 @@ def plan_packs(lengths: list[int], pack_tokens: int, seed: int = 0) -> list[list
     if too_long:
         index, length = too_long[0]
         raise PackingError(f"sample {index} has {length} tokens, more than pack_tokens={pack_tokens}; "
-                         f"set pack_tokens >= max_length")
+                           f"set pack_tokens >= max_length")
     packs: list[list[int]] = []
     room: list[int] = []
     for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):

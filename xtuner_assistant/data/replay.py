@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from xtuner_assistant.evaluation import metrics
-from xtuner_assistant.models.answers import SHIPPED, base_model_answers, cache_path
+from xtuner_assistant.models.answers import base_model_answers, cache_path, shipped_file
 from xtuner_assistant.paths import read_json_list, write_json_atomic, write_jsonl_atomic
 
 # Answers are cut to whole sentences anyway; 64 tokens keep the first use of a 2-core CPU short.
@@ -137,8 +137,7 @@ def ship_answers(name: str) -> Path:
 
     model, prompts = fetch(name), replay_prompts()
     answers = base_model_answers(model, prompts, DEFAULT_MAX_NEW_TOKENS)
-    target = (Path(__file__).parent.parent / "models" / SHIPPED
-              / cache_path(model, prompts, DEFAULT_MAX_NEW_TOKENS).name)
+    target = Path(str(shipped_file(cache_path(model, prompts, DEFAULT_MAX_NEW_TOKENS).name)))
     write_json_atomic(target, {"model": name, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "prompts": prompts,
                                "answers": answers})
     return target

@@ -36,7 +36,7 @@ def model_fingerprint(model_path: str | Path) -> str:
     model never reuses stale answers; and by where it is, unless `model fetch` made it (then by the
     digests of its weights, the same in every user's copy)."""
     path = Path(model_path).resolve()
-    weights = fetched_weights(path) if path.is_dir() else None
+    weights = fetched_weights(path)
     digest = hashlib.sha256(json.dumps(weights, sort_keys=True).encode() if weights else str(path).encode())
     for file in sorted(path.iterdir()) if path.is_dir() else ():
         if file.is_file():

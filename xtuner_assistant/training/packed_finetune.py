@@ -70,7 +70,7 @@ def causal_lm_parts(llm) -> tuple[torch.nn.Module, torch.nn.Module]:
     decoder = getattr(model, "model", None)
     if decoder is None:
         raise SettingError(f"{type(model).__name__}: no `.model` decoder; packed training supports "
-                        "Llama/Qwen2/InternLM2-style causal LMs")
+                           "Llama/Qwen2/InternLM2-style causal LMs")
     return decoder, model.get_output_embeddings()
 
 

@@ -125,8 +125,8 @@ def check_rows_hold_a_conversation(declared: dict[str, object], settings: dict[s
     pack_tokens, max_length = (int(settings[name]) if name in settings else declared[name]
                                for name in ("pack_tokens", "max_length"))
     if isinstance(pack_tokens, int) and isinstance(max_length, int) and pack_tokens < max_length:
-        raise SettingError(f"--set pack_tokens={pack_tokens}: rows shorter than max_length={max_length} cannot hold "
-                           f"every conversation; set pack_tokens >= max_length (or --set max_length={pack_tokens})")
+        raise SettingError(f"pack_tokens={pack_tokens}: rows shorter than max_length={max_length} cannot hold every "
+                           f"conversation; set pack_tokens >= max_length (or --set max_length={pack_tokens})")
 
 
 def check_training_inputs(config: str | os.PathLike, settings: dict[str, str]) -> dict[str, str]:
