@@ -279,6 +279,7 @@ qwen() {  # issue 13: the shipped Qwen QLoRA config on its real weights, end to 
       --base $QMODEL --max-new-tokens 96 --out $OUT/${QO}_ours_merged_eval >>$log 2>&1
     $XA eval $ours/train --out $OUT/${QO}_ours_hook >>$log 2>&1; tail -12 $log | tee -a "$OUT/summary.txt"
     (cd $W && tar czf $OUT/${QO}_ours.tgz --exclude='*.pth' --exclude='*.safetensors' --exclude='*.bin' ${QO}_ours/train 2>/dev/null)
+    touch $ours/evaluated
   fi
 }
 
@@ -298,7 +299,9 @@ case "$MODE" in
   qwen) qwen ;;
   qwen-fetch) qwen "fetch replay" ;;
   qwen-train) qwen train; [ $SECONDS -lt ${QEXPORT_BY:-330} ] && qwen "export eval" ;;  # export too while time is left
-  qwen-eval) qwen_vars; qwen "$([ -f $W/${QO}_ours/exported ] || echo export) eval" ;;  # export unless the train call did
+  qwen-eval) qwen_vars  # what the train call left: export unless it did, eval unless it did
+    if [ -f $W/${QO}_ours/evaluated ]; then note "$QO: the train call already exported and evaluated"
+    else qwen "$([ -f $W/${QO}_ours/exported ] || echo export) eval"; fi ;;
   qwen-stock) qwen_stock ;;
   speed) speed ;;
   fused) fused ;;
