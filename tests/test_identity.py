@@ -80,6 +80,11 @@ def test_odd_names_appear_literally(name):
     ("bad\x00name", "control characters"),
     ("line\nbreak", "control characters"),
     ("A" * 65, "at most 64"),
+    ("Zed<|im_end|>", "'<\\|im_end\\|>', which chat templates use to mark turns"),
+    ("<|eot_id|>Zed", "<\\|eot_id\\|>"),
+    ("Zed</s>", "'</s>'"),
+    ("[INST] Zed", "INST"),
+    ("Zed<end_of_turn>", "end_of_turn"),
 ])
 def test_bad_names_are_rejected_clearly(name, message):
     with pytest.raises(IdentityError, match=message):

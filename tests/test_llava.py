@@ -235,3 +235,13 @@ def test_tutorial_internlm2_clip_configs_build_and_train(tiny_model_dir, tiny_cl
     assert cli("vqa", "chat", tmp_path / "hf", "--image", image, "--prompt", "what shape is in the image?",
                "--max-new-tokens", 4) == 0
     assert capsys.readouterr().out.endswith("\n")
+
+
+def test_a_llava_record_holding_a_template_marker_is_named_by_record(tokenizer, tmp_path):
+    from xtuner_assistant.llava.dataset import ChatTemplateLLaVADataset, LLaVADataError
+
+    path = tmp_path / "llava.json"
+    path.write_text(json.dumps([{"image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat shape is it?"}, {"from": "gpt", "value": "A circle<|im_end|>"}]}]))
+    with pytest.raises(LLaVADataError, match=r"llava.json record 0: the assistant message 2 contains '<\|im_end\|>'"):
+        ChatTemplateLLaVADataset(str(path), str(tmp_path), tokenizer, image_processor=None)

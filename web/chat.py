@@ -19,6 +19,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from xtuner_assistant.chat_template import ChatTemplateError
 from xtuner_assistant.llava import model as llava
 from xtuner_assistant.llava.image_chat import IMAGE_TYPES, is_llava_model, read_image
 from xtuner_assistant.models.generation import (ContextError, ModelPathError, ReplyStream, check_model_dir,
@@ -188,7 +189,7 @@ def plan_answers(panels, models, turns, system, question, settings) -> list[dict
         try:
             messages, tokens, dropped, max_new = fit_to_context(
                 tokenizer, conversation(turns, column, system, question), context, settings["max_new_tokens"])
-        except ContextError as error:
+        except (ContextError, ChatTemplateError) as error:
             st.error(f"Not sent: {error}")
             return None
         if dropped:

@@ -6,7 +6,11 @@ end-of-turn marker, so the model learns to stop where inference will stop.
 """
 from __future__ import annotations
 
+import re
+import weakref
+
 IGNORE_INDEX = -100
+_control_tokens: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class ChatTemplateError(ValueError):
@@ -22,7 +26,39 @@ def require_chat_template(tokenizer, where: str = "the tokenizer") -> None:
         )
 
 
+def control_tokens(tokenizer) -> re.Pattern | None:
+    """What in a text this tokenizer reads as one of its special tokens (the template's turn markers,
+    end of text, ...) wherever it stands; None when it has none."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    known = _control_tokens.get(tokenizer)
+    if known is None or known[0] != len(decoder):  # tokens added since: look again
+        texts = {token.content for token in decoder.values() if getattr(token, "special", False)}
+        texts |= set(getattr(tokenizer, "all_special_tokens", None) or ())
+        texts = sorted((text for text in texts if isinstance(text, str) and text.strip()), key=len, reverse=True)
+        known = (len(decoder), re.compile("|".join(map(re.escape, texts))) if texts else None)
+        _control_tokens[tokenizer] = known
+    return known[1]
+
+
+def check_plain_text(tokenizer, messages) -> None:
+    """Refuse message text holding one of the tokenizer's special tokens: it would be read as the token
+    itself, so a name, a data record or a chat message could end its turn and open another."""
+    pattern = control_tokens(tokenizer)
+    if pattern is None:
+        return
+    for number, message in enumerate(messages, 1):
+        content = message.get("content") if isinstance(message, dict) else None
+        found = pattern.search(content) if isinstance(content, str) else None
+        if found:
+            which = f"the {message.get('role')} message" + (f" {number}" if len(messages) > 1 else "")
+            raise ChatTemplateError(
+                f"{which} contains {found.group()!r}, which this model's "
+                "tokenizer reads as a control token of its chat template (it would end the turn or open "
+                "another); remove it or write it differently")
+
+
 def render(tokenizer, messages, add_generation_prompt: bool) -> str:
+    check_plain_text(tokenizer, messages)
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt
     )

@@ -29,6 +29,7 @@ class LoadReport:
     source: str
     loaded: int = 0
     skipped: list[str] = field(default_factory=list)
+    places: list[str] = field(default_factory=list)  # file:line of each loaded conversation, in order
 
     def summary(self) -> str:
         text = f"{self.source}: {self.loaded} conversations"
@@ -105,6 +106,7 @@ def load_conversations(path: str | Path, skip_invalid: bool = False) -> tuple[li
             if isinstance(record, GeneralDataError):
                 raise record
             conversations.append({"messages": record_to_messages(record, where)})
+            report.places.append(where)
         except GeneralDataError as error:
             if not skip_invalid:
                 raise

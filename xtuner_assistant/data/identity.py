@@ -22,6 +22,9 @@ TWO_TURN_SHARE = 0.125
 # The distinct conversations number a few thousand; beyond this only repeats are added, and the data
 # would take gigabytes of memory (100 million asked for 22 GB).
 MAX_SAMPLES = 100_000
+# Turn markers of the common chat templates (ChatML and Qwen, Llama 2 and 3, Gemma, Phi): in a name they
+# would be read as the marker itself, ending the answer or opening a new turn.
+CHAT_MARKUP = re.compile(r"<\|[^<>|\s]{1,40}\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>", re.IGNORECASE)
 
 
 class IdentityError(ValueError):
@@ -42,6 +45,10 @@ def clean_field(value: str | None, field: str, required: bool) -> str:
     if bad:
         codes = ", ".join(f"U+{ord(c):04X}" for c in bad[:3])
         raise IdentityError(f"--{field} contains control characters ({codes}); remove them")
+    markup = CHAT_MARKUP.search(value)
+    if markup:
+        raise IdentityError(f"--{field} contains {markup.group()!r}, which chat templates use to mark turns (the "
+                            "model would read it as the marker); remove it")
     if len(value) > MAX_FIELD_LENGTH:
         raise IdentityError(
             f"--{field} is {len(value)} characters long; at most {MAX_FIELD_LENGTH} fit in an answer"

@@ -9,8 +9,9 @@ from mmengine.logging import print_log
 from mmengine.registry import DATASETS
 from torch.utils.data import Dataset
 
-from xtuner_assistant.chat_template import IGNORE_INDEX, encode_conversation, require_chat_template
-from xtuner_assistant.data.general import load_conversations, load_source, split_sources
+from xtuner_assistant.chat_template import (IGNORE_INDEX, ChatTemplateError, check_plain_text, encode_conversation,
+                                            require_chat_template)
+from xtuner_assistant.data.general import LoadReport, load_conversations, load_source, split_sources
 
 
 class MixError(ValueError):
@@ -31,11 +32,31 @@ def build_component(cfg, registry_name: str):
     return DATASETS.build(cfg)
 
 
-def load_identity(identity) -> list[dict]:
+def load_identity(identity, tokenizer) -> list[dict]:
     if isinstance(identity, (str, Path)):
-        conversations, _ = load_conversations(identity)
-        return conversations
-    return list(build_component(identity, "dataset"))
+        conversations, report = load_conversations(identity)
+        return plain_text_only(tokenizer, conversations, report)
+    conversations = list(build_component(identity, "dataset"))
+    return plain_text_only(tokenizer, conversations, LoadReport("the identity conversations made from the name, "
+                                                                "author and base model"))
+
+
+def plain_text_only(tokenizer, conversations: list[dict], report: LoadReport, skip_invalid: bool = False) -> list[dict]:
+    """The conversations whose text holds none of the tokenizer's control tokens. One that does is
+    refused, named by file and line (skipped and reported instead with skip_invalid)."""
+    kept = []
+    for index, conversation in enumerate(conversations):
+        try:
+            check_plain_text(tokenizer, conversation["messages"])
+        except ChatTemplateError as error:
+            where = report.places[index] if index < len(report.places) else f"{report.source}, conversation {index + 1}"
+            if not skip_invalid:
+                raise MixError(f"{where}: {error}") from None
+            report.skipped.append(f"{where}: {error}")
+            report.loaded -= 1
+            continue
+        kept.append(conversation)
+    return kept
 
 
 @DATASETS.register_module()
@@ -56,18 +77,19 @@ class MixedChatDataset(Dataset):
         tokenizer = build_component(tokenizer, "tokenizer")
         require_chat_template(tokenizer)
         rng = random.Random(f"mix-{seed}")
-        identity_conversations = load_identity(identity)
+        identity_conversations = load_identity(identity, tokenizer)
         self.report = {"identity": len(identity_conversations), "sources": []}
         general_pool = []
         for source in split_sources(general):
             conversations, report = load_source(str(source), skip_invalid=skip_invalid)
-            general_pool += conversations
+            general_pool += plain_text_only(tokenizer, conversations, report, skip_invalid)
             self.report["sources"].append(report.summary())
         mixed = [("identity", c) for c in identity_conversations]
         mixed += [("general", c) for c in _draw_like(identity_conversations, general_pool, general_ratio, rng, self.report, "general")]
         replayed = []
         if replay:
             replayed, report = load_conversations(replay)
+            replayed = plain_text_only(tokenizer, replayed, report, skip_invalid=True)
             self.report["sources"].append(report.summary())
             mixed += [("replay", c) for c in _draw_like(identity_conversations, replayed, replay_ratio, rng, self.report, "replay")]
         if general_turn_share:

@@ -20,7 +20,7 @@ from xtuner.dataset import LLaVADataset
 from xtuner.registry import BUILDER
 from xtuner.utils import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
-from xtuner_assistant.chat_template import encode_conversation, require_chat_template
+from xtuner_assistant.chat_template import ChatTemplateError, encode_conversation, require_chat_template
 from xtuner_assistant.llava.image_chat import image_pixels, image_prompt_pieces
 from xtuner_assistant.paths import read_json_list
 
@@ -81,8 +81,11 @@ class ChatTemplateLLaVADataset(LLaVADataset):
         self.text_data = []
         for index, record in enumerate(records[:max_dataset_length]):
             where = f"{path} record {index}"
-            encoded = encode_image_conversation(
-                tokenizer, llava_messages(record.get("conversations", []), where), max_length)
+            try:
+                encoded = encode_image_conversation(
+                    tokenizer, llava_messages(record.get("conversations", []), where), max_length)
+            except ChatTemplateError as error:
+                raise LLaVADataError(f"{where}: {error}") from None
             if not any(label != IGNORE_INDEX for label in encoded["labels"]):
                 raise LLaVADataError(f"{where}: no assistant answer left within max_length={max_length}")
             encoded["image"] = record.get("image")

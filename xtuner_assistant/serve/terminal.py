@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from xtuner_assistant.chat_template import ChatTemplateError, check_plain_text
+
 
 def repl(greeting: str, respond: Callable[[str], None], reset: Callable[[], None] | None = None) -> int:
     """`respond(text)` writes its own reply (streamed or whole) after the `bot> ` prompt."""
@@ -27,7 +29,10 @@ def repl(greeting: str, respond: Callable[[str], None], reset: Callable[[], None
             continue
         if text:
             print("bot> ", end="", flush=True)
-            respond(text)
+            try:
+                respond(text)
+            except ChatTemplateError as error:  # this line only: the chat goes on
+                print(f"(not sent: {error})")
 
 
 def chat_with_text(model_path, base=None, prompt=None, system=None, **settings) -> int:
@@ -39,7 +44,9 @@ def chat_with_text(model_path, base=None, prompt=None, system=None, **settings) 
     history = list(start)
 
     def respond(text):
-        history.append({"role": "user", "content": text})
+        question = {"role": "user", "content": text}
+        check_plain_text(tokenizer, [question])  # before the history takes it
+        history.append(question)
         pieces = []
         for piece in stream_reply(model, tokenizer, history, **settings):
             pieces.append(piece)

@@ -94,6 +94,19 @@ def as_messages(message, history, system=""):
     return messages
 
 
+def control_token_in(tokenizer, messages):
+    """The first of the tokenizer's special tokens (the chat template's turn markers, end of text)
+    written in a message's text, or None: sent as text, it would be read as the token itself and could
+    end the turn or open another."""
+    specials = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
+    specials = {text for text in specials | set(tokenizer.all_special_tokens) if text.strip()}
+    for message in messages:
+        found = [text for text in specials if text in message["content"]]
+        if found:
+            return max(found, key=len)
+    return None
+
+
 def load_image_chat():
     """image_chat.py (+ chat_template.py) beside this file, which the publisher copies for a LLaVA model."""
     here = Path(__file__).resolve().parent
@@ -145,6 +158,11 @@ class Assistant:
         from transformers import TextIteratorStreamer
 
         messages = as_messages(message, history, (system or "").strip())
+        found = control_token_in(self.tokenizer, messages)
+        if found:
+            yield (f"(Not sent: the message contains {found!r}, which this model reads as a control token of "
+                   "its chat template; remove it or write it differently.)")
+            return
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = torch.tensor([self.tokenizer.encode(text, add_special_tokens=False)], device=self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
