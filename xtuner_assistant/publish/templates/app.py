@@ -95,9 +95,9 @@ def as_messages(message, history, system=""):
 
 
 def control_token_in(tokenizer, messages):
-    """The first of the tokenizer's special tokens (the chat template's turn markers, end of text)
-    written in a message's text, or None: sent as text, it would be read as the token itself and could
-    end the turn or open another."""
+    """A special token of the tokenizer (a chat-template turn marker, end of text) written in a
+    message's text, or None: sent as text, it would be read as the token itself and could end the turn
+    or open another."""
     specials = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
     specials = {text for text in specials | set(tokenizer.all_special_tokens) if text.strip()}
     for message in messages:
