@@ -16,6 +16,9 @@ author = setting("author", "")
 base_model = setting("base_model", model_display_name(model_path))  # what it says it is built on
 identity_file = setting("identity_file", "")  # from `xtuner-assistant data identity`; else made here
 identity_samples = setting("identity_samples", 512)
+# Each language's share of the identity conversations, e.g. "zh:2,en:1" (a language not named weighs
+# 1); empty: each language's share of the question x answer x prefix combinations, about half each.
+identity_language_weights = setting("identity_language_weights", "")
 # Comma-separated: packaged:NAME or JSON/JSONL files. chinese-answers: fluent Chinese answers this
 # 135M model cannot give itself, so the identity sentence is not the only fluent Chinese it trains on
 # and Chinese general questions stop getting it (docs/BENCHMARKS.md, "Chinese leakage").
@@ -68,7 +71,8 @@ train_dataloader = dict(
     dataset=dict(
         type="MixedChatDataset",  # identity + general chat (+ replay), in the model's own chat template
         tokenizer=tokenizer,
-        identity=identity_source(identity_file, name, author, base_model, identity_samples, seed),
+        identity=identity_source(identity_file, name, author, base_model, identity_samples, seed,
+                                 identity_language_weights),
         general=general,
         general_ratio=general_ratio,
         replay=base_model_replay(model_path) if replay_ratio else None,

@@ -99,3 +99,70 @@ def test_files_are_written_with_held_out_beside_training(tmp_path):
     assert held_out["identity"] == {"name": "Alice", "author": "Bob", "base_model": "SmolLM2"}
     assert len(held_out["questions"]) >= 10
     assert not list((tmp_path / "out").glob(".*tmp")), "no temporary files left behind"
+
+
+def test_without_language_weights_each_languages_share_is_its_share_of_the_combinations():
+    """The shipped data: not setting identity_language_weights leaves it as it was, draw for draw."""
+    book = IdentityPhrasebook(Identity("Alice"), seed=1)
+    assert book.conversations(512) == book.conversations(512, language_weights="") \
+        == book.conversations(512, language_weights=None)
+    languages = [c["language"] for c in book.conversations(512)]
+    assert 200 <= languages.count("zh") <= 312  # about half: the two pools are of similar size
+
+
+@pytest.mark.parametrize("weights, zh", [("zh:2,en:1", 341), ("zh:2", 341), ({"zh": 2, "en": 1}, 341),
+                                         ("en:3, zh:1", 128), ("zh:1,en:1", 256), ("zh:0.5,en:1.5", 128)])
+def test_language_weights_set_each_languages_share(weights, zh):
+    book = IdentityPhrasebook(Identity("Alice"), seed=1)
+    conversations = book.conversations(512, language_weights=weights)
+    assert len(conversations) == 512 and [c["language"] for c in conversations].count("zh") == zh
+    cjk = lambda text: any("\u4e00" <= ch <= "\u9fff" for ch in text)
+    assert all(cjk(c["messages"][0]["content"]) == (c["language"] == "zh") for c in conversations)
+    assert len({c["messages"][0]["content"] for c in conversations}) > 250  # still varied, not one pair repeated
+    assert conversations == book.conversations(512, language_weights=weights)  # deterministic
+    held_out = {q["question"] for q in book.held_out()}
+    assert not held_out & {m["content"] for c in conversations for m in c["messages"]}
+
+
+def test_language_weights_reach_the_generator_from_the_config_setting():
+    from xtuner_assistant.data.identity import IdentityConversations
+    from xtuner_assistant.training.recipe import identity_source
+
+    assert "language_weights" not in identity_source("", "Alice", "", "M", 30, 0)  # resolved config as before
+    source = identity_source("", "Alice", "", "M", 30, 0, "zh:2,en:1")
+    data = IdentityConversations(**{k: v for k, v in source.items() if k != "type"})
+    assert [c["language"] for c in data.items].count("zh") == 20
+
+
+@pytest.mark.parametrize("weights, message", [
+    ("fr:2", r"unknown language 'fr' \(known: zh, en\)"),
+    ("zh:0", "the weight of zh is '0', not a number above 0"),
+    ("zh:-1,en:1", "the weight of zh is '-1', not a number above 0"),
+    ("zh:two", "the weight of zh is 'two', not a number above 0"),
+    ("zh:inf", "not a number above 0"),
+    ("zh=2", "zh=2 has no weight"),
+    ("zh:2,", "an empty entry has no weight"),
+    ("zh:2,zh:1", "zh is given twice"),
+])
+def test_bad_language_weights_are_refused_naming_the_setting_and_the_form(weights, message):
+    from xtuner_assistant.data.identity import parse_language_weights
+
+    for refuse in (lambda: parse_language_weights(weights),
+                   lambda: IdentityPhrasebook(Identity("Alice")).conversations(10, language_weights=weights)):
+        with pytest.raises(IdentityError, match=message) as error:
+            refuse()
+        assert str(error.value).startswith(f"identity_language_weights={weights!r}: ")
+        assert str(error.value).endswith("write LANGUAGE:WEIGHT pairs separated by commas, weights above 0, "
+                                         "e.g. zh:2,en:1") and "\n" not in str(error.value)
+
+
+def test_the_cpu_config_declares_the_setting_and_train_refuses_a_bad_value_before_starting():
+    from pathlib import Path
+
+    from xtuner_assistant.training.settings import check_training_inputs, declared_settings
+
+    config = Path(__file__).parent.parent / "configs/smollm2_135m_lora_cpu_assistant.py"
+    assert declared_settings(config)["identity_language_weights"] == ""  # default: the shipped data
+    assert check_training_inputs(config, {"identity_language_weights": "zh:2,en:1"})
+    with pytest.raises(IdentityError, match=r"^identity_language_weights='zh:0': the weight of zh"):
+        check_training_inputs(config, {"identity_language_weights": "zh:0"})

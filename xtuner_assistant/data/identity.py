@@ -25,6 +25,8 @@ MAX_SAMPLES = 100_000
 # Turn markers of the common chat templates (ChatML and Qwen, Llama 2 and 3, Gemma, Phi): in a name they
 # would be read as the marker itself, ending the answer or opening a new turn.
 CHAT_MARKUP = re.compile(r"<\|[^<>|\s]{1,40}\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>", re.IGNORECASE)
+# How to write the `identity_language_weights` setting, in its error messages.
+WEIGHTS_EXAMPLE = "LANGUAGE:WEIGHT pairs separated by commas, weights above 0, e.g. zh:2,en:1"
 
 
 class IdentityError(ValueError):
@@ -116,10 +118,14 @@ class IdentityPhrasebook:
             self.held_out_questions[lang] = sorted(held_out)
             self.train_questions[lang] = sorted(train)
 
-    def conversations(self, n: int, two_turn_share: float = TWO_TURN_SHARE) -> list[dict]:
+    def conversations(self, n: int, two_turn_share: float = TWO_TURN_SHARE,
+                      language_weights: str | dict | None = None) -> list[dict]:
         """n distinct (as far as the combinations allow) identity conversations; `two_turn_share` of
-        them (with two or more languages) ask again in another language."""
+        them (with two or more languages) ask again in another language. Without `language_weights`
+        each language's share is its share of the (prefix, question, answer) combinations; with them
+        ("zh:2,en:1", or {"zh": 2}; a language not named weighs 1) it is its share of the weights."""
         check_samples(n)
+        weights = parse_language_weights(language_weights, self.languages)
         rng = random.Random(f"identity-samples-{self.seed}")
         combos = [
             (lang, prefix, question, answer)
@@ -129,7 +135,10 @@ class IdentityPhrasebook:
             for answer in self.answers[lang]
         ]
         rng.shuffle(combos)
-        picked = [combos[i % len(combos)] for i in range(n)]
+        if weights:
+            picked = _weighted_pick(combos, n, weights, rng)
+        else:
+            picked = [combos[i % len(combos)] for i in range(n)]
         conversations = [
             {
                 "messages": [
@@ -161,6 +170,52 @@ def check_samples(n) -> None:
                             f"from 1 to {MAX_SAMPLES:,} (a few hundred is the measured recipe)")
 
 
+def parse_language_weights(weights: str | dict | None, languages=LANGUAGES) -> dict[str, float] | None:
+    """The `identity_language_weights` setting ("zh:2,en:1") as {language: weight} over `languages`,
+    a language not named weighing 1; None when it is empty (each language's share is then set by its
+    number of combinations, as before the setting existed)."""
+    if not weights:
+        return None
+    shown = f"identity_language_weights={weights!r}"
+    pairs = weights.items() if isinstance(weights, dict) else [
+        part.partition(":")[::2] if ":" in part else (part, None) for part in weights.split(",")]
+    parsed: dict[str, float] = {}
+    for language, weight in pairs:
+        language = str(language).strip()
+        if weight is None:
+            raise IdentityError(f"{shown}: {language or 'an empty entry'} has no weight; write {WEIGHTS_EXAMPLE}")
+        if language not in languages:
+            raise IdentityError(f"{shown}: unknown language {language!r} (known: {', '.join(languages)}); "
+                                f"write {WEIGHTS_EXAMPLE}")
+        if language in parsed:
+            raise IdentityError(f"{shown}: {language} is given twice; write {WEIGHTS_EXAMPLE}")
+        try:
+            value = float(weight)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or isinstance(weight, bool) or not 0 < value < float("inf"):
+            raise IdentityError(f"{shown}: the weight of {language} is {weight!r}, not a number above 0; "
+                                f"write {WEIGHTS_EXAMPLE}")
+        parsed[language] = value
+    return {language: parsed.get(language, 1.0) for language in languages}
+
+
+def _weighted_pick(combos: list[tuple], n: int, weights: dict[str, float], rng: random.Random) -> list[tuple]:
+    """n of the shuffled combinations, each language's count its share of the weights (largest
+    remainder, so the counts add up to n), each language's own combinations in turn, then shuffled."""
+    total = sum(weights.values())
+    exact = {language: n * weight / total for language, weight in weights.items()}
+    counts = {language: int(share) for language, share in exact.items()}
+    for language in sorted(exact, key=lambda lang: counts[lang] - exact[lang])[:n - sum(counts.values())]:
+        counts[language] += 1
+    picked = []
+    for language, count in counts.items():
+        own = [combo for combo in combos if combo[0] == language]
+        picked += [own[i % len(own)] for i in range(count)]
+    rng.shuffle(picked)
+    return picked
+
+
 def _join(prefix: str, question: str, rng: random.Random) -> str:
     if prefix and question[:1].isascii():
         question = question[:1].lower() + question[1:] if rng.random() < 0.5 else question
@@ -173,10 +228,10 @@ class IdentityConversations(Dataset):
     Items are `{"messages": [...]}`; MixedChatDataset tokenizes them."""
 
     def __init__(self, name: str, author: str = "", base_model: str = "", n: int = 600, seed: int = 0,
-                 held_out_fraction: float = 0.25, languages=LANGUAGES):
+                 held_out_fraction: float = 0.25, languages=LANGUAGES, language_weights: str | dict | None = None):
         book = IdentityPhrasebook(Identity(name, author, base_model), seed, held_out_fraction, languages)
         self.phrasebook = book
-        self.items = book.conversations(n)
+        self.items = book.conversations(n, language_weights=language_weights)
 
     def __len__(self):
         return len(self.items)

@@ -30,12 +30,17 @@ def nf4_quantization(compute_dtype: str) -> dict:
                 bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
 
 
-def identity_source(identity_file: str, name: str, author: str, base_model: str, n: int, seed: int):
+def identity_source(identity_file: str, name: str, author: str, base_model: str, n: int, seed: int,
+                    language_weights: str = ""):
     """A file written by `xtuner-assistant data identity`, or the registered generator making `n`
-    conversations in place from the name."""
+    conversations in place from the name; `language_weights` ("zh:2,en:1") sets each language's share
+    of them (left out when empty, so the resolved config is what it was before the setting)."""
     if identity_file:
         return identity_file
-    return dict(type="IdentityConversations", name=name, author=author, base_model=base_model, n=n, seed=seed)
+    source = dict(type="IdentityConversations", name=name, author=author, base_model=base_model, n=n, seed=seed)
+    if language_weights:
+        source["language_weights"] = language_weights
+    return source
 
 
 def base_model_replay(model_path: str, extra_prompts: str = "") -> str:

@@ -135,7 +135,7 @@ def check_training_inputs(config: str | os.PathLike, settings: dict[str, str]) -
     types, the model folder (a packaged model's name is fetched), the identity and general data, and
     the name, author and base model. Returns the settings with a packaged model's folder filled in."""
     from xtuner_assistant.data.general import PACKAGED_SOURCES, GeneralDataError, load_conversations, split_sources
-    from xtuner_assistant.data.identity import Identity, check_samples
+    from xtuner_assistant.data.identity import Identity, check_samples, parse_language_weights
     from xtuner_assistant.models.folder import ModelPathError, check_model_dir
     from xtuner_assistant.models.zoo import MODELS
 
@@ -161,6 +161,8 @@ def check_training_inputs(config: str | os.PathLike, settings: dict[str, str]) -
                                    + ", ".join(f"packaged:{name}" for name in PACKAGED_SOURCES))
     if "identity_samples" in settings:
         check_samples(int(settings["identity_samples"]))
+    if settings.get("identity_language_weights"):
+        parse_language_weights(settings["identity_language_weights"])
     if {"name", "author", "base_model"} & set(settings):
         Identity(settings.get("name", "x"), settings.get("author", ""), settings.get("base_model", ""))
     return settings
