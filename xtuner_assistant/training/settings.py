@@ -151,14 +151,21 @@ def check_training_inputs(config: str | os.PathLike, settings: dict[str, str]) -
             check_model_dir(model)
         except ModelPathError as error:
             raise SettingError(f"--model (the `model` setting): {error}") from None
-    if settings.get("identity_file"):
-        load_conversations(settings["identity_file"])
+    data = [load_conversations(settings["identity_file"])] if settings.get("identity_file") else []
     for source in split_sources(settings.get("general", "")):
         if not source.startswith("packaged:"):
-            load_conversations(source)
+            data.append(load_conversations(source))
         elif source.split(":", 1)[1] not in PACKAGED_SOURCES:
             raise GeneralDataError(f"--set general: unknown packaged data {source!r}; known: "
                                    + ", ".join(f"packaged:{name}" for name in PACKAGED_SOURCES))
+    if model and data:  # the model's tokenizer is known: its turn markers written in the data, by line
+        from transformers import AutoTokenizer
+
+        from xtuner_assistant.data.mixed import plain_text_only
+
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
+        for conversations, report in data:
+            plain_text_only(tokenizer, conversations, report)
     if "identity_samples" in settings:
         check_samples(int(settings["identity_samples"]))
     if settings.get("identity_language_weights"):
