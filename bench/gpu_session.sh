@@ -22,7 +22,7 @@
 #                                   # (frozen weights upcast) and after, held-out loss at equal real tokens
 #   bench/gpu_session.sh fused      # issue 14: bench/speed.py, stock beside the shipped InternLM2 config eager
 #                                   # (no fused kernels, no compile) and as shipped (fused + compiled), held-out
-#                                   # loss at equal real tokens, the evaluation hook's pass in batches of 16 and in one
+#                                   # loss at equal real tokens, the evaluation hook's pass decoded by generate() and from a CUDA graph
 #                                   # (FUSED_ARMS, FUSED_SEPARATE=1: each arm in its own process)
 #   bench/gpu_session.sh peer       # issue 14: bench/peer_trl.py, TRL SFTTrainer + PEFT QLoRA padding-free, without
 #                                   # and with Liger (carries .whl/ and .gpp/: trl, datasets, liger-kernel 0.8.5)

@@ -399,15 +399,23 @@ def run(args) -> dict:
             train_seconds = args.evaluation_freq * optim_wrapper._accumulative_counts * result["step_ms"] / 1000
             result["evaluation"] = {"new_tokens_per_answer": args.eval_new_tokens, "every_n_steps": args.evaluation_freq,
                                     "training_seconds_between": round(train_seconds, 2)}
+            # One batch of every prompt, LoRA merged into the dequantized weights, decoded by generate() (before)
+            # and with a static cache, each token a CUDA graph's replay (now); XA_STATIC_DECODING picks.
+            paths = {"one_batch_merged_generate": "0", "one_batch_merged_static_graph": "1"}
             answers = {}
-            for merged in (False, True):  # warm-up: each path's first kernels load here, not in a timed pass
-                evaluation_seconds(model, model_dir, 8, merge_adapter=merged)
-            for merged in (False, True):  # one batch of every prompt; before: through the 4-bit layers and the adapter
-                one = evaluation_seconds(model, model_dir, args.eval_new_tokens, merge_adapter=merged)
-                answers[merged] = one.pop("answers")
+            for static in paths.values():  # warm-up: each path's first kernels load here, not in a timed pass
+                os.environ["XA_STATIC_DECODING"] = static
+                evaluation_seconds(model, model_dir, 8)
+            for path, static in paths.items():
+                os.environ["XA_STATIC_DECODING"] = static
+                one = evaluation_seconds(model, model_dir, args.eval_new_tokens)
+                answers[path] = one.pop("answers")
                 one["share_of_wall_time"] = round(one["seconds"] / (one["seconds"] + train_seconds), 4)
-                result["evaluation"]["one_batch_merged" if merged else "one_batch_4bit"] = one
-            result["evaluation"]["same_answers"] = f"{sum(a == b for a, b in zip(answers[False], answers[True]))}/{len(answers[True])}"
+                result["evaluation"][path] = one
+            os.environ.pop("XA_STATIC_DECODING")
+            first, second = answers.values()
+            result["evaluation"]["same_answers"] = f"{sum(a == b for a, b in zip(first, second))}/{len(second)}"
+            result["evaluation"]["answers"] = answers
         results["runs"].append(result)
         del model, dataset, optim_wrapper
         release()

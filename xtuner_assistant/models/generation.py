@@ -2,6 +2,7 @@
 template: the one path the terminal chat, the web page and evaluation share."""
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 
 from xtuner_assistant.chat_template import end_of_turn_token_ids, generation_prompt_ids, require_chat_template
+from xtuner_assistant.models import static_decoding
 from xtuner_assistant.models.folder import ModelPathError, adapter_base, check_model_dir  # noqa: F401 (re-exported)
 
 
@@ -70,7 +72,8 @@ BATCH_SIZE = 64
 @torch.inference_mode()
 def replies(model, tokenizer, prompts: list[str], batch_size: int = BATCH_SIZE, system: str = "",
             **settings) -> list[str]:
-    """Greedy single-turn replies to many prompts (after `system`, if given), batched with left padding."""
+    """Greedy single-turn replies to many prompts (after `system`, if given), batched with left padding; on a
+    GPU each token is one replay of a CUDA graph where the model allows it (static_decoding.py)."""
     results = []
     kwargs = generation_kwargs(tokenizer, **settings)
     opening = [{"role": "system", "content": system}] if system else []
@@ -81,7 +84,17 @@ def replies(model, tokenizer, prompts: list[str], batch_size: int = BATCH_SIZE, 
         pad = kwargs["pad_token_id"]
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=model.device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=model.device)
-        out = model.generate(input_ids, attention_mask=attention, **kwargs)
+        out = None
+        if static_decoding.usable(model, kwargs) and not getattr(model, "_xa_static_decoding_failed", False):
+            try:
+                out = static_decoding.greedy_decode(model, input_ids, attention, kwargs["max_new_tokens"],
+                                                    kwargs["eos_token_id"], pad)
+            except Exception as error:  # noqa: BLE001 -- an architecture whose forward the static loop does not fit
+                model._xa_static_decoding_failed = True
+                logging.getLogger(__name__).warning("answering through generate(): decoding with a static cache "
+                                                    "failed (%s: %s)", type(error).__name__, error)
+        if out is None:
+            out = model.generate(input_ids, attention_mask=attention, **kwargs)
         results += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
     return results
 
