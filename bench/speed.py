@@ -310,17 +310,19 @@ def our_arms(args) -> list[tuple[int, int, str, str]]:
     every pack size with every loss chunk, in bfloat16. Variant "upcast" is the model before the frozen
     weights were kept in bfloat16 (PEFT's float32 upcast), "eager" the model before fused kernels and
     compiled layers, "fused" / "compiled" fused kernels without / with compiled layers, "compiled_inside" compiled
-    layers with activation checkpointing inside them, "" the config as shipped."""
+    layers with activation checkpointing inside them, "keepN" the last N layers without checkpointing, "" the
+    config as shipped."""
     if not args.ours:
         return [(pack, chunk, "bfloat16", "") for pack in args.pack_tokens for chunk in args.loss_chunk_tokens]
     arms = []
     for spec in args.ours:
         fields = spec.split(":")
-        variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused", "compiled", "compiled_inside") else ""
+        variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused", "compiled", "compiled_inside") \
+            or re.fullmatch(r"keep\d+", fields[-1]) else ""
         fields = fields[:-1] if variant else fields
         if not 1 <= len(fields) <= 3 or not all(f.isdigit() for f in fields[:2]) or \
                 (len(fields) == 3 and fields[2] not in ("bfloat16", "float16")):
-            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled|:compiled_inside], e.g. 4096:256:float16")
+            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled|:compiled_inside|:keepN], e.g. 4096:256:float16")
         arms.append((int(fields[0]), int(fields[1]) if len(fields) > 1 else 0,
                      fields[2] if len(fields) > 2 else "bfloat16", variant))
     return arms
@@ -367,6 +369,9 @@ def run(args) -> dict:
                                      "model.checkpoint_in_compiled_layers": True},
                                     ", fused kernels, compiled layers, checkpointing inside them")}
     for pack, chunk, dtype, variant in our_arms(args):
+        if variant.startswith("keep"):
+            variants[variant] = ({"model.layers_without_checkpointing": int(variant[4:])},
+                                 f", the last {variant[4:]} layers without activation checkpointing")
         cfg_options, described = variants[variant]
         recipes.append((f"ours (pack_tokens={pack}, loss chunk {chunk}{', ' + dtype if dtype != 'bfloat16' else ''}"
                         f"{described})", OUR_CONFIG, {

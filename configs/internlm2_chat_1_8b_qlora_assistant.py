@@ -54,6 +54,8 @@ fused_kernels = setting("fused_kernels", "auto")
 compile_layers = setting("compile_layers", "auto")
 # Activation checkpointing inside the compiled layers: faster rows for more memory (docs/gpu.md).
 checkpoint_in_compiled_layers = setting("checkpoint_in_compiled_layers", False)
+# The last this many decoder layers keep their activations instead of recomputing them (docs/gpu.md).
+layers_without_checkpointing = setting("layers_without_checkpointing", 0)
 
 #######################################################################
 #                      PART 2  Model & Tokenizer                      #
@@ -70,6 +72,7 @@ model = dict(
     fused_kernels=fused_kernels,
     compile_layers=compile_layers,
     checkpoint_in_compiled_layers=checkpoint_in_compiled_layers,
+    layers_without_checkpointing=layers_without_checkpointing,
     llm=dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=model_path,
              trust_remote_code=True, torch_dtype=f"torch.{dtype}",
              # SDPA honours the per-conversation mask of packed rows; flash-attn 2 would ignore it.

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from xtuner_assistant.training.fused_kernels import Kernels, compile_decoder_layers, fuse_decoder, liger_kernels
+from xtuner_assistant.training.fused_kernels import (Kernels, compile_decoder_layers, fuse_decoder,
+                                                      keep_activations_of_last_layers, liger_kernels)
 
 
 def rotate_half(x):
@@ -184,6 +185,52 @@ def test_compiled_layers_with_activation_checkpointing_train_as_the_eager_model(
     for name in expected:
         assert torch.allclose(got[name], expected[name], atol=1e-6), name
     torch._dynamo.reset()
+
+
+def test_the_last_layers_keep_their_activations_and_train_as_before(tiny_model_dir):
+    """`layers_without_checkpointing`: the last layers run once in a step (no recomputation in the
+    backward pass), the others twice, and the LoRA gradients are those of checkpointing every layer.
+    The choice survives an evaluation, which turns checkpointing off and on (IdentityEvalHook)."""
+    from peft import LoraConfig, get_peft_model
+
+    from xtuner_assistant.evaluation.hook import _inference
+
+    def lora_model():
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa"),
+                               LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "down_proj"]))
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.02)
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model.train()
+
+    ids = torch.tensor([[3, 17, 42, 7, 99, 5, 64, 12]])
+    expected = lora_gradients(lora_model(), ids)
+    model = lora_model()
+    layers = model.get_base_model().model.layers
+    assert keep_activations_of_last_layers(model, 1) == 1
+    checkpoint_function = model.get_base_model().model._gradient_checkpointing_func
+
+    class Wrapped(torch.nn.Module):  # what the hook sees: xtuner's model, the LLM as .llm
+        def __init__(self, llm):
+            super().__init__()
+            self.llm = llm
+
+    with _inference(Wrapped(model)):
+        assert not model.is_gradient_checkpointing
+    model.train()
+    assert model.get_base_model().model._gradient_checkpointing_func is checkpoint_function
+    calls = [0] * len(layers)  # forward starts: a recomputation stops early, before a forward hook would run
+    for index, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
+    got = lora_gradients(model, ids)
+    assert calls == [2] * (len(layers) - 1) + [1]
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-6), name
+    assert keep_activations_of_last_layers(model, 0) == 0
 
 
 @pytest.mark.parametrize("required, failure", [(False, RuntimeError), (True, RuntimeError), (False, torch.OutOfMemoryError)])

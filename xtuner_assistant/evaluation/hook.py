@@ -222,19 +222,21 @@ def _inference(model, merge_adapter: bool = True):
     afterwards (like xtuner's EvaluateChatHook)."""
     from xtuner_assistant.models.generation import adapter_merged_for_generation
 
-    checkpointing = getattr(model.llm, "is_gradient_checkpointing", False)
+    # The flags alone, not xtuner's activation_checkpointing_enable() afterwards: that would make the
+    # checkpointing reentrant again and drop the per-layer choice training set up (fused_kernels.py).
+    checkpointing = [m for m in model.llm.modules() if getattr(m, "gradient_checkpointing", False) is True]
     use_cache = model.llm.config.use_cache
     was_training = model.training
-    if checkpointing:
-        model.activation_checkpointing_disable()
+    for module in checkpointing:
+        module.gradient_checkpointing = False
     model.llm.config.use_cache = True
     model.eval()
     try:
         with adapter_merged_for_generation(model.llm) if merge_adapter else nullcontext(0) as merged_layers:
             yield merged_layers
     finally:
-        if checkpointing:
-            model.activation_checkpointing_enable()
+        for module in checkpointing:
+            module.gradient_checkpointing = True
         model.llm.config.use_cache = use_cache
         model.train(was_training)
 

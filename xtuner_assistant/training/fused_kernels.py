@@ -136,6 +136,31 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor", checkpoi
     return len(layers)
 
 
+def keep_activations_of_last_layers(model: nn.Module, count: int) -> int:
+    """Activation checkpointing for every decoder layer but the last `count`, whose activations are kept
+    rather than recomputed in the backward pass: less recomputation for the memory those layers hold
+    (each layer's share is the same at the backward pass's start, when every kept activation is alive).
+    The model checkpoints through `_gradient_checkpointing_func(layer.__call__, ...)` (transformers'
+    Llama/Qwen2, InternLM2's own code); that function is wrapped, so it must be set (checkpointing on)
+    before this is called. Returns how many layers run without checkpointing."""
+    if count <= 0:
+        return 0
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    owners = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True
+              and callable(getattr(m, "_gradient_checkpointing_func", None))]
+    if not layers or not owners:
+        return 0
+    kept = set(layers[-count:])
+    for owner in owners:
+        def checkpoint_unless_kept(function, *args, _checkpoint=owner._gradient_checkpointing_func, **kwargs):
+            if getattr(function, "__self__", None) in kept:
+                return function(*args, **kwargs)
+            return _checkpoint(function, *args, **kwargs)
+
+        owner._gradient_checkpointing_func = checkpoint_unless_kept
+    return len(kept)
+
+
 def _checkpointed_layer(layer: nn.Module, *args, **kwargs):
     return torch.utils.checkpoint.checkpoint(type(layer).forward, layer, *args, use_reentrant=False, **kwargs)
 

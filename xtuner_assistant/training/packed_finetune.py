@@ -33,7 +33,8 @@ from xtuner.model import SupervisedFinetune
 from xtuner_assistant.chat_template import IGNORE_INDEX
 from xtuner_assistant.data.packing import block_diagonal_causal_mask
 from xtuner_assistant.training.document_attention import DocumentAttention
-from xtuner_assistant.training.fused_kernels import compile_decoder_layers, fuse_decoder, liger_kernels
+from xtuner_assistant.training.fused_kernels import (compile_decoder_layers, fuse_decoder, keep_activations_of_last_layers,
+                                                      liger_kernels)
 from xtuner_assistant.training.settings import SettingError, cast_setting
 
 # Small enough that the logits of a chunk stay a small share of peak memory, large enough to keep
@@ -90,6 +91,13 @@ def _auto_or_bool(field: str, value) -> bool | str:
         raise SettingError(f"model.{field}={value!r}: expected auto, true or false") from None
 
 
+def _count_setting(field: str, value) -> int:
+    count = cast_setting(str(value).strip(), 0, f"model.{field}={value!r}")
+    if count < 0:
+        raise SettingError(f"model.{field}={value!r}: expected a whole number >= 0")
+    return count
+
+
 class PackedSupervisedFinetune(SupervisedFinetune):
     """`SupervisedFinetune` whose batches may carry `document_ids` (from `packed_collate_fn`)."""
 
@@ -97,11 +105,13 @@ class PackedSupervisedFinetune(SupervisedFinetune):
 
     def __init__(self, *args, flex_attention: bool = False, frozen_in_bfloat16: bool = True,
                  fused_kernels: bool | str = "auto", compile_layers: bool | str = "auto",
-                 checkpoint_in_compiled_layers: bool = False, **kwargs):
+                 checkpoint_in_compiled_layers: bool = False, layers_without_checkpointing: int = 0, **kwargs):
         """`fused_kernels` / `compile_layers`: "auto" = on when training on a CUDA GPU (fused kernels
         also need Liger Kernel installed), True = required (an error where they cannot be had), False = off.
         `checkpoint_in_compiled_layers`: activation checkpointing inside the compiled layers rather than
-        around them: faster rows for more memory (fused_kernels.compile_decoder_layers, docs/gpu.md)."""
+        around them: faster rows for more memory (fused_kernels.compile_decoder_layers, docs/gpu.md).
+        `layers_without_checkpointing`: the last this many decoder layers keep their activations instead
+        of recomputing them (fused_kernels.keep_activations_of_last_layers)."""
         fused_kernels, compile_layers = _auto_or_bool("fused_kernels", fused_kernels), _auto_or_bool("compile_layers", compile_layers)
         self.frozen_in_bfloat16 = frozen_in_bfloat16  # read by _prepare_for_lora, during super().__init__
         super().__init__(*args, **kwargs)
@@ -109,6 +119,7 @@ class PackedSupervisedFinetune(SupervisedFinetune):
         self.fused_kernels, self.compile_layers = fused_kernels, compile_layers
         self.checkpoint_in_compiled_layers = cast_setting(str(checkpoint_in_compiled_layers), False,
                                                           f"model.checkpoint_in_compiled_layers={checkpoint_in_compiled_layers!r}")
+        self.layers_without_checkpointing = _count_setting("layers_without_checkpointing", layers_without_checkpointing)
         self.speed_ups = None  # what _apply_speed_ups did, on the first step
 
     def _prepare_for_lora(self, peft_model=None, use_activation_checkpointing=True):
@@ -151,9 +162,11 @@ class PackedSupervisedFinetune(SupervisedFinetune):
         if self.compile_layers and on_cuda:
             done["compiled_layers"] = compile_decoder_layers(self.llm, checkpoint_inside=self.checkpoint_in_compiled_layers,
                                                               required=self.compile_layers is True)
-        if done["fused_kernels"] or done["compiled_layers"]:
+        done["layers_without_checkpointing"] = keep_activations_of_last_layers(self.llm, self.layers_without_checkpointing)
+        if done["fused_kernels"] or done["compiled_layers"] or done["layers_without_checkpointing"]:
             print_log(f"PackedSupervisedFinetune: fused kernels {done['fused_kernels']}, "
-                      f"compiled decoder layers {done['compiled_layers']}", logger="current")
+                      f"compiled decoder layers {done['compiled_layers']}, layers without activation "
+                      f"checkpointing {done['layers_without_checkpointing']}", logger="current")
         return done
 
     def compute_loss(self, data, data_samples=None):
