@@ -350,7 +350,7 @@ def test_checkpointing_inside_compiled_layers_without_them_says_it_does_nothing(
 def test_speed_ups_are_off_on_the_cpu_unless_required_and_then_say_why(tiny_model_dir):
     finetune = packed_finetune(tiny_model_dir, fused_kernels="auto", compile_layers="auto")
     assert torch.isfinite(finetune(packed_batch(), mode="loss")["loss"])
-    assert finetune.speed_ups == {"fused_kernels": None, "compiled_layers": 0}
+    assert finetune.speed_ups == {"fused_kernels": None, "compiled_layers": 0, "layers_without_checkpointing": 0}
     for field in ("fused_kernels", "compile_layers"):
         required = packed_finetune(tiny_model_dir, **{field: "true"})  # as `--set fused_kernels=true` gives it
         with pytest.raises(SettingError, match=f"model.{field}=True needs training on a CUDA GPU"):
