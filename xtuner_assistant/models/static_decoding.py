@@ -30,7 +30,8 @@ def usable(model, settings: dict) -> bool:
     """Whether `model` can decode with a static cache and a CUDA graph under these generation settings."""
     if os.environ.get("XA_STATIC_DECODING", "1") == "0":  # the escape hatch, and the benchmark's other arm
         return False
-    if settings.get("do_sample") or settings.get("repetition_penalty", 1.0) not in (None, 1.0):
+    if settings.get("do_sample") or settings.get("repetition_penalty", 1.0) not in (None, 1.0) \
+            or not settings.get("max_new_tokens", 0) >= 1:  # generate() says what is wrong with 0
         return False
     parameter = next(model.parameters(), None)
     if parameter is None or parameter.device.type != "cuda" or not getattr(model, "_supports_static_cache", False):
