@@ -279,3 +279,38 @@ def test_a_generic_folder_is_named_from_its_config(tmp_path):
     named.mkdir()
     (named / "config.json").write_text((internlm2 / "config.json").read_text())
     assert model_display_name(named) == "internlm2-mine"  # a telling folder name is kept
+
+
+def test_every_numeric_setting_of_a_shipped_config_has_a_range():
+    """A zero batch or a negative rank is refused as one line before training (settings.RANGES); a new
+    numeric setting must say where its values make sense, or why any value does."""
+    from importlib import resources
+
+    from xtuner_assistant.training.settings import RANGES, declared_settings
+
+    any_value = {"identity_samples": "its own check names the measured recipe",
+                 "save_total_limit": "-1 keeps every checkpoint", "visual_select_layer": "negative counts from the end"}
+    configs = resources.files("xtuner_assistant.configs")
+    numeric = {}
+    for config in [*configs.iterdir(), *configs.joinpath("llava").iterdir()]:
+        if config.name.endswith(".py"):
+            for name, default in declared_settings(config).items():
+                if isinstance(default, (int, float)) and not isinstance(default, bool):
+                    numeric[name] = default
+    assert numeric, "no numeric settings found"
+    assert set(numeric) - set(RANGES) - set(any_value) == set()
+    assert set(RANGES) <= set(numeric)  # no stale names
+    for name, default in numeric.items():
+        assert name not in RANGES or RANGES[name].holds(default), (name, default)
+
+
+def test_a_setting_out_of_its_range_is_refused_from_the_environment_too(monkeypatch):
+    import pytest
+
+    from xtuner_assistant.training.settings import SettingError, setting
+
+    monkeypatch.setenv("XA_BATCH_SIZE", "0")
+    with pytest.raises(SettingError, match="XA_BATCH_SIZE='0': expected a whole number of at least 1"):
+        setting("batch_size", 4)
+    monkeypatch.setenv("XA_BATCH_SIZE", "3")
+    assert setting("batch_size", 4) == 3

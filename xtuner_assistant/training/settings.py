@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 ENV_PREFIX = "XA_"
@@ -20,13 +21,59 @@ class SettingError(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float | None = None
+    low_excluded: bool = False  # lr: above 0, not 0
+
+    def holds(self, value) -> bool:
+        above = value > self.low if self.low_excluded else value >= self.low
+        return above and (self.high is None or value <= self.high)
+
+    def describe(self, whole: bool) -> str:
+        def shown(number):
+            return f"{int(number):,}" if float(number).is_integer() else f"{number:g}"
+
+        kind = "a whole number" if whole else "a number"
+        if self.high is not None:
+            return f"{kind} from {shown(self.low)} to {shown(self.high)}"
+        return f"{kind} {'above' if self.low_excluded else 'of at least'} {shown(self.low)}"
+
+
+# Where each numeric setting's values make sense, by name: a name means the same thing in every config.
+# Checked for `--set` before anything starts and where a config reads XA_<NAME>, so a zero batch or a
+# negative LoRA rank is one line, not a traceback inside training or a run that trains something else.
+RANGES = {
+    **dict.fromkeys(("batch_size", "accumulative_counts", "max_epochs", "max_length", "pack_tokens",
+                     "rows_per_batch", "save_steps", "lora_r", "lora_alpha", "llm_lora_alpha",
+                     "encoder_lora_alpha", "image_size", "feature_block"), Range(1)),
+    # 0 = none: no warm-up, no evaluation, no worker processes, no adapter on that part, no such data
+    **dict.fromkeys(("warmup_iters", "evaluation_freq", "num_workers", "layers_without_checkpointing",
+                     "llm_lora_r", "encoder_lora_r", "general_ratio", "replay_ratio"), Range(0)),
+    "seed": Range(0, 2**32 - 1),
+    "general_turn_share": Range(0, 1),
+    "lr": Range(0, low_excluded=True),
+}
+
+
+def check_range(name: str, value, shown: str) -> None:
+    limits = RANGES.get(name)
+    if limits is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and not limits.holds(value):
+        raise SettingError(f"{shown}: expected {limits.describe(isinstance(value, int))}")
+
+
 def setting(name: str, default):
     """`default`, unless the environment sets XA_<NAME>; cast to the default's type. A callable
     default is called only when the environment does not set the value (e.g. fetching a model)."""
     raw = os.environ.get(ENV_PREFIX + name.upper())
     if raw is None:
         return default() if callable(default) else default
-    return cast_setting(raw, default, f"{ENV_PREFIX}{name.upper()}={raw!r}")
+    shown = f"{ENV_PREFIX}{name.upper()}={raw!r}"
+    value = cast_setting(raw, default, shown)
+    check_range(name, value, shown)
+    return value
 
 
 def cast_setting(raw: str, default, shown: str):
@@ -112,7 +159,7 @@ def check_settings(config: str | os.PathLike, settings: dict[str, str]) -> None:
                                + f"; its settings are: {', '.join(known)}")
         default = declared[name]
         if isinstance(default, (bool, int, float)):
-            cast_setting(value, default, f"--set {name}={value}")
+            check_range(name, cast_setting(value, default, f"--set {name}={value}"), f"--set {name}={value}")
     check_rows_hold_a_conversation(declared, settings)
 
 
