@@ -8,23 +8,19 @@ import pytest
 import torch
 
 from xtuner_assistant.chat_template import generation_prompt_ids
-from xtuner_assistant.models.generation import generation_kwargs, load_chat_model
+from xtuner_assistant.models.generation import generation_kwargs, left_padded, load_chat_model
 from xtuner_assistant.models.static_decoding import greedy_decode, usable
 
 PROMPTS = ["hello there", "你好，你是谁？请你介绍一下你自己。", "Tell me a joke about cats and dogs, and one about the fox."]
 
 
-def left_padded(tokenizer, prompts, pad_id):
-    rows = [generation_prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
-    width = max(map(len, rows))
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask
+def prompt_batch(tokenizer, prompts, pad_id):
+    return left_padded([generation_prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts], pad_id)
 
 
 def assert_as_generate(model, tokenizer, max_new_tokens=24):
     kwargs = generation_kwargs(tokenizer, max_new_tokens=max_new_tokens)
-    ids, mask = left_padded(tokenizer, PROMPTS, kwargs["pad_token_id"])
+    ids, mask = prompt_batch(tokenizer, PROMPTS, kwargs["pad_token_id"])
     with torch.inference_mode():
         expected = model.generate(ids, attention_mask=mask, **kwargs)
     # A stop token that the second answer reaches early, so rows end at different steps and the rest pad.
@@ -75,7 +71,7 @@ def test_lora_adapter_answers_as_generate(tiny_model_dir):
 def test_answers_that_never_stop_run_to_the_limit(tiny_model_dir):
     model, tokenizer = load_chat_model(tiny_model_dir, device="cpu")
     kwargs = generation_kwargs(tokenizer, max_new_tokens=13)
-    ids, mask = left_padded(tokenizer, PROMPTS[:2], kwargs["pad_token_id"])
+    ids, mask = prompt_batch(tokenizer, PROMPTS[:2], kwargs["pad_token_id"])
     unused = len(tokenizer) + 5  # a stop id no row can produce
     got = greedy_decode(model, ids, mask, 13, [unused], kwargs["pad_token_id"], cuda_graph=False)
     with torch.inference_mode():

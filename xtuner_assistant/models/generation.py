@@ -2,7 +2,6 @@
 template: the one path the terminal chat, the web page and evaluation share."""
 from __future__ import annotations
 
-import logging
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,6 +68,14 @@ def reply(model, tokenizer, messages, **settings) -> str:
 BATCH_SIZE = 64
 
 
+def left_padded(rows: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token rows padded on the left to the longest, as decoding a batch needs."""
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in rows], device=device)
+    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows], device=device)
+    return input_ids, attention
+
+
 @torch.inference_mode()
 def replies(model, tokenizer, prompts: list[str], batch_size: int = BATCH_SIZE, system: str = "",
             **settings) -> list[str]:
@@ -80,21 +87,17 @@ def replies(model, tokenizer, prompts: list[str], batch_size: int = BATCH_SIZE, 
     for start in range(0, len(prompts), batch_size):
         batch = [generation_prompt_ids(tokenizer, opening + [{"role": "user", "content": p}])
                  for p in prompts[start:start + batch_size]]
-        width = max(len(ids) for ids in batch)
-        pad = kwargs["pad_token_id"]
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=model.device)
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=model.device)
+        input_ids, attention = left_padded(batch, kwargs["pad_token_id"], model.device)
         out = None
-        if static_decoding.usable(model, kwargs) and not getattr(model, "_xa_static_decoding_failed", False):
+        if static_decoding.usable(model, kwargs):
             try:
                 out = static_decoding.greedy_decode(model, input_ids, attention, kwargs["max_new_tokens"],
-                                                    kwargs["eos_token_id"], pad)
+                                                    kwargs["eos_token_id"], kwargs["pad_token_id"])
             except Exception as error:  # noqa: BLE001 -- an architecture whose forward the static loop does not fit
-                model._xa_static_decoding_failed = True
-                logging.getLogger(__name__).warning("answering through generate(): decoding with a static cache "
-                                                    "failed (%s: %s)", type(error).__name__, error)
+                static_decoding.give_up(model, error)
         if out is None:
             out = model.generate(input_ids, attention_mask=attention, **kwargs)
+        width = input_ids.shape[1]
         results += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
     return results
 

@@ -5,7 +5,7 @@ arithmetic: `generate()` grows its cache and launches every kernel of every laye
 token. Here the cache is allocated once for the prompt and the longest answer, so every step has
 the same shapes and the same addresses; the step (forward pass, greedy pick, end-of-turn
 bookkeeping) is captured once as a CUDA graph and replayed for each token after. The answers are
-`generate()`'s greedy ones (tests/test_generation.py compares them token for token on the CPU, where
+`generate()`'s greedy ones (tests/test_static_decoding.py compares them token for token on the CPU, where
 the same loop runs without the graph).
 
 `replies` (generation.py) decodes this way where it can (`usable`): a CUDA model whose architecture
@@ -24,11 +24,14 @@ _log = logging.getLogger(__name__)
 
 # Steps between checks of whether every answer has ended: each check waits for the GPU.
 CHECK_EVERY = 8
+_GAVE_UP = "_xa_static_decoding_failed"  # set on a model whose forward the static loop does not fit
 
 
 def usable(model, settings: dict) -> bool:
     """Whether `model` can decode with a static cache and a CUDA graph under these generation settings."""
     if os.environ.get("XA_STATIC_DECODING", "1") == "0":  # the escape hatch, and the benchmark's other arm
+        return False
+    if getattr(model, _GAVE_UP, False):
         return False
     if settings.get("do_sample") or settings.get("repetition_penalty", 1.0) not in (None, 1.0) \
             or not settings.get("max_new_tokens", 0) >= 1:  # generate() says what is wrong with 0
@@ -39,6 +42,12 @@ def usable(model, settings: dict) -> bool:
     config = model.config
     attention = {getattr(config, "_attn_implementation", None), getattr(config, "attn_implementation", None)}
     return "flash_attention_2" not in attention
+
+
+def give_up(model, error: Exception) -> None:
+    """After `greedy_decode` failed on `model`: say so once, and let it answer through `generate()` from now on."""
+    setattr(model, _GAVE_UP, True)
+    _log.warning("answering through generate(): decoding with a static cache failed (%s: %s)", type(error).__name__, error)
 
 
 def _static_cache(model, batch: int, length: int, device, dtype):

@@ -35,7 +35,7 @@ from xtuner_assistant.data.packing import block_diagonal_causal_mask
 from xtuner_assistant.training.document_attention import DocumentAttention
 from xtuner_assistant.training.fused_kernels import (compile_decoder_layers, fuse_decoder, keep_activations_of_last_layers,
                                                       liger_kernels)
-from xtuner_assistant.training.settings import SettingError, cast_setting
+from xtuner_assistant.training.settings import SettingError, cast_setting, check_range
 
 # Small enough that the logits of a chunk stay a small share of peak memory, large enough to keep
 # the GPU busy: 1024 cost more memory for no speed (docs/BENCHMARKS.md).
@@ -92,9 +92,10 @@ def _auto_or_bool(field: str, value) -> bool | str:
 
 
 def _count_setting(field: str, value) -> int:
-    count = cast_setting(str(value).strip(), 0, f"model.{field}={value!r}")
-    if count < 0:
-        raise SettingError(f"model.{field}={value!r}: expected a whole number >= 0")
+    """A whole-number setting as the model gets it, in its range (settings.RANGES), as `--set` checks it."""
+    shown = f"model.{field}={value!r}"
+    count = cast_setting(str(value).strip(), 0, shown)
+    check_range(field, count, shown)
     return count
 
 

@@ -159,7 +159,8 @@ def check_settings(config: str | os.PathLike, settings: dict[str, str]) -> None:
                                + f"; its settings are: {', '.join(known)}")
         default = declared[name]
         if isinstance(default, (bool, int, float)):
-            check_range(name, cast_setting(value, default, f"--set {name}={value}"), f"--set {name}={value}")
+            shown = f"--set {name}={value}"
+            check_range(name, cast_setting(value, default, shown), shown)
     check_rows_hold_a_conversation(declared, settings)
 
 
