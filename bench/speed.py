@@ -317,12 +317,12 @@ def our_arms(args) -> list[tuple[int, int, str, str]]:
     arms = []
     for spec in args.ours:
         fields = spec.split(":")
-        variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused", "compiled", "compiled_inside") \
+        variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused", "compiled", "compiled_inside", "adapter_bf16") \
             or re.fullmatch(r"keep\d+", fields[-1]) else ""
         fields = fields[:-1] if variant else fields
         if not 1 <= len(fields) <= 3 or not all(f.isdigit() for f in fields[:2]) or \
                 (len(fields) == 3 and fields[2] not in ("bfloat16", "float16")):
-            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled|:compiled_inside|:keepN], e.g. 4096:256:float16")
+            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled|:compiled_inside|:adapter_bf16|:keepN], e.g. 4096:256:float16")
         arms.append((int(fields[0]), int(fields[1]) if len(fields) > 1 else 0,
                      fields[2] if len(fields) > 2 else "bfloat16", variant))
     return arms
@@ -367,7 +367,8 @@ def run(args) -> dict:
                 "compiled": ({"model.fused_kernels": True, "model.compile_layers": True}, ", fused kernels, compiled layers"),
                 "compiled_inside": ({"model.fused_kernels": True, "model.compile_layers": True,
                                      "model.checkpoint_in_compiled_layers": True},
-                                    ", fused kernels, compiled layers, checkpointing inside them")}
+                                    ", fused kernels, compiled layers, checkpointing inside them"),
+                "adapter_bf16": ({"model.adapter_dtype": "bfloat16"}, ", LoRA weights and optimizer state in bfloat16")}
     for pack, chunk, dtype, variant in our_arms(args):
         if variant.startswith("keep"):
             variants[variant] = ({"model.layers_without_checkpointing": int(variant[4:])},

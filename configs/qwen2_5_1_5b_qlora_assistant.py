@@ -53,6 +53,9 @@ compile_layers = setting("compile_layers", "auto")
 checkpoint_in_compiled_layers = setting("checkpoint_in_compiled_layers", False)
 # The last this many decoder layers keep their activations instead of recomputing them (docs/gpu.md).
 layers_without_checkpointing = setting("layers_without_checkpointing", 0)
+# The trained LoRA weights, their gradients and optimizer state: float32, or bfloat16 as the QLoRA paper and TRL
+# keep them (less memory; docs/gpu.md).
+adapter_dtype = setting("adapter_dtype", "float32")
 
 #######################################################################
 #                      PART 2  Model & Tokenizer                      #
@@ -70,6 +73,7 @@ model = dict(
     compile_layers=compile_layers,
     checkpoint_in_compiled_layers=checkpoint_in_compiled_layers,
     layers_without_checkpointing=layers_without_checkpointing,
+    adapter_dtype=adapter_dtype,
     llm=dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=model_path,
              trust_remote_code=True, torch_dtype=f"torch.{dtype}",
              # SDPA honours the per-conversation mask of packed rows; flash-attn 2 would ignore it.

@@ -304,6 +304,29 @@ def test_every_numeric_setting_of_a_shipped_config_has_a_range():
         assert name not in RANGES or RANGES[name].holds(default), (name, default)
 
 
+def test_a_text_setting_with_fixed_choices_is_refused_outside_them_before_training():
+    """`--set dtype=float64` or `--set adapter_dtype=fp16` is one line naming the choices (settings.CHOICES),
+    not a traceback once the model loads; every shipped default is among its choices."""
+    import pytest
+    from importlib import resources
+
+    from xtuner_assistant.training.settings import CHOICES, SettingError, check_settings, declared_settings
+
+    configs = resources.files("xtuner_assistant.configs")
+    config = configs / "internlm2_chat_1_8b_qlora_assistant.py"
+    with pytest.raises(SettingError, match="--set adapter_dtype=fp16: expected one of float32, bfloat16"):
+        check_settings(config, {"adapter_dtype": "fp16"})
+    with pytest.raises(SettingError, match="--set dtype=float64: expected one of bfloat16, float16, float32"):
+        check_settings(config, {"dtype": "float64"})
+    check_settings(config, {"dtype": "float32", "adapter_dtype": "bfloat16"})
+    declared = {}
+    for path in [*configs.iterdir(), *configs.joinpath("llava").iterdir()]:
+        if path.name.endswith(".py"):
+            declared.update((name, default) for name, default in declared_settings(path).items() if name in CHOICES)
+    assert set(declared) == set(CHOICES)  # no stale names
+    assert all(default in CHOICES[name] for name, default in declared.items()), declared
+
+
 def test_a_setting_out_of_its_range_is_refused_from_the_environment_too(monkeypatch):
     import pytest
 

@@ -139,6 +139,45 @@ def test_frozen_weights_loaded_in_bfloat16_stay_in_it_and_lora_trains_in_float32
         assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trained.values())
 
 
+def test_adapter_in_bfloat16_trains_with_its_gradients_and_optimizer_state_in_it(tiny_model_dir):
+    """`adapter_dtype=bfloat16` (TRL's and the QLoRA paper's choice): the LoRA weights start as the float32
+    ones rounded, and a step as the GPU configs take it (autocast, a dynamic loss scale: AmpOptimWrapper,
+    which mmengine allows on GPUs only, with torch's scaler here) keeps weights, gradients and Adam's
+    moments in bfloat16 while it moves the weights."""
+    reference = packed_finetune(tiny_model_dir, llm=dict(torch_dtype=torch.bfloat16))
+    finetune = packed_finetune(tiny_model_dir, llm=dict(torch_dtype=torch.bfloat16), adapter_dtype="bfloat16")
+    trained = {name: p for name, p in finetune.llm.named_parameters() if p.requires_grad}
+    assert trained and {p.dtype for p in trained.values()} == {torch.bfloat16}
+    for name, p in reference.llm.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(trained[name].detach(), p.detach().to(torch.bfloat16)), name
+    for name, p in trained.items():  # B starts at 0, and then A gets no gradient
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    before = {name: p.detach().clone() for name, p in trained.items()}
+    optimizer = torch.optim.AdamW(list(trained.values()), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = finetune(packed_batch(), mode="loss")["loss"]
+    scaler.scale(loss).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in trained.values())
+    scaler.step(optimizer)
+    scaler.update()
+    assert torch.isfinite(loss)
+    state = optimizer.state
+    assert all(state[p]["exp_avg"].dtype == torch.bfloat16 for p in trained.values())
+    assert all(p.dtype == torch.bfloat16 for p in trained.values())
+    assert any(not torch.equal(before[name], p.detach()) for name, p in trained.items() if "lora_A" in name)
+    assert any(not torch.equal(before[name], p.detach()) for name, p in trained.items() if "lora_B" in name)
+
+
+def test_an_adapter_dtype_outside_its_choices_is_refused_in_one_line(tiny_model_dir):
+    from xtuner_assistant.training.settings import SettingError
+
+    with pytest.raises(SettingError, match="model.adapter_dtype='float64': expected one of float32, bfloat16"):
+        packed_finetune(tiny_model_dir, adapter_dtype="float64")
+
+
 @pytest.fixture(scope="module")
 def internlm2_dir(tiny_model_dir, tmp_path_factory):
     from xtuner_assistant.models.stand_ins import random_internlm2_chat

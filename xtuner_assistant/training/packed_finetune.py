@@ -106,13 +106,18 @@ class PackedSupervisedFinetune(SupervisedFinetune):
 
     def __init__(self, *args, flex_attention: bool = False, frozen_in_bfloat16: bool = True,
                  fused_kernels: bool | str = "auto", compile_layers: bool | str = "auto",
-                 checkpoint_in_compiled_layers: bool = False, layers_without_checkpointing: int = 0, **kwargs):
+                 checkpoint_in_compiled_layers: bool = False, layers_without_checkpointing: int = 0,
+                 adapter_dtype: str = "float32", **kwargs):
         """`fused_kernels` / `compile_layers`: "auto" = on when training on a CUDA GPU (fused kernels
         also need Liger Kernel installed), True = required (an error where they cannot be had), False = off.
         `checkpoint_in_compiled_layers`: activation checkpointing inside the compiled layers rather than
         around them: faster rows for more memory (fused_kernels.compile_decoder_layers, docs/gpu.md).
         `layers_without_checkpointing`: the last this many decoder layers keep their activations instead
-        of recomputing them (fused_kernels.keep_activations_of_last_layers)."""
+        of recomputing them (fused_kernels.keep_activations_of_last_layers).
+        `adapter_dtype`: the trained (LoRA) weights, their gradients and optimizer state in float32, or in
+        bfloat16 as the QLoRA paper and TRL keep them (docs/gpu.md)."""
+        check_range("adapter_dtype", str(adapter_dtype), f"model.adapter_dtype={adapter_dtype!r}")
+        self.adapter_dtype = getattr(torch, str(adapter_dtype))  # read by _prepare_for_lora, during super().__init__
         fused_kernels, compile_layers = _auto_or_bool("fused_kernels", fused_kernels), _auto_or_bool("compile_layers", compile_layers)
         self.frozen_in_bfloat16 = frozen_in_bfloat16  # read by _prepare_for_lora, during super().__init__
         super().__init__(*args, **kwargs)
@@ -130,6 +135,9 @@ class PackedSupervisedFinetune(SupervisedFinetune):
             for parameter in self.llm.parameters():
                 if not parameter.requires_grad and id(parameter) in loaded_in_bfloat16:
                     parameter.data = parameter.data.to(torch.bfloat16)
+        for parameter in self.llm.parameters():
+            if parameter.requires_grad and parameter.is_floating_point():
+                parameter.data = parameter.data.to(self.adapter_dtype)
 
     def _dispatch_lm_model_cfg(self, cfg, max_position_embeddings=None):
         cfg = super()._dispatch_lm_model_cfg(cfg, max_position_embeddings)

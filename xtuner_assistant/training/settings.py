@@ -57,7 +57,20 @@ RANGES = {
 }
 
 
+# The text settings whose values are a fixed set, by name like RANGES.
+CHOICES = {
+    "dtype": ("bfloat16", "float16", "float32"),
+    # The trained LoRA weights (with their gradients and optimizer state): float32, or bfloat16 as the QLoRA
+    # paper and TRL keep them (about half their memory; docs/gpu.md).
+    "adapter_dtype": ("float32", "bfloat16"),
+}
+
+
 def check_range(name: str, value, shown: str) -> None:
+    """A numeric setting inside RANGES, a text setting among CHOICES; else a SettingError about `shown`."""
+    choices = CHOICES.get(name)
+    if choices is not None and isinstance(value, str) and value not in choices:
+        raise SettingError(f"{shown}: expected one of {', '.join(choices)}")
     limits = RANGES.get(name)
     if limits is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
             and not limits.holds(value):
@@ -158,7 +171,7 @@ def check_settings(config: str | os.PathLike, settings: dict[str, str]) -> None:
                                + (f" (did you mean `{close[0]}`?)" if close else "")
                                + f"; its settings are: {', '.join(known)}")
         default = declared[name]
-        if isinstance(default, (bool, int, float)):
+        if isinstance(default, (bool, int, float, str)):
             shown = f"--set {name}={value}"
             check_range(name, cast_setting(value, default, shown), shown)
     check_rows_hold_a_conversation(declared, settings)
