@@ -215,7 +215,7 @@ peer() {  # issue 14: the recipe a user would pick instead, on the GPU machine's
   local t0=$SECONDS PEER=/tmp/peer_site
   [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $PEER .gpp/*.whl \
-    .whl/bitsandbytes-*.whl .whl/dill-*.whl .whl/multiprocess-*.whl >"$W/peer_install.log" 2>&1 \
+    $(ls .whl/bitsandbytes-*.whl $STASH/bitsandbytes-*.whl 2>/dev/null | head -1) .whl/dill-*.whl .whl/multiprocess-*.whl >"$W/peer_install.log" 2>&1 \
     || { note "peer wheel install failed"; tail -5 "$W/peer_install.log"; exit 1; }
   note "peer stack: $(PYTHONPATH=$PEER python3 -c 'import torch, transformers, trl, peft, bitsandbytes as b, liger_kernel, datasets; print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__, "peft", peft.__version__, "bitsandbytes", b.__version__, "datasets", datasets.__version__)' 2>&1 | tail -1)"
   # PEER_VARIANTS: each run's extra arguments, separated by |; "" = TRL without Liger

@@ -368,7 +368,7 @@ def run(args) -> dict:
                 "compiled_inside": ({"model.fused_kernels": True, "model.compile_layers": True,
                                      "model.checkpoint_in_compiled_layers": True},
                                     ", fused kernels, compiled layers, checkpointing inside them"),
-                "adapter_bf16": ({"model.adapter_dtype": "bfloat16"}, ", LoRA weights and optimizer state in bfloat16")}
+                "adapter_bf16": ({}, ", LoRA weights and optimizer state in bfloat16 (XA_ADAPTER_DTYPE)")}
     for pack, chunk, dtype, variant in our_arms(args):
         if variant.startswith("keep"):
             variants[variant] = ({"model.layers_without_checkpointing": int(variant[4:])},
@@ -378,7 +378,8 @@ def run(args) -> dict:
                         f"{described})", OUR_CONFIG, {
             "XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0", "XA_REPLAY_RATIO": "0",
             "XA_PACK_TOKENS": str(pack), "XA_ACCUMULATIVE_COUNTS": str(max(1, args.tokens_per_step // pack)),
-            "XA_MAX_LENGTH": "1024", "XA_DTYPE": dtype}, 0, chunk, cfg_options))
+            "XA_MAX_LENGTH": "1024", "XA_DTYPE": dtype,
+            **({"XA_ADAPTER_DTYPE": "bfloat16"} if variant == "adapter_bf16" else {})}, 0, chunk, cfg_options))
     for label, config, env, seed, chunk, cfg_options in recipes:
         torch.manual_seed(seed)
         model, dataset, collate, optim_wrapper, batch_size = build(config, env, smoke, cfg_options)

@@ -122,7 +122,10 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=1.0, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts)
 if dtype != "float32":  # mixed precision in `dtype`
-    optim_wrapper.update(type="AmpOptimWrapper", loss_scale="dynamic", dtype=dtype)
+    # bfloat16 LoRA weights take no loss scale (bfloat16 has float32's range; torch's scaler has no
+    # bfloat16 kernel on CUDA), as TRL trains them.
+    optim_wrapper.update(type="AmpOptimWrapper", dtype=dtype,
+                         loss_scale="dynamic" if adapter_dtype == "float32" else dict(enabled=False))
 
 param_scheduler = warmup_then_cosine(max_epochs, warmup_iters)
 

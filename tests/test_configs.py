@@ -56,6 +56,21 @@ def test_packed_qlora_configs_carry_the_recipe_that_teaches_a_real_model(path, s
     assert cfg.custom_hooks[0].every_n_iters == cfg.default_hooks.checkpoint.interval
 
 
+@pytest.mark.parametrize("path", [INTERNLM2, QWEN_05B, QWEN_15B], ids=lambda p: p.stem)
+def test_bfloat16_adapters_reach_the_model_and_train_without_a_loss_scale(path, settings):
+    """A dynamic loss scale on bfloat16 LoRA weights stops the first step on CUDA (torch's scaler has no
+    bfloat16 kernel there); the float32 default keeps the scale it was measured with."""
+    from torch.amp import GradScaler
+
+    cfg = Config.fromfile(str(path))
+    assert (cfg.model.adapter_dtype, cfg.optim_wrapper.loss_scale) == ("float32", "dynamic")
+    settings.setenv("XA_ADAPTER_DTYPE", "bfloat16")
+    cfg = Config.fromfile(str(path))
+    assert cfg.model.adapter_dtype == "bfloat16" and cfg.optim_wrapper.dtype == "bfloat16"
+    scaler = GradScaler("cpu", **cfg.optim_wrapper.loss_scale)  # as AmpOptimWrapper builds it from a dict
+    assert not scaler.is_enabled()
+
+
 def test_internlm2_config_without_a_model_folder_says_what_to_set(monkeypatch):
     monkeypatch.delenv("XA_MODEL", raising=False)
     with pytest.raises(Exception, match="needs `model`.*--set model="):
