@@ -24,6 +24,8 @@
 #                                   # (no fused kernels, no compile) and as shipped (fused + compiled), held-out
 #                                   # loss at equal real tokens, the evaluation hook's pass decoded by generate() and from a CUDA graph
 #                                   # (FUSED_ARMS, FUSED_SEPARATE=1: each arm in its own process)
+#   bench/gpu_session.sh graph      # issue 14: bench/graph_step.py, the shipped step against the same step replayed
+#                                   # from a CUDA graph (after `stash .gl0`; carries .whl/, .gpc/)
 #   bench/gpu_session.sh peer       # issue 14: bench/peer_trl.py, TRL SFTTrainer + PEFT QLoRA padding-free, without
 #                                   # and with Liger (carries .whl/ and .gpp/: trl, datasets, liger-kernel 0.8.5);
 #                                   # PEER_VARIANTS="--liger|--liger --adapter-dtype float32" picks the runs
@@ -211,6 +213,17 @@ fused() {  # issue 14: fused kernels + compiled layers (the configs' default now
   note "fused speed in $((SECONDS - t0)) s"
 }
 
+graph() {  # issue 14: one row's forward and backward replayed from a CUDA graph against the shipped step (bench/graph_step.py)
+  local t0=$SECONDS
+  install_wheels
+  [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
+  TORCH_LOGS=${GRAPH_TORCH_LOGS-recompiles} timeout ${GRAPH_TIMEOUT:-400} python3 bench/graph_step.py --data $STASH/.gpu/bench_data.json \
+    --tokenizer $STASH/.gpu/tokenizer --model-dir $W/internlm2 --out $OUT/graph_step.json --steps ${GRAPH_STEPS:-24} \
+    >$OUT/graph_step.log 2>&1 || { note "graph_step.py failed"; grep -vE "^\s*$" $OUT/graph_step.log | tail -25 | cut -c1-400 | tee -a "$OUT/summary.txt"; }
+  grep -E '^\{' $OUT/graph_step.log | cut -c1-700 | tee -a "$OUT/summary.txt"
+  note "graph step in $((SECONDS - t0)) s"
+}
+
 peer() {  # issue 14: the recipe a user would pick instead, on the GPU machine's own transformers/peft/accelerate
   local t0=$SECONDS PEER=/tmp/peer_site
   [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
@@ -333,6 +346,7 @@ case "$MODE" in
   speed) speed ;;
   fused) fused ;;
   peer) peer ;;
+  graph) graph ;;
   unsloth) peer_unsloth ;;
   shipped) shipped ;;
   identity) identity ;;
