@@ -77,6 +77,14 @@ class GraphedStep:
         self.offsets = torch.full((max_documents + 1,), pack_tokens, dtype=torch.int32, device=device)
         self.mask = torch.zeros((), dtype=torch.bfloat16, device=device).expand(1, 1, pack_tokens, pack_tokens)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # InternLM2's own code reads a 4-D mask's maximum back to the host (a sync, which no graph may
+        # hold) only to check it is 0: ours is zeros by construction, and the router ignores its values.
+        own_update = self.decoder._update_causal_mask
+
+        def update_causal_mask(attention_mask, *args, **kwargs):
+            return attention_mask if attention_mask is self.mask else own_update(attention_mask, *args, **kwargs)
+
+        self.decoder._update_causal_mask = update_causal_mask
         self.graph = None
         self.loss = None
 
@@ -97,7 +105,9 @@ class GraphedStep:
         self.router.documents = self.inputs["document_ids"]
         self.router.boundaries = (self.offsets, self.n)
         self.router.block_mask = self.router.allowed = None
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+        # The autocast the compiled layers were compiled under (its cache too: a change recompiles them);
+        # its cached casts live within this one region, so the graph holds them.
+        with torch.autocast("cuda", dtype=torch.bfloat16):
             hidden = self.decoder(input_ids=self.inputs["input_ids"], position_ids=self.inputs["position_ids"],
                                   attention_mask=self.mask, use_cache=False).last_hidden_state
             loss = fixed_shape_loss(hidden, self.inputs["labels"], self.head, self.inputs["document_ids"])
