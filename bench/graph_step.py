@@ -205,6 +205,9 @@ def main() -> None:
     with torch.autocast("cuda", dtype=torch.bfloat16):
         eager_loss = model(dict(probe), mode="loss")["loss"]
     eager_loss.backward()
+    # Let that graph go: its nodes would keep the parameters' gradient accumulators, which remember
+    # the stream they were made on (the default one) and would run on it inside the capture.
+    eager_loss = eager_loss.detach()
     eager_grads = [p.grad.detach().clone() for p in graphed.params]
     graphed.fill(probe)
     graphed.capture()
