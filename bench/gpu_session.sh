@@ -203,7 +203,7 @@ fused() {  # issue 14: fused kernels + compiled layers (the configs' default now
   for arms in "${groups[@]}"; do
     timeout ${FUSED_TIMEOUT:-540} python3 bench/speed.py run --data $STASH/.gpu/bench_data.json --tokenizer $STASH/.gpu/tokenizer \
       --model-dir $W/internlm2 --work $W/bench --out $OUT/speed_fused${groups[1]:+_$i}.json --real-tokens ${BENCH_TOKENS:-196608} \
-      --tokens-per-step 3072 --stock-seeds $stock --ours $arms \
+      --tokens-per-step 3072 --stock-seeds $stock --ours $arms --warmup-steps ${FUSED_WARMUP:-3} \
       --heldout ${FUSED_HELDOUT:-200} --heldout-points ${FUSED_HELDOUT_POINTS:-4} --eval-new-tokens ${FUSED_EVAL_TOKENS:-96} >>$OUT/fused.log 2>&1 \
       || { note "speed.py failed"; tail -30 $OUT/fused.log | tee -a "$OUT/summary.txt"; }
     stock=; i=$((i + 1))  # stock runs once, in the first process

@@ -85,8 +85,22 @@ def tutorial_stock_config(model_dir: Path, data: Path, out: Path) -> Path:
 
 def build(config_path: Path, env: dict, smoke: bool, cfg_options: dict | None = None):
     """(model, dataset, collate_fn, optim_wrapper, accumulative_counts) from a config, as
-    `xtuner train` would build them (no runner, no hooks); `cfg_options` as `--cfg-options`."""
+    `xtuner train` would build them (no runner, no hooks); `cfg_options` as `--cfg-options`. The config
+    reads `env` (XA_ settings) while it is built; the environment is restored after, so one recipe's
+    settings do not reach the next one's."""
+    saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
+    try:
+        return _build(config_path, smoke, cfg_options)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _build(config_path: Path, smoke: bool, cfg_options: dict | None):
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import DATASETS
@@ -222,9 +236,12 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with optim_wrapper.optim_context(model):
-            loss = model(data, mode="loss")["loss"]
-        optim_wrapper.update_params(loss)
+        if hasattr(model, "graphed_step"):  # ours: its train_step, which may replay a captured CUDA graph
+            loss = model.train_step({"data": data, "data_samples": None}, optim_wrapper)["loss"]
+        else:
+            with optim_wrapper.optim_context(model):
+                loss = model(data, mode="loss")["loss"]
+            optim_wrapper.update_params(loss)
         if cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
@@ -317,12 +334,13 @@ def our_arms(args) -> list[tuple[int, int, str, str]]:
     arms = []
     for spec in args.ours:
         fields = spec.split(":")
-        variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused", "compiled", "compiled_inside", "adapter_bf16") \
+        variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused", "compiled", "compiled_inside", "adapter_bf16", "nodropout",
+                                       "nodropout_nograph") \
             or re.fullmatch(r"keep\d+", fields[-1]) else ""
         fields = fields[:-1] if variant else fields
         if not 1 <= len(fields) <= 3 or not all(f.isdigit() for f in fields[:2]) or \
                 (len(fields) == 3 and fields[2] not in ("bfloat16", "float16")):
-            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled|:compiled_inside|:adapter_bf16|:keepN], e.g. 4096:256:float16")
+            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled|:compiled_inside|:adapter_bf16|:nodropout[_nograph]|:keepN], e.g. 4096:256:float16")
         arms.append((int(fields[0]), int(fields[1]) if len(fields) > 1 else 0,
                      fields[2] if len(fields) > 2 else "bfloat16", variant))
     return arms
@@ -368,7 +386,11 @@ def run(args) -> dict:
                 "compiled_inside": ({"model.fused_kernels": True, "model.compile_layers": True,
                                      "model.checkpoint_in_compiled_layers": True},
                                     ", fused kernels, compiled layers, checkpointing inside them"),
-                "adapter_bf16": ({}, ", LoRA weights and optimizer state in bfloat16 (XA_ADAPTER_DTYPE)")}
+                "adapter_bf16": ({}, ", LoRA weights and optimizer state in bfloat16 (XA_ADAPTER_DTYPE)"),
+                "nodropout": ({}, ", LoRA dropout 0: each step one replayed CUDA graph"),
+                "nodropout_nograph": ({}, ", LoRA dropout 0, no CUDA graph")}
+    variant_env = {"adapter_bf16": {"XA_ADAPTER_DTYPE": "bfloat16"}, "nodropout": {"XA_LORA_DROPOUT": "0"},
+                   "nodropout_nograph": {"XA_LORA_DROPOUT": "0", "XA_CUDA_GRAPH": "false"}}
     for pack, chunk, dtype, variant in our_arms(args):
         if variant.startswith("keep"):
             variants[variant] = ({"model.layers_without_checkpointing": int(variant[4:])},
@@ -379,7 +401,7 @@ def run(args) -> dict:
             "XA_MODEL": str(model_dir), "XA_IDENTITY_FILE": str(data), "XA_GENERAL": "", "XA_GENERAL_RATIO": "0", "XA_REPLAY_RATIO": "0",
             "XA_PACK_TOKENS": str(pack), "XA_ACCUMULATIVE_COUNTS": str(max(1, args.tokens_per_step // pack)),
             "XA_MAX_LENGTH": "1024", "XA_DTYPE": dtype,
-            **({"XA_ADAPTER_DTYPE": "bfloat16"} if variant == "adapter_bf16" else {})}, 0, chunk, cfg_options))
+            **variant_env.get(variant, {})}, 0, chunk, cfg_options))
     for label, config, env, seed, chunk, cfg_options in recipes:
         torch.manual_seed(seed)
         model, dataset, collate, optim_wrapper, batch_size = build(config, env, smoke, cfg_options)

@@ -59,6 +59,10 @@ layers_without_checkpointing = setting("layers_without_checkpointing", 0)
 # The trained LoRA weights, their gradients and optimizer state: float32, or bfloat16 as the QLoRA paper and TRL
 # keep them (less memory; docs/gpu.md).
 adapter_dtype = setting("adapter_dtype", "float32")
+# LoRA dropout; at 0 nothing in a step is random, and (auto) each step replays one captured CUDA graph of
+# its forward and backward pass instead of launching every kernel from the CPU (docs/gpu.md).
+lora_dropout = setting("lora_dropout", 0.05)
+cuda_graph = setting("cuda_graph", "auto")
 
 #######################################################################
 #                      PART 2  Model & Tokenizer                      #
@@ -77,11 +81,12 @@ model = dict(
     checkpoint_in_compiled_layers=checkpoint_in_compiled_layers,
     layers_without_checkpointing=layers_without_checkpointing,
     adapter_dtype=adapter_dtype,
+    cuda_graph=cuda_graph,
     llm=dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=model_path,
              trust_remote_code=True, torch_dtype=f"torch.{dtype}",
              # SDPA honours the per-conversation mask of packed rows; flash-attn 2 would ignore it.
              attn_implementation="sdpa"),
-    lora=dict(type="peft.LoraConfig", r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.05, bias="none",
+    lora=dict(type="peft.LoraConfig", r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
               task_type="CAUSAL_LM"))
 if quantize_4bit:
     model["llm"]["quantization_config"] = nf4_quantization(f"torch.{dtype}")

@@ -16,7 +16,9 @@ InternLM2's 92,544 words, plus their gradient) cap how many tokens fit in a step
   step 1.4x faster at 0.73x the memory (docs/BENCHMARKS.md); their values are the loaded ones
   either way, and the LoRA weights, the only ones trained, stay float32;
 - on a CUDA model's first step, Liger Kernel's fused RMSNorm/SwiGLU/RoPE and compiled decoder layers
-  (fused_kernels.py).
+  (fused_kernels.py);
+- on a CUDA GPU without dropout, each step after the first few is one replay of a captured CUDA
+  graph of its forward and backward pass (graphed_step.py).
 The loss is the same token-mean cross-entropy as `SupervisedFinetune` (tests/test_packing.py).
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ from xtuner_assistant.data.packing import block_diagonal_causal_mask
 from xtuner_assistant.training.document_attention import DocumentAttention
 from xtuner_assistant.training.fused_kernels import (compile_decoder_layers, fuse_decoder, keep_activations_of_last_layers,
                                                       liger_kernels)
+from xtuner_assistant.training.graphed_step import GraphedTrainStep
 from xtuner_assistant.training.settings import SettingError, cast_setting, check_range
 
 # Small enough that the logits of a chunk stay a small share of peak memory, large enough to keep
@@ -107,7 +110,7 @@ class PackedSupervisedFinetune(SupervisedFinetune):
     def __init__(self, *args, flex_attention: bool = False, frozen_in_bfloat16: bool = True,
                  fused_kernels: bool | str = "auto", compile_layers: bool | str = "auto",
                  checkpoint_in_compiled_layers: bool = False, layers_without_checkpointing: int = 0,
-                 adapter_dtype: str = "float32", **kwargs):
+                 adapter_dtype: str = "float32", cuda_graph: bool | str = "auto", **kwargs):
         """`fused_kernels` / `compile_layers`: "auto" = on when training on a CUDA GPU (fused kernels
         also need Liger Kernel installed), True = required (an error where they cannot be had), False = off.
         `checkpoint_in_compiled_layers`: activation checkpointing inside the compiled layers rather than
@@ -115,7 +118,9 @@ class PackedSupervisedFinetune(SupervisedFinetune):
         `layers_without_checkpointing`: the last this many decoder layers keep their activations instead
         of recomputing them (fused_kernels.keep_activations_of_last_layers).
         `adapter_dtype`: the trained (LoRA) weights, their gradients and optimizer state in float32, or in
-        bfloat16 as the QLoRA paper and TRL keep them (docs/gpu.md)."""
+        bfloat16 as the QLoRA paper and TRL keep them (docs/gpu.md).
+        `cuda_graph`: "auto" = each training step replays one captured CUDA graph where the step allows
+        it (graphed_step.py: a CUDA GPU, no dropout, no accumulated gradients), True = required, False = off."""
         check_range("adapter_dtype", str(adapter_dtype), f"model.adapter_dtype={adapter_dtype!r}")
         self.adapter_dtype = getattr(torch, str(adapter_dtype))  # read by _prepare_for_lora, during super().__init__
         fused_kernels, compile_layers = _auto_or_bool("fused_kernels", fused_kernels), _auto_or_bool("compile_layers", compile_layers)
@@ -127,6 +132,8 @@ class PackedSupervisedFinetune(SupervisedFinetune):
                                                           f"model.checkpoint_in_compiled_layers={checkpoint_in_compiled_layers!r}")
         self.layers_without_checkpointing = _count_setting("layers_without_checkpointing", layers_without_checkpointing)
         self.speed_ups = None  # what _apply_speed_ups did, on the first step
+        self.cuda_graph = _auto_or_bool("cuda_graph", cuda_graph)
+        self.graphed_step = GraphedTrainStep(self, required=self.cuda_graph is True) if self.cuda_graph else None
 
     def _prepare_for_lora(self, peft_model=None, use_activation_checkpointing=True):
         loaded_in_bfloat16 = {id(p) for p in self.llm.parameters() if p.dtype == torch.bfloat16}
@@ -153,7 +160,7 @@ class PackedSupervisedFinetune(SupervisedFinetune):
     def _apply_speed_ups(self, on_cuda: bool) -> dict:
         """Fused kernels and compiled layers, once, on the first step (the model is on its device by then)."""
         done = {"fused_kernels": None, "compiled_layers": 0}
-        for field in ("fused_kernels", "compile_layers"):
+        for field in ("fused_kernels", "compile_layers", "cuda_graph"):
             if getattr(self, field) is True and not on_cuda:
                 raise SettingError(f"model.{field}=True needs training on a CUDA GPU; set it to \"auto\" or False")
         if self.fused_kernels and on_cuda:
@@ -177,6 +184,12 @@ class PackedSupervisedFinetune(SupervisedFinetune):
                       f"compiled decoder layers {done['compiled_layers']}, layers without activation "
                       f"checkpointing {done['layers_without_checkpointing']}", logger="current")
         return done
+
+    def train_step(self, data, optim_wrapper):
+        """mmengine's step (forward, backward, optimizer), or one replay of the captured CUDA graph of it."""
+        if self.graphed_step is None:
+            return super().train_step(data, optim_wrapper)
+        return self.graphed_step(data, optim_wrapper, eager=super().train_step)
 
     def compute_loss(self, data, data_samples=None):
         data = dict(data)

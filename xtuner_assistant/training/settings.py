@@ -53,6 +53,7 @@ RANGES = {
                      "llm_lora_r", "encoder_lora_r", "general_ratio", "replay_ratio"), Range(0)),
     "seed": Range(0, 2**32 - 1),
     "general_turn_share": Range(0, 1),
+    "lora_dropout": Range(0, 0.9),
     "lr": Range(0, low_excluded=True),
 }
 

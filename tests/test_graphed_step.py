@@ -1,0 +1,136 @@
+"""The CUDA-graph training step (training/graphed_step.py) on the CPU: its fixed-shape pieces compute
+what the shipped step computes, it says why it stays eager, and its replay bookkeeping trains the same
+weights as eager steps. The capture itself needs a GPU (bench/graph_step.py, docs/BENCHMARKS.md)."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from mmengine.optim import OptimWrapper
+
+from test_packing import CONVERSATIONS, packed_batch, packed_finetune
+from xtuner_assistant.chat_template import IGNORE_INDEX
+from xtuner_assistant.data.packing import pack_samples, packed_collate_fn
+from xtuner_assistant.training import graphed_step
+from xtuner_assistant.training.document_attention import document_boundaries
+from xtuner_assistant.training.graphed_step import (GraphedTrainStep, fixed_shape_answer_loss, padded_boundaries,
+                                                    reason_not_to_graph)
+from xtuner_assistant.training.packed_finetune import answer_token_loss
+from xtuner_assistant.training.settings import SettingError
+
+
+def test_padded_boundaries_end_with_empty_conversations_and_refuse_a_row_with_more():
+    documents = packed_batch()["document_ids"]  # three conversations and the padding, 32 tokens
+    offsets, n = document_boundaries(documents)
+    padded = padded_boundaries(documents, slots=8)
+    assert padded.shape == (9,) and padded.dtype == torch.int32
+    assert padded[:offsets.numel()].tolist() == offsets.tolist() and set(padded[offsets.numel():].tolist()) == {n}
+    assert padded_boundaries(documents, slots=offsets.numel() - 1).tolist() == offsets.tolist()
+    assert padded_boundaries(documents, slots=offsets.numel() - 2) is None
+
+
+def test_fixed_shape_loss_is_the_shipped_answer_token_loss_with_its_gradients():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 40)
+    data = packed_batch()
+    labels, documents = data["labels"].clone(), data["document_ids"]
+    starts = torch.nonzero(documents[0, 1:] != documents[0, :-1]).flatten() + 1
+    labels[0, starts] = data["input_ids"][0, starts]  # a label on each conversation's first token
+    hidden = torch.randn(1, labels.shape[1], 8, requires_grad=True)
+    shipped = answer_token_loss(hidden, labels, head, documents, chunk_tokens=5)
+    fixed = fixed_shape_answer_loss(hidden, labels, head, documents, chunk_tokens=5)
+    assert fixed.item() == pytest.approx(shipped.item(), rel=1e-6)
+    for a, b in zip(torch.autograd.grad(shipped, (hidden, head.weight)), torch.autograd.grad(fixed, (hidden, head.weight))):
+        assert torch.allclose(a, b, atol=1e-6)
+    # Both leave out the last token of one conversation predicting the next one's first.
+    answers = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    crossing = int(((documents[:, 1:] != documents[:, :-1]) & (labels[:, 1:] != IGNORE_INDEX)).sum())
+    assert crossing > 0 and answers > crossing
+
+
+def test_the_step_stays_eager_and_says_why(tiny_model_dir, monkeypatch):
+    finetune = packed_finetune(tiny_model_dir)
+    wrapper = OptimWrapper(torch.optim.AdamW([p for p in finetune.parameters() if p.requires_grad], lr=1e-3))
+    finetune.llm.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout["default"] = torch.nn.Dropout(0.05)
+    assert reason_not_to_graph(finetune, wrapper) == "the model is not on a CUDA GPU"
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # the checks after that one
+    assert "lora_dropout=0" in reason_not_to_graph(finetune, wrapper)
+    finetune.llm.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout["default"] = torch.nn.Identity()
+    accumulating = OptimWrapper(wrapper.optimizer, accumulative_counts=2)
+    assert "accumulated over 2 rows" in reason_not_to_graph(finetune, accumulating)
+
+    class DeepSpeedLike(OptimWrapper):
+        pass
+
+    assert "DeepSpeedLike" in reason_not_to_graph(finetune, DeepSpeedLike(wrapper.optimizer))
+
+
+def test_on_the_cpu_auto_trains_eagerly_and_true_is_refused_on_the_first_step(tiny_model_dir, caplog):
+    finetune = packed_finetune(tiny_model_dir)
+    assert finetune.cuda_graph == "auto" and finetune.graphed_step is not None
+    wrapper = OptimWrapper(torch.optim.AdamW([p for p in finetune.parameters() if p.requires_grad], lr=1e-3))
+    batch = {"data": packed_batch(), "data_samples": None}
+    for _ in range(graphed_step.EAGER_STEPS_BEFORE_CAPTURE + 2):
+        log_vars = finetune.train_step(batch, wrapper)
+        assert torch.isfinite(log_vars["loss"])
+    assert finetune.graphed_step.state == "off" and "CUDA" in finetune.graphed_step.why
+
+    required = packed_finetune(tiny_model_dir, cuda_graph=True)
+    with pytest.raises(SettingError, match="model.cuda_graph=True needs training on a CUDA GPU"):
+        required.train_step(batch, OptimWrapper(torch.optim.AdamW(
+            [p for p in required.parameters() if p.requires_grad], lr=1e-3)))
+
+
+class _ReplayedEagerly:
+    """A CUDA graph's stand-in: replay() runs the captured step again, writing (not adding to) the
+    gradients the capture left, as a replay does."""
+
+    def __init__(self, step, optim_wrapper):
+        self.step, self.optim_wrapper = step, optim_wrapper
+
+    def replay(self):
+        for parameter, gradient in zip(self.step.parameters, self.step.gradients):
+            parameter.grad = gradient.zero_()  # a replay writes the captured buffers, whatever .grad holds
+        self.step.loss.copy_(self.step._forward_backward(self.optim_wrapper))
+        for parameter in self.step.parameters:
+            parameter.grad = None  # ... and leaves .grad as it was: the step must restore it
+
+
+def test_replays_train_the_same_weights_as_eager_steps(tiny_model_dir, monkeypatch):
+    """Everything around the graph on the CPU: inputs copied into the captured buffers, the optimizer
+    stepping on the gradients the replay wrote, no zero_grad in between, a row with too many
+    conversations trained eagerly in between and the gradients restored after it."""
+    rows = [packed_collate_fn([pack_samples(CONVERSATIONS[i:] + CONVERSATIONS[:i])], pad_to_multiple_of=32)["data"]
+            for i in range(3)]
+    crowded = packed_collate_fn([pack_samples(CONVERSATIONS * 2)], pad_to_multiple_of=32)["data"]
+    order = [rows[0], rows[1], rows[2], rows[0], rows[1], crowded, rows[2], rows[0]]
+
+    def train(graphed: bool):
+        finetune = packed_finetune(tiny_model_dir, cuda_graph="auto" if graphed else False)
+        for p in finetune.parameters():  # B starts at 0: give every LoRA weight a gradient
+            if p.requires_grad and p.dim() == 2:
+                torch.nn.init.normal_(p, std=0.02)
+        wrapper = OptimWrapper(torch.optim.AdamW([p for p in finetune.parameters() if p.requires_grad], lr=1e-2))
+        if graphed:
+            step = finetune.graphed_step
+            step.slots = 4  # the crowded row's six conversations do not fit
+            monkeypatch.setattr(graphed_step, "reason_not_to_graph", lambda model, optim_wrapper: None)
+            monkeypatch.setattr(step, "_fits", lambda inputs: True)
+
+            def record(optim_wrapper):  # what capturing leaves, without a GPU
+                for p in step.parameters:
+                    p.grad = None
+                step.loss = step._forward_backward(optim_wrapper).clone()
+                step.gradients = [p.grad for p in step.parameters]
+                step.graph = _ReplayedEagerly(step, optim_wrapper)
+
+            monkeypatch.setattr(step, "_record", record)
+        losses = [finetune.train_step({"data": row, "data_samples": None}, wrapper)["loss"].item() for row in order]
+        return losses, {n: p.detach().clone() for n, p in finetune.named_parameters() if p.requires_grad}
+
+    eager_losses, eager_weights = train(graphed=False)
+    graphed_losses, graphed_weights = train(graphed=True)
+    assert graphed_losses == pytest.approx(eager_losses, rel=1e-5)
+    for name, weight in eager_weights.items():
+        assert torch.allclose(graphed_weights[name], weight, atol=1e-6), name

@@ -1,0 +1,244 @@
+"""A packed row's forward and backward pass as one CUDA graph, captured once and replayed for every row.
+
+A step of the packed QLoRA configs on InternLM2-1.8B's shape keeps an H200 busy about 100 ms of a
+250-320 ms row; the rest of the time the GPU waits for the CPU, which launches ~3,800 kernels one
+by one (bench/profile_step.py). Every row has one shape (rows are padded to pack_tokens), so the
+whole pass can be captured once and replayed: one launch a row (docs/gpu.md, bench/graph_step.py).
+
+What a graph needs, and how the step gets it:
+- one shape for every row: the conversations' offsets are padded to a fixed count with empty
+  conversations (`padded_boundaries`), and the loss runs over every position with the non-answer
+  ones ignored (`fixed_shape_answer_loss`) instead of selecting the answer tokens first;
+- nothing read back to the host inside the pass: the decoder's check that a 4-D mask holds zeros is
+  skipped for the step's own all-zero mask, which the packed-attention router ignores anyway;
+- nothing random: no dropout with p > 0 anywhere in the model (LoRA dropout 0), and activation
+  checkpointing saves no RNG state (there is none to restore);
+- gradients at fixed addresses: the captured backward pass allocates them and every replay writes
+  them (it does not add to them); the optimizer step runs eagerly on them after each replay.
+
+The first few steps run eagerly (the layers compile, the attention route is checked). Where a
+condition does not hold for the whole run (dropout, accumulated gradients, DeepSpeed, another
+attention route, the CPU), the step stays eager and the log says why once; a row that does not fit
+the captured shape (more conversations than the slots) runs eagerly alone.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from xtuner_assistant.chat_template import IGNORE_INDEX
+
+_log = logging.getLogger(__name__)
+
+EAGER_STEPS_BEFORE_CAPTURE = 3  # the first compiles the layers and checks the attention route
+DOCUMENT_SLOTS = 256  # conversations a captured row may hold; a row with more runs eagerly
+
+
+def padded_boundaries(document_ids: torch.Tensor, slots: int) -> torch.Tensor | None:
+    """The varlen offsets of a (1, n) row's conversations (document_attention.document_boundaries)
+    padded with n to `slots` + 1 entries, empty conversations at the end; None when the row holds
+    more than `slots` conversations."""
+    from xtuner_assistant.training.document_attention import document_boundaries
+
+    offsets, n = document_boundaries(document_ids)
+    if offsets.numel() > slots + 1:
+        return None
+    padded = offsets.new_full((slots + 1,), n)
+    padded[:offsets.numel()] = offsets
+    return padded
+
+
+def _chunk_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def fixed_shape_answer_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
+                            document_ids: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    """`packed_finetune.answer_token_loss` with shapes that do not depend on the data: logits for every
+    position in chunks (recomputed in the backward pass), non-answer positions ignored."""
+    targets = torch.where(document_ids[:, 1:] != document_ids[:, :-1], IGNORE_INDEX, labels[:, 1:]).flatten()
+    hidden = hidden[:, :-1].flatten(0, 1)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), chunk_tokens):
+        piece = slice(start, start + chunk_tokens)
+        total = total + checkpoint(_chunk_loss_sum, hidden[piece], targets[piece], head, use_reentrant=False,
+                                   preserve_rng_state=False)
+    return total / (targets != IGNORE_INDEX).sum().clamp_min(1)
+
+
+def reason_not_to_graph(model, optim_wrapper) -> str | None:
+    """Why the run's steps cannot be one replayed graph, or None when they can (the row checks come later)."""
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+
+    from xtuner_assistant.training.document_attention import _document_attention
+
+    if not any(p.is_cuda for p in model.parameters()):
+        return "the model is not on a CUDA GPU"
+    if type(optim_wrapper) not in (OptimWrapper, AmpOptimWrapper):
+        return f"the optimizer wrapper is {type(optim_wrapper).__name__} (DeepSpeed or another), not mmengine's own"
+    if optim_wrapper._accumulative_counts != 1:
+        return f"gradients are accumulated over {optim_wrapper._accumulative_counts} rows (accumulative_counts)"
+    random = sorted({f"{type(m).__name__}(p={m.p})" for m in model.llm.modules()
+                     if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0})
+    if random:
+        return f"dropout draws random numbers in every step ({', '.join(random)}); set lora_dropout=0"
+    if model.checkpoint_in_compiled_layers:
+        return "checkpoint_in_compiled_layers checkpoints inside the compiled layers"
+    if _document_attention is None or _document_attention.varlen is None or _document_attention.route_used != "varlen":
+        return "packed rows do not take the varlen attention route here"
+    return None
+
+
+class GraphedTrainStep:
+    """`train_step` of a PackedSupervisedFinetune through one captured CUDA graph (see the module's text)."""
+
+    def __init__(self, model, required: bool, slots: int = DOCUMENT_SLOTS):
+        self.model, self.required, self.slots = model, required, slots
+        self.eager_steps = 0
+        self.state = "warming"  # -> "captured", or "off" (with self.why)
+        self.why = None
+        self.graph = self.inputs = self.offsets = self.mask = self.loss = None
+        self.parameters = self.gradients = None
+
+    def __call__(self, data, optim_wrapper, eager):
+        if self.state == "off":
+            return eager(data, optim_wrapper)
+        if self.state == "warming":
+            if self.eager_steps < EAGER_STEPS_BEFORE_CAPTURE:
+                self.eager_steps += 1
+                return eager(data, optim_wrapper)
+            why = reason_not_to_graph(self.model, optim_wrapper)
+            if why is not None:
+                return self._off(why, eager, data, optim_wrapper)
+        with optim_wrapper.optim_context(self.model):
+            inputs = self.model.data_preprocessor(data, True)["data"]
+        fits = self._fits(inputs)
+        if fits is not True and self.state == "warming":
+            return self._off(fits, eager, data, optim_wrapper)
+        offsets = padded_boundaries(inputs["document_ids"], self.slots) if fits is True else None
+        if offsets is None:  # this row alone eagerly
+            return self._eager_row(data, optim_wrapper, eager)
+        if self.state == "warming":
+            try:
+                self._capture(inputs, offsets, optim_wrapper)
+            except Exception as error:  # noqa: BLE001 -- a capture fails in as many ways as CUDA has errors
+                self._release()
+                return self._off(f"capturing the step failed ({type(error).__name__}: {str(error).strip()[:300]})",
+                                 eager, data, optim_wrapper)
+        self._fill(inputs, offsets)
+        self.graph.replay()
+        for parameter, gradient in zip(self.parameters, self.gradients):
+            if parameter.grad is not gradient:  # an eager step in between set it to None
+                parameter.grad = gradient
+        optim_wrapper._inner_count += 1  # as its backward() counts
+        if optim_wrapper.should_update():
+            optim_wrapper.step()  # no zero_grad(): the next replay writes the gradients, it does not add to them
+        return OrderedDict(loss=self.loss.clone())
+
+    def _eager_row(self, data, optim_wrapper, eager):
+        """One row the captured shape does not fit. The last replay's gradients are still in .grad (no
+        zero_grad after a replay): they must not be added to this row's; the next replay restores them."""
+        for parameter in self.parameters or ():
+            parameter.grad = None
+        return eager(data, optim_wrapper)
+
+    def _off(self, why: str, eager, data, optim_wrapper):
+        from xtuner_assistant.training.settings import SettingError
+
+        self.state, self.why = "off", why
+        if self.required:
+            raise SettingError(f"model.cuda_graph=True, but the step cannot be one CUDA graph: {why}")
+        _log.warning("training steps run without a CUDA graph: %s", why)
+        return eager(data, optim_wrapper)
+
+    def _fits(self, inputs: dict) -> str | bool:
+        ids, documents = inputs.get("input_ids"), inputs.get("document_ids")
+        if documents is None or not ids.is_cuda:
+            return "rows are not packed conversations on a CUDA GPU"
+        if ids.shape[0] != 1:
+            return f"batches hold {ids.shape[0]} rows (rows_per_batch); a captured step takes one"
+        if self.inputs is not None and ids.shape != self.inputs["input_ids"].shape:
+            return f"a row of {ids.shape[1]} tokens, not the captured {self.inputs['input_ids'].shape[1]}"
+        return True
+
+    def _fill(self, inputs: dict, offsets: torch.Tensor) -> None:
+        for key, buffer in self.inputs.items():
+            buffer.copy_(inputs[key])
+        self.offsets.copy_(offsets)
+
+    def _forward_backward(self, optim_wrapper) -> torch.Tensor:
+        from xtuner_assistant.training.document_attention import DocumentAttention
+        from xtuner_assistant.training.packed_finetune import causal_lm_parts
+
+        router = DocumentAttention.installed(self.model.flex_attention)
+        router.documents, router.boundaries = self.inputs["document_ids"], (self.offsets, self.inputs["input_ids"].shape[1])
+        router.block_mask = router.allowed = None
+        decoder, head = causal_lm_parts(self.model.llm)
+        with optim_wrapper.optim_context(self.model):  # the autocast the compiled layers were compiled under
+            hidden = decoder(input_ids=self.inputs["input_ids"], position_ids=self.inputs["position_ids"],
+                             attention_mask=self.mask, use_cache=False).last_hidden_state
+            loss = fixed_shape_answer_loss(hidden, self.inputs["labels"], head, self.inputs["document_ids"],
+                                           self.model.loss_chunk_tokens)
+        scaler = getattr(optim_wrapper, "loss_scaler", None)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        router.documents = router.boundaries = None  # the recomputation is over; no later call may take them
+        return loss.detach()
+
+    def _capture(self, inputs: dict, offsets: torch.Tensor, optim_wrapper) -> None:
+        self._prepare(inputs, offsets)
+        self._record(optim_wrapper)
+        self.state = "captured"
+        _log.warning("training steps replay one CUDA graph from here on (%d-token rows, up to %d conversations a row)",
+                     inputs["input_ids"].shape[1], self.slots)
+
+    def _prepare(self, inputs: dict, offsets: torch.Tensor) -> None:
+        """The static buffers, and the model made fit for a graph (no host reads, no RNG state)."""
+        from xtuner_assistant.training.packed_finetune import causal_lm_parts
+
+        llm = self.model.llm
+        decoder, _ = causal_lm_parts(llm)
+        self.inputs = {key: inputs[key].clone() for key in ("input_ids", "labels", "position_ids", "document_ids")}
+        self.offsets = offsets.clone()
+        n = inputs["input_ids"].shape[1]
+        dtype = decoder.get_input_embeddings().weight.dtype
+        if not dtype.is_floating_point or dtype == torch.float32:
+            dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.float32
+        self.mask = torch.zeros((), dtype=dtype, device=inputs["input_ids"].device).expand(1, 1, n, n)
+        own_update = decoder._update_causal_mask if hasattr(decoder, "_update_causal_mask") else None
+        if own_update is not None:  # InternLM2's reads a 4-D mask's maximum back to the host to check it is 0
+            decoder._update_causal_mask = functools.partial(_our_mask_as_is, self.mask, own_update)
+        for owner in llm.modules():  # nothing random runs, so there is no RNG state to save and restore
+            if callable(getattr(owner, "_gradient_checkpointing_func", None)):
+                owner._gradient_checkpointing_func = functools.partial(owner._gradient_checkpointing_func,
+                                                                       preserve_rng_state=False)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _record(self, optim_wrapper) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the default stream, as CUDA graphs need
+            for _ in range(2):
+                for parameter in self.parameters:
+                    parameter.grad = None
+                self._forward_backward(optim_wrapper)
+        torch.cuda.current_stream().wait_stream(side)
+        for parameter in self.parameters:
+            parameter.grad = None  # the captured backward allocates them in the graph's memory
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.loss = self._forward_backward(optim_wrapper)
+        self.gradients = [p.grad for p in self.parameters]
+
+    def _release(self) -> None:
+        self.graph = None
+        for parameter in self.parameters or ():
+            parameter.grad = None
+
+
+def _our_mask_as_is(ours, own_update, attention_mask, *args, **kwargs):
+    return attention_mask if attention_mask is ours else own_update(attention_mask, *args, **kwargs)
