@@ -106,6 +106,9 @@ class GraphedTrainStep:
         self.parameters = self.gradients = None
 
     def __call__(self, data, optim_wrapper, eager):
+        # What an eager step returns must hold no autograd graph: a live one keeps the parameters' gradient
+        # accumulators, which run on the stream they were made on (the default one), also inside a capture.
+        eager = functools.partial(_detached, eager)
         if self.state == "off":
             return eager(data, optim_wrapper)
         if self.state == "warming":
@@ -238,6 +241,11 @@ class GraphedTrainStep:
         self.graph = None
         for parameter in self.parameters or ():
             parameter.grad = None
+
+
+def _detached(step, data, optim_wrapper) -> OrderedDict:
+    return OrderedDict((name, value.detach() if isinstance(value, torch.Tensor) else value)
+                       for name, value in step(data, optim_wrapper).items())
 
 
 def _our_mask_as_is(ours, own_update, attention_mask, *args, **kwargs):
