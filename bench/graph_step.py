@@ -12,9 +12,11 @@ the forward and backward pass of one row is captured once as a CUDA graph and re
   - the optimizer step (gradient clipping, AdamW) runs eagerly after each replay, on the gradients the
     graph leaves in place.
 
-Both arms train the same rows in turn on one model: first the shipped step (`model(data, mode="loss")`
-and the optimizer wrapper), then the graphed one, after a check that the two give the same loss and
-gradients on one row. Prints and writes one JSON object.
+Both arms train the same rows in turn on one model: first the eager step (`model(data, mode="loss")`
+and the optimizer wrapper), then the model's own `train_step`, which captures the graph
+(`xtuner_assistant/training/graphed_step.py`), after a check that one replay gives the eager loss and
+gradients on one row. Prints and writes one JSON object. (Until 2026-11-30 17:00 UTC this script held
+its own copy of the capture, from which the package's step was made.)
 
     python bench/graph_step.py --data DATA.json --tokenizer TOK --model-dir M --out R.json [--steps 24]
 """
@@ -33,109 +35,6 @@ import speed  # noqa: E402
 from flops import H200_BF16_DENSE_FLOPS, useful_flops  # noqa: E402
 from profile_step import batches  # noqa: E402
 from random_models import SHAPES, make_random_model  # noqa: E402
-
-IGNORE_INDEX = -100
-
-
-def _chunk_loss_sum(hidden, targets, head):
-    import torch.nn.functional as F
-
-    return F.cross_entropy(head(hidden).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def fixed_shape_loss(hidden, labels, head, document_ids, chunk_tokens: int = 256):
-    """`answer_token_loss` without a data-dependent shape: every position, non-answers ignored."""
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    targets = labels[:, 1:]
-    targets = torch.where(document_ids[:, 1:] != document_ids[:, :-1], IGNORE_INDEX, targets).flatten()
-    hidden = hidden[:, :-1].flatten(0, 1)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.numel(), chunk_tokens):
-        piece = slice(start, start + chunk_tokens)
-        total = total + checkpoint(_chunk_loss_sum, hidden[piece], targets[piece], head, use_reentrant=False,
-                                   preserve_rng_state=False)
-    return total / (targets != IGNORE_INDEX).sum().clamp_min(1)
-
-
-class GraphedStep:
-    """One row's forward and backward as a CUDA graph over static input buffers."""
-
-    def __init__(self, model, pack_tokens: int, max_documents: int):
-        import torch
-
-        from xtuner_assistant.training.document_attention import DocumentAttention
-        from xtuner_assistant.training.packed_finetune import causal_lm_parts
-
-        self.model, self.n, self.max_documents = model, pack_tokens, max_documents
-        self.decoder, self.head = causal_lm_parts(model.llm)
-        self.router = DocumentAttention.installed(False)
-        device = next(model.parameters()).device
-        self.inputs = {key: torch.zeros((1, pack_tokens), dtype=torch.long, device=device)
-                       for key in ("input_ids", "labels", "position_ids", "document_ids")}
-        self.offsets = torch.full((max_documents + 1,), pack_tokens, dtype=torch.int32, device=device)
-        self.mask = torch.zeros((), dtype=torch.bfloat16, device=device).expand(1, 1, pack_tokens, pack_tokens)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        # InternLM2's own code reads a 4-D mask's maximum back to the host (a sync, which no graph may
-        # hold) only to check it is 0: ours is zeros by construction, and the router ignores its values.
-        own_update = self.decoder._update_causal_mask
-
-        def update_causal_mask(attention_mask, *args, **kwargs):
-            return attention_mask if attention_mask is self.mask else own_update(attention_mask, *args, **kwargs)
-
-        self.decoder._update_causal_mask = update_causal_mask
-        self.graph = None
-        self.loss = None
-
-    def fill(self, data: dict) -> None:
-        from xtuner_assistant.training.document_attention import document_boundaries
-
-        for key, buffer in self.inputs.items():
-            buffer.copy_(data[key])
-        offsets, _ = document_boundaries(data["document_ids"])
-        if offsets.numel() > self.offsets.numel():
-            raise SystemExit(f"a row holds {offsets.numel() - 1} conversations, over --max-documents {self.max_documents}")
-        self.offsets.fill_(self.n)
-        self.offsets[:offsets.numel()].copy_(offsets)
-
-    def forward_backward(self):
-        import torch
-
-        self.router.documents = self.inputs["document_ids"]
-        self.router.boundaries = (self.offsets, self.n)
-        self.router.block_mask = self.router.allowed = None
-        # The autocast the compiled layers were compiled under (its cache too: a change recompiles them);
-        # its cached casts live within this one region, so the graph holds them.
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            hidden = self.decoder(input_ids=self.inputs["input_ids"], position_ids=self.inputs["position_ids"],
-                                  attention_mask=self.mask, use_cache=False).last_hidden_state
-            loss = fixed_shape_loss(hidden, self.inputs["labels"], self.head, self.inputs["document_ids"])
-        loss.backward()
-        return loss.detach()
-
-    def capture(self, warmup: int = 3) -> None:
-        import torch
-
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                for p in self.params:
-                    p.grad = None
-                self.forward_backward()
-        torch.cuda.current_stream().wait_stream(side)
-        for p in self.params:
-            p.grad = None  # allocated by the captured backward, in the graph's pool, and written by each replay
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.loss = self.forward_backward()
-
-    def __call__(self, data: dict):
-        self.fill(data)
-        self.graph.replay()
-        return self.loss
-
 
 def timed(label: str, run_step, rows, steps: int, shape: dict) -> dict:
     import torch
@@ -168,7 +67,6 @@ def main() -> None:
     parser.add_argument("--model-dir", required=True, help="made here with random weights if it holds no model")
     parser.add_argument("--out", required=True)
     parser.add_argument("--pack-tokens", type=int, default=3072)
-    parser.add_argument("--max-documents", type=int, default=256, help="conversations a row may hold")
     parser.add_argument("--warmup-steps", type=int, default=4)
     parser.add_argument("--steps", type=int, default=24)
     args = parser.parse_args()
@@ -192,45 +90,39 @@ def main() -> None:
     shipped_step = functools.partial(step_loss, model, optim_wrapper)
     for _ in range(args.warmup_steps):  # compiles the layers, checks the attention route
         shipped_step(next(rows))
-    result["shipped"] = timed("shipped step: model(data, mode='loss'), optimizer wrapper", shipped_step, rows,
+    result["shipped"] = timed("eager step: model(data, mode='loss'), optimizer wrapper", shipped_step, rows,
                               args.steps, shape)
 
-    # The same rows through both: the loss and the gradients of one row must agree.
-    graphed = GraphedStep(model, args.pack_tokens, args.max_documents)
-    model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False,
-                                                                           "preserve_rng_state": False})
+    # One row through both: the loss and the gradients of a replay must be the eager step's.
+    from xtuner_assistant.training.graphed_step import padded_boundaries
+
+    graphed = model.graphed_step
     probe = next(rows)
-    for p in graphed.params:
+    for p in model.parameters():
         p.grad = None
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with optim_wrapper.optim_context(model):
         eager_loss = model(dict(probe), mode="loss")["loss"]
     eager_loss.backward()
-    # Let that graph go: its nodes would keep the parameters' gradient accumulators, which remember
-    # the stream they were made on (the default one) and would run on it inside the capture.
-    eager_loss = eager_loss.detach()
-    eager_grads = [p.grad.detach().clone() for p in graphed.params]
-    graphed.fill(probe)
-    graphed.capture()
-    loss = graphed(probe)
+    eager_loss = eager_loss.detach()  # no live graph: its gradient accumulators would run on the default stream
+    eager_grads = [p.grad.detach().clone() for p in model.parameters() if p.requires_grad]
+    offsets = padded_boundaries(probe["document_ids"], graphed.slots)
+    graphed._capture(probe, offsets, optim_wrapper)
+    graphed._fill(probe, offsets)
+    graphed.graph.replay()
     torch.cuda.synchronize()
     worst = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
-                for a, b in zip((p.grad for p in graphed.params), eager_grads))
-    result["agreement"] = {"eager_loss": round(eager_loss.item(), 5), "graphed_loss": round(loss.item(), 5),
+                for a, b in zip(graphed.gradients, eager_grads))
+    result["agreement"] = {"eager_loss": round(eager_loss.item(), 5), "graphed_loss": round(graphed.loss.item(), 5),
                            "worst_relative_gradient_difference": round(worst, 5)}
     print(json.dumps(result["agreement"]), flush=True)
 
-    optimizer = optim_wrapper.optimizer
-
     def graphed_step(data):
-        loss = graphed(data).clone()  # the graph's output tensor is the same one every replay
-        torch.nn.utils.clip_grad_norm_(graphed.params, 1.0)
-        optimizer.step()
-        return loss
+        return model.train_step({"data": data, "data_samples": None}, optim_wrapper)["loss"]
 
     for _ in range(2):
         graphed_step(next(rows))
-    result["graphed"] = timed("the same step replayed from a CUDA graph, optimizer eager", graphed_step, rows,
-                              args.steps, shape)
+    result["graphed"] = timed("the same step replayed from a CUDA graph (train_step), optimizer eager", graphed_step,
+                              rows, args.steps, shape)
     result["speed_up"] = round(result["shipped"]["ms_per_row"] / result["graphed"]["ms_per_row"], 2)
     print(json.dumps({k: v for k, v in result.items() if k not in ("shipped", "graphed")}), flush=True)
     for arm in ("shipped", "graphed"):
