@@ -176,12 +176,11 @@ class GraphedTrainStep:
 
     def _forward_backward(self, optim_wrapper) -> torch.Tensor:
         from xtuner_assistant.training.document_attention import DocumentAttention
-        from xtuner_assistant.training.packed_finetune import causal_lm_parts
 
         router = DocumentAttention.installed(self.model.flex_attention)
         router.documents, router.boundaries = self.inputs["document_ids"], (self.offsets, self.inputs["input_ids"].shape[1])
         router.block_mask = router.allowed = None
-        decoder, head = causal_lm_parts(self.model.llm)
+        decoder, head = self.model.decoder_and_head()
         with optim_wrapper.optim_context(self.model):  # the autocast the compiled layers were compiled under
             hidden = decoder(input_ids=self.inputs["input_ids"], position_ids=self.inputs["position_ids"],
                              attention_mask=self.mask, use_cache=False).last_hidden_state
@@ -201,10 +200,8 @@ class GraphedTrainStep:
 
     def _prepare(self, inputs: dict, offsets: torch.Tensor) -> None:
         """The static buffers, and the model made fit for a graph (no host reads, no RNG state)."""
-        from xtuner_assistant.training.packed_finetune import causal_lm_parts
-
         llm = self.model.llm
-        decoder, _ = causal_lm_parts(llm)
+        decoder, _ = self.model.decoder_and_head()
         self.inputs = {key: inputs[key].clone() for key in ("input_ids", "labels", "position_ids", "document_ids")}
         self.offsets = offsets.clone()
         n = inputs["input_ids"].shape[1]

@@ -185,6 +185,9 @@ class PackedSupervisedFinetune(SupervisedFinetune):
                       f"checkpointing {done['layers_without_checkpointing']}", logger="current")
         return done
 
+    def decoder_and_head(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        return causal_lm_parts(self.llm)
+
     def train_step(self, data, optim_wrapper):
         """mmengine's step (forward, backward, optimizer), or one replay of the captured CUDA graph of it."""
         if self.graphed_step is None:
@@ -197,7 +200,7 @@ class PackedSupervisedFinetune(SupervisedFinetune):
             self.speed_ups = self._apply_speed_ups(data["input_ids"].is_cuda)
         labels = data.pop("labels")
         document_ids = data.pop("document_ids", None)
-        decoder, head = causal_lm_parts(self.llm)
+        decoder, head = self.decoder_and_head()
         if document_ids is not None:
             dtype = decoder.get_input_embeddings().weight.dtype
             if not dtype.is_floating_point or dtype == torch.float32:
