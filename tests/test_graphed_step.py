@@ -98,17 +98,40 @@ class _ReplayedEagerly:
             parameter.grad = None  # ... and leaves .grad as it was: the step must restore it
 
 
-def test_replays_train_the_same_weights_as_eager_steps(tiny_model_dir, monkeypatch):
-    """Everything around the graph on the CPU: inputs copied into the captured buffers, the optimizer
-    stepping on the gradients the replay wrote, no zero_grad in between, a row with too many
-    conversations trained eagerly in between and the gradients restored after it."""
+@pytest.fixture(scope="module", params=["llama", "qwen2", "internlm2"])
+def architecture_dir(request, tiny_model_dir, tmp_path_factory):
+    """A tiny model of each architecture the packed configs train (SmolLM2, Qwen2.5, InternLM2)."""
+    if request.param == "llama":
+        return tiny_model_dir
+    folder = tmp_path_factory.mktemp(request.param) / "model"
+    if request.param == "internlm2":
+        from xtuner_assistant.models.stand_ins import random_internlm2_chat
+
+        return random_internlm2_chat(folder, tiny_model_dir, real_shape=False)
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                     ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_replays_train_the_same_weights_as_eager_steps(architecture_dir, monkeypatch):
+    """Everything around the graph on the CPU, for each architecture's own forward (its mask handling
+    patched as on the GPU): inputs copied into the captured buffers, the optimizer stepping on the
+    gradients the replay wrote, no zero_grad in between, a row with too many conversations trained
+    eagerly in between and the gradients restored after it."""
     rows = [packed_collate_fn([pack_samples(CONVERSATIONS[i:] + CONVERSATIONS[:i])], pad_to_multiple_of=32)["data"]
             for i in range(3)]
     crowded = packed_collate_fn([pack_samples(CONVERSATIONS * 2)], pad_to_multiple_of=32)["data"]
     order = [rows[0], rows[1], rows[2], rows[0], rows[1], crowded, rows[2], rows[0]]
 
     def train(graphed: bool):
-        finetune = packed_finetune(tiny_model_dir, cuda_graph="auto" if graphed else False)
+        finetune = packed_finetune(architecture_dir, cuda_graph="auto" if graphed else False)
         for p in finetune.parameters():  # B starts at 0: give every LoRA weight a gradient
             if p.requires_grad and p.dim() == 2:
                 torch.nn.init.normal_(p, std=0.02)
