@@ -333,7 +333,10 @@ def test_a_text_setting_with_fixed_choices_is_refused_outside_them_before_traini
         check_settings(config, {"adapter_dtype": "fp16"})
     with pytest.raises(SettingError, match="--set dtype=float64: expected one of bfloat16, float16, float32"):
         check_settings(config, {"dtype": "float64"})
-    check_settings(config, {"dtype": "float32", "adapter_dtype": "bfloat16"})
+    with pytest.raises(SettingError, match="--set cuda_graph=maybe: expected auto, true or false"):
+        check_settings(config, {"cuda_graph": "maybe"})
+    check_settings(config, {"dtype": "float32", "adapter_dtype": "bfloat16", "cuda_graph": "False",
+                            "compile_layers": "auto", "fused_kernels": "1"})
     declared = {}
     for path in [*configs.iterdir(), *configs.joinpath("llava").iterdir()]:
         if path.name.endswith(".py"):

@@ -318,6 +318,8 @@ CASES = [
     ("--set general_turn_share=1.5", None, [*TRAIN, "--set", "general_turn_share=1.5"], ["from 0 to 1"]),
     ("--set dtype=float64", None, ["train", REPO / "configs" / "qwen2_5_0_5b_qlora_assistant.py", "--model", "models/base",
                                    "--set", "dtype=float64"], ["--set dtype=float64", "bfloat16, float16, float32"]),
+    ("--set cuda_graph=maybe", None, ["train", REPO / "configs" / "qwen2_5_0_5b_qlora_assistant.py", "--model",
+                                      "models/base", "--set", "cuda_graph=maybe"], ["cuda_graph=maybe", "auto, true or false"]),
     ("--set identity_samples=100000000", None, [*TRAIN, "--set", "identity_samples=100000000"], ["100,000"]),
     ("data identity -n 100000000", None, ["data", "identity", "--name", "Zorblat", "-n", "100000000", "--out", "ids"],
      ["100,000"]),

@@ -59,8 +59,11 @@ RANGES = {
 
 
 # The text settings whose values are a fixed set, by name like RANGES.
+# "auto" (on where it can be), or a switch written as cast_setting reads true and false; any case.
+AUTO_OR_SWITCH = ("auto", "true", "false", "1", "0", "yes", "no")
 CHOICES = {
     "dtype": ("bfloat16", "float16", "float32"),
+    **dict.fromkeys(("fused_kernels", "compile_layers", "cuda_graph"), AUTO_OR_SWITCH),
     # The trained LoRA weights (with their gradients and optimizer state): float32, or bfloat16 as the QLoRA
     # paper and TRL keep them (about half their memory; docs/gpu.md).
     "adapter_dtype": ("float32", "bfloat16"),
@@ -70,7 +73,9 @@ CHOICES = {
 def check_range(name: str, value, shown: str) -> None:
     """A numeric setting inside RANGES, a text setting among CHOICES; else a SettingError about `shown`."""
     choices = CHOICES.get(name)
-    if choices is not None and isinstance(value, str) and value not in choices:
+    if choices is AUTO_OR_SWITCH and isinstance(value, str) and value.strip().lower() not in choices:
+        raise SettingError(f"{shown}: expected auto, true or false")
+    if choices is not None and choices is not AUTO_OR_SWITCH and isinstance(value, str) and value not in choices:
         raise SettingError(f"{shown}: expected one of {', '.join(choices)}")
     limits = RANGES.get(name)
     if limits is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
