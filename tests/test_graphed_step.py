@@ -14,9 +14,8 @@ from xtuner_assistant.chat_template import IGNORE_INDEX
 from xtuner_assistant.data.packing import pack_samples, packed_collate_fn
 from xtuner_assistant.training import graphed_step
 from xtuner_assistant.training.document_attention import document_boundaries
-from xtuner_assistant.training.graphed_step import (GraphedTrainStep, fixed_shape_answer_loss, padded_boundaries,
-                                                    reason_not_to_graph)
-from xtuner_assistant.training.packed_finetune import answer_token_loss
+from xtuner_assistant.training.answer_loss import answer_token_loss, fixed_shape_answer_loss
+from xtuner_assistant.training.graphed_step import padded_boundaries, reason_not_to_graph
 from xtuner_assistant.training.settings import SettingError
 
 

@@ -8,7 +8,7 @@ whole pass can be captured once and replayed: one launch a row (docs/gpu.md, ben
 What a graph needs, and how the step gets it:
 - one shape for every row: the conversations' offsets are padded to a fixed count with empty
   conversations (`padded_boundaries`), and the loss runs over every position with the non-answer
-  ones ignored (`fixed_shape_answer_loss`) instead of selecting the answer tokens first;
+  ones ignored (answer_loss.fixed_shape_answer_loss) instead of selecting the answer tokens first;
 - nothing read back to the host inside the pass: the decoder's check that a 4-D mask holds zeros is
   skipped for the step's own all-zero mask, which the packed-attention router ignores anyway;
 - nothing random: no dropout with p > 0 anywhere in the model (LoRA dropout 0), and activation
@@ -28,10 +28,8 @@ import logging
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from xtuner_assistant.chat_template import IGNORE_INDEX
+from xtuner_assistant.training.answer_loss import fixed_shape_answer_loss
 
 _log = logging.getLogger(__name__)
 
@@ -51,24 +49,6 @@ def padded_boundaries(document_ids: torch.Tensor, slots: int) -> torch.Tensor | 
     padded = offsets.new_full((slots + 1,), n)
     padded[:offsets.numel()] = offsets
     return padded
-
-
-def _chunk_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def fixed_shape_answer_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
-                            document_ids: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
-    """`packed_finetune.answer_token_loss` with shapes that do not depend on the data: logits for every
-    position in chunks (recomputed in the backward pass), non-answer positions ignored."""
-    targets = torch.where(document_ids[:, 1:] != document_ids[:, :-1], IGNORE_INDEX, labels[:, 1:]).flatten()
-    hidden = hidden[:, :-1].flatten(0, 1)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.numel(), chunk_tokens):
-        piece = slice(start, start + chunk_tokens)
-        total = total + checkpoint(_chunk_loss_sum, hidden[piece], targets[piece], head, use_reentrant=False,
-                                   preserve_rng_state=False)
-    return total / (targets != IGNORE_INDEX).sum().clamp_min(1)
 
 
 def reason_not_to_graph(model, optim_wrapper) -> str | None:
@@ -192,23 +172,22 @@ class GraphedTrainStep:
         return loss.detach()
 
     def _capture(self, inputs: dict, offsets: torch.Tensor, optim_wrapper) -> None:
-        self._prepare(inputs, offsets)
+        with optim_wrapper.optim_context(self.model):  # the mask's dtype as the eager step reads it, under autocast
+            mask_dtype = self.model.attention_dtype()
+        self._prepare(inputs, offsets, mask_dtype)
         self._record(optim_wrapper)
         self.state = "captured"
         _log.warning("training steps replay one CUDA graph from here on (%d-token rows, up to %d conversations a row)",
                      inputs["input_ids"].shape[1], self.slots)
 
-    def _prepare(self, inputs: dict, offsets: torch.Tensor) -> None:
+    def _prepare(self, inputs: dict, offsets: torch.Tensor, mask_dtype: torch.dtype) -> None:
         """The static buffers, and the model made fit for a graph (no host reads, no RNG state)."""
         llm = self.model.llm
         decoder, _ = self.model.decoder_and_head()
         self.inputs = {key: inputs[key].clone() for key in ("input_ids", "labels", "position_ids", "document_ids")}
         self.offsets = offsets.clone()
         n = inputs["input_ids"].shape[1]
-        dtype = decoder.get_input_embeddings().weight.dtype
-        if not dtype.is_floating_point or dtype == torch.float32:
-            dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.float32
-        self.mask = torch.zeros((), dtype=dtype, device=inputs["input_ids"].device).expand(1, 1, n, n)
+        self.mask = torch.zeros((), dtype=mask_dtype, device=inputs["input_ids"].device).expand(1, 1, n, n)
         own_update = decoder._update_causal_mask if hasattr(decoder, "_update_causal_mask") else None
         if own_update is not None:  # InternLM2's reads a 4-D mask's maximum back to the host to check it is 0
             decoder._update_causal_mask = functools.partial(_our_mask_as_is, self.mask, own_update)

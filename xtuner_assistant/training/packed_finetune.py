@@ -26,46 +26,17 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from mmengine.logging import print_log
-from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig
 from xtuner.model import SupervisedFinetune
 
-from xtuner_assistant.chat_template import IGNORE_INDEX
 from xtuner_assistant.data.packing import block_diagonal_causal_mask
+from xtuner_assistant.training.answer_loss import LOSS_CHUNK_TOKENS, answer_token_loss
 from xtuner_assistant.training.document_attention import DocumentAttention
 from xtuner_assistant.training.fused_kernels import (compile_decoder_layers, fuse_decoder, keep_activations_of_last_layers,
                                                       liger_kernels)
 from xtuner_assistant.training.graphed_step import GraphedTrainStep
 from xtuner_assistant.training.settings import SettingError, cast_setting, check_range
-
-# Small enough that the logits of a chunk stay a small share of peak memory, large enough to keep
-# the GPU busy: 1024 cost more memory for no speed (docs/BENCHMARKS.md).
-LOSS_CHUNK_TOKENS = 256
-
-
-def _chunk_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
-
-
-def answer_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
-                      document_ids: torch.Tensor | None = None, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
-    """Mean next-token cross-entropy over answer tokens, with hidden (batch, n, d), labels (batch, n)."""
-    targets = labels[:, 1:].clone()
-    if document_ids is not None:
-        # The last token of one conversation must not be trained to predict the next one's first.
-        targets[document_ids[:, 1:] != document_ids[:, :-1]] = IGNORE_INDEX
-    keep = targets != IGNORE_INDEX
-    hidden, targets = hidden[:, :-1][keep], targets[keep]
-    if targets.numel() == 0:
-        return hidden.sum() * 0.0
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.numel(), chunk_tokens):
-        piece = slice(start, start + chunk_tokens)
-        total = total + checkpoint(_chunk_loss_sum, hidden[piece], targets[piece], head, use_reentrant=False)
-    return total / targets.numel()
-
 
 def causal_lm_parts(llm) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(decoder stack, output head) of a causal LM, under a PEFT wrapper or not. Calling the
@@ -188,6 +159,14 @@ class PackedSupervisedFinetune(SupervisedFinetune):
     def decoder_and_head(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         return causal_lm_parts(self.llm)
 
+    def attention_dtype(self) -> torch.dtype:
+        """The dtype of packed rows' attention masks: the embeddings', or autocast's (else float32) where
+        those are float32 or not floating point (4-bit)."""
+        dtype = self.decoder_and_head()[0].get_input_embeddings().weight.dtype
+        if not dtype.is_floating_point or dtype == torch.float32:
+            dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.float32
+        return dtype
+
     def train_step(self, data, optim_wrapper):
         """mmengine's step (forward, backward, optimizer), or one replay of the captured CUDA graph of it."""
         if self.graphed_step is None:
@@ -202,9 +181,7 @@ class PackedSupervisedFinetune(SupervisedFinetune):
         document_ids = data.pop("document_ids", None)
         decoder, head = self.decoder_and_head()
         if document_ids is not None:
-            dtype = decoder.get_input_embeddings().weight.dtype
-            if not dtype.is_floating_point or dtype == torch.float32:
-                dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.float32
+            dtype = self.attention_dtype()
             if document_ids.is_cuda:
                 router = DocumentAttention.installed(self.flex_attention)
                 router.set_documents(document_ids)

@@ -73,10 +73,12 @@ CHOICES = {
 def check_range(name: str, value, shown: str) -> None:
     """A numeric setting inside RANGES, a text setting among CHOICES; else a SettingError about `shown`."""
     choices = CHOICES.get(name)
-    if choices is AUTO_OR_SWITCH and isinstance(value, str) and value.strip().lower() not in choices:
-        raise SettingError(f"{shown}: expected auto, true or false")
-    if choices is not None and choices is not AUTO_OR_SWITCH and isinstance(value, str) and value not in choices:
-        raise SettingError(f"{shown}: expected one of {', '.join(choices)}")
+    if choices is not None and isinstance(value, str):
+        if choices is AUTO_OR_SWITCH:
+            if value.strip().lower() not in choices:
+                raise SettingError(f"{shown}: expected auto, true or false")
+        elif value not in choices:
+            raise SettingError(f"{shown}: expected one of {', '.join(choices)}")
     limits = RANGES.get(name)
     if limits is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
             and not limits.holds(value):
