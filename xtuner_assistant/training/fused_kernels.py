@@ -136,6 +136,10 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor", checkpoi
     return len(layers)
 
 
+# torch.utils.checkpoint.checkpoint's keyword options (the CUDA-graph step passes preserve_rng_state)
+CHECKPOINT_OPTIONS = frozenset(("use_reentrant", "preserve_rng_state", "context_fn", "determinism_check", "debug"))
+
+
 def keep_activations_of_last_layers(model: nn.Module, count: int) -> int:
     """Activation checkpointing for every decoder layer but the last `count`, whose activations are kept
     rather than recomputed in the backward pass: less recomputation for the memory those layers hold
@@ -153,8 +157,8 @@ def keep_activations_of_last_layers(model: nn.Module, count: int) -> int:
     kept = set(layers[-count:])
     for owner in owners:
         def checkpoint_unless_kept(function, *args, _checkpoint=owner._gradient_checkpointing_func, **kwargs):
-            if getattr(function, "__self__", None) in kept:
-                return function(*args, **kwargs)
+            if getattr(function, "__self__", None) in kept:  # the checkpoint's own options are not the layer's
+                return function(*args, **{k: v for k, v in kwargs.items() if k not in CHECKPOINT_OPTIONS})
             return _checkpoint(function, *args, **kwargs)
 
         owner._gradient_checkpointing_func = checkpoint_unless_kept

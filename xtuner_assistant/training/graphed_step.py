@@ -19,7 +19,8 @@ What a graph needs, and how the step gets it:
 The first few steps run eagerly (the layers compile, the attention route is checked). Where a
 condition does not hold for the whole run (dropout, accumulated gradients, DeepSpeed, another
 attention route, the CPU), the step stays eager and the log says why once; a row that does not fit
-the captured shape (more conversations than the slots) runs eagerly alone.
+the captured shape (more conversations than the slots, or a longer one than the data's max_length)
+runs eagerly alone.
 """
 from __future__ import annotations
 
@@ -37,18 +38,29 @@ EAGER_STEPS_BEFORE_CAPTURE = 3  # the first compiles the layers and checks the a
 DOCUMENT_SLOTS = 256  # conversations a captured row may hold; a row with more runs eagerly
 
 
-def padded_boundaries(document_ids: torch.Tensor, slots: int) -> torch.Tensor | None:
+def padded_boundaries(document_ids: torch.Tensor, slots: int, longest: int | None = None) -> torch.Tensor | None:
     """The varlen offsets of a (1, n) row's conversations (document_attention.document_boundaries)
     padded with n to `slots` + 1 entries, empty conversations at the end; None when the row holds
-    more than `slots` conversations."""
+    more than `slots` conversations, or one longer than `longest` tokens."""
     from xtuner_assistant.training.document_attention import document_boundaries
 
     offsets, n = document_boundaries(document_ids)
     if offsets.numel() > slots + 1:
         return None
+    if longest is not None and int((offsets[1:] - offsets[:-1]).max()) > longest:
+        return None
     padded = offsets.new_full((slots + 1,), n)
     padded[:offsets.numel()] = offsets
     return padded
+
+
+def checkpoint_without_rng_state(llm) -> None:
+    """Activation checkpointing that saves no RNG state: nothing random runs in a captured step, and
+    saving the state reads the generator back to the host, which no capture may do."""
+    for owner in llm.modules():
+        if callable(getattr(owner, "_gradient_checkpointing_func", None)):
+            owner._gradient_checkpointing_func = functools.partial(owner._gradient_checkpointing_func,
+                                                                   preserve_rng_state=False)
 
 
 def reason_not_to_graph(model, optim_wrapper) -> str | None:
@@ -77,8 +89,12 @@ def reason_not_to_graph(model, optim_wrapper) -> str | None:
 class GraphedTrainStep:
     """`train_step` of a PackedSupervisedFinetune through one captured CUDA graph (see the module's text)."""
 
-    def __init__(self, model, required: bool, slots: int = DOCUMENT_SLOTS):
-        self.model, self.required, self.slots = model, required, slots
+    def __init__(self, model, required: bool, slots: int = DOCUMENT_SLOTS, longest_conversation: int | None = None):
+        """`longest_conversation`: the attention kernel's bound on a conversation's length (the data's
+        max_length). Flash attention launches blocks for every slot up to this length, most of them
+        empty: with the row length as the bound (None) 256 slots cost a 3,072-token row about 20 ms of
+        its 128 (docs/BENCHMARKS.md). A row holding a longer conversation runs eagerly."""
+        self.model, self.required, self.slots, self.longest = model, required, slots, longest_conversation
         self.eager_steps = 0
         self.state = "warming"  # -> "captured", or "off" (with self.why)
         self.why = None
@@ -103,7 +119,7 @@ class GraphedTrainStep:
         fits = self._fits(inputs)
         if fits is not True and self.state == "warming":
             return self._off(fits, eager, data, optim_wrapper)
-        offsets = padded_boundaries(inputs["document_ids"], self.slots) if fits is True else None
+        offsets = padded_boundaries(inputs["document_ids"], self.slots, self.longest) if fits is True else None
         if offsets is None:  # this row alone eagerly
             return self._eager_row(data, optim_wrapper, eager)
         if self.state == "warming":
@@ -158,7 +174,8 @@ class GraphedTrainStep:
         from xtuner_assistant.training.document_attention import DocumentAttention
 
         router = DocumentAttention.installed(self.model.flex_attention)
-        router.documents, router.boundaries = self.inputs["document_ids"], (self.offsets, self.inputs["input_ids"].shape[1])
+        n = self.inputs["input_ids"].shape[1]
+        router.documents, router.boundaries = self.inputs["document_ids"], (self.offsets, min(self.longest or n, n))
         router.block_mask = router.allowed = None
         decoder, head = self.model.decoder_and_head()
         with optim_wrapper.optim_context(self.model):  # the autocast the compiled layers were compiled under
@@ -177,8 +194,9 @@ class GraphedTrainStep:
         self._prepare(inputs, offsets, mask_dtype)
         self._record(optim_wrapper)
         self.state = "captured"
-        _log.warning("training steps replay one CUDA graph from here on (%d-token rows, up to %d conversations a row)",
-                     inputs["input_ids"].shape[1], self.slots)
+        _log.warning("training steps replay one CUDA graph from here on (%d-token rows, up to %d conversations "
+                     "of up to %d tokens a row)", inputs["input_ids"].shape[1], self.slots,
+                     min(self.longest or inputs["input_ids"].shape[1], inputs["input_ids"].shape[1]))
 
     def _prepare(self, inputs: dict, offsets: torch.Tensor, mask_dtype: torch.dtype) -> None:
         """The static buffers, and the model made fit for a graph (no host reads, no RNG state)."""
@@ -191,10 +209,7 @@ class GraphedTrainStep:
         own_update = decoder._update_causal_mask if hasattr(decoder, "_update_causal_mask") else None
         if own_update is not None:  # InternLM2's reads a 4-D mask's maximum back to the host to check it is 0
             decoder._update_causal_mask = functools.partial(_our_mask_as_is, self.mask, own_update)
-        for owner in llm.modules():  # nothing random runs, so there is no RNG state to save and restore
-            if callable(getattr(owner, "_gradient_checkpointing_func", None)):
-                owner._gradient_checkpointing_func = functools.partial(owner._gradient_checkpointing_func,
-                                                                       preserve_rng_state=False)
+        checkpoint_without_rng_state(llm)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
 
     def _record(self, optim_wrapper) -> None:

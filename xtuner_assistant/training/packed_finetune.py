@@ -81,7 +81,8 @@ class PackedSupervisedFinetune(SupervisedFinetune):
     def __init__(self, *args, flex_attention: bool = False, frozen_in_bfloat16: bool = True,
                  fused_kernels: bool | str = "auto", compile_layers: bool | str = "auto",
                  checkpoint_in_compiled_layers: bool = False, layers_without_checkpointing: int = 0,
-                 adapter_dtype: str = "float32", cuda_graph: bool | str = "auto", **kwargs):
+                 adapter_dtype: str = "float32", cuda_graph: bool | str = "auto",
+                 longest_conversation: int | None = None, **kwargs):
         """`fused_kernels` / `compile_layers`: "auto" = on when training on a CUDA GPU (fused kernels
         also need Liger Kernel installed), True = required (an error where they cannot be had), False = off.
         `checkpoint_in_compiled_layers`: activation checkpointing inside the compiled layers rather than
@@ -91,7 +92,9 @@ class PackedSupervisedFinetune(SupervisedFinetune):
         `adapter_dtype`: the trained (LoRA) weights, their gradients and optimizer state in float32, or in
         bfloat16 as the QLoRA paper and TRL keep them (docs/gpu.md).
         `cuda_graph`: "auto" = each training step replays one captured CUDA graph where the step allows
-        it (graphed_step.py: a CUDA GPU, no dropout, no accumulated gradients), True = required, False = off."""
+        it (graphed_step.py: a CUDA GPU, no dropout, no accumulated gradients), True = required, False = off.
+        `longest_conversation`: the data's max_length, the graph's bound on a conversation's length
+        (None: the row length; a shorter bound spares the attention kernel empty blocks)."""
         check_range("adapter_dtype", str(adapter_dtype), f"model.adapter_dtype={adapter_dtype!r}")
         self.adapter_dtype = getattr(torch, str(adapter_dtype))  # read by _prepare_for_lora, during super().__init__
         fused_kernels, compile_layers = _auto_or_bool("fused_kernels", fused_kernels), _auto_or_bool("compile_layers", compile_layers)
@@ -104,7 +107,12 @@ class PackedSupervisedFinetune(SupervisedFinetune):
         self.layers_without_checkpointing = _count_setting("layers_without_checkpointing", layers_without_checkpointing)
         self.speed_ups = None  # what _apply_speed_ups did, on the first step
         self.cuda_graph = _auto_or_bool("cuda_graph", cuda_graph)
-        self.graphed_step = GraphedTrainStep(self, required=self.cuda_graph is True) if self.cuda_graph else None
+        if longest_conversation is not None and _count_setting("longest_conversation", longest_conversation) < 1:
+            raise SettingError(f"model.longest_conversation={longest_conversation!r}: expected a whole number of at "
+                               "least 1 (the data's max_length), or None")
+        self.graphed_step = GraphedTrainStep(self, required=self.cuda_graph is True,
+                                             longest_conversation=longest_conversation and int(longest_conversation)) \
+            if self.cuda_graph else None
 
     def _prepare_for_lora(self, peft_model=None, use_activation_checkpointing=True):
         loaded_in_bfloat16 = {id(p) for p in self.llm.parameters() if p.dtype == torch.bfloat16}
