@@ -41,6 +41,8 @@ lr = setting("lr", 1e-3)
 max_epochs = setting("max_epochs", 1)
 warmup_iters = setting("warmup_iters", 20)
 lora_r = setting("lora_r", 16)
+# NEFTune: noise on the input embeddings while training (EmbeddingNoiseHook); 0 = none.
+neftune_alpha = setting("neftune_alpha", 0.0)
 save_steps = setting("save_steps", 40)
 seed = setting("seed", 0)
 # Iterations between identity/leakage/collapse checks (IdentityEvalHook, docs/identity.md); 0 = off.
@@ -108,3 +110,5 @@ randomness = dict(seed=seed)
 # best_checkpoint.pth and stops on collapse (docs/identity.md).
 custom_hooks = [dict(type="IdentityEvalHook", name=name, author=author, base_model=base_model, seed=seed,
                      every_n_iters=evaluation_freq, patience=2, max_new_tokens=96)] if evaluation_freq else []
+if neftune_alpha:
+    custom_hooks.append(dict(type="EmbeddingNoiseHook", alpha=neftune_alpha))

@@ -54,6 +54,7 @@ RANGES = {
     "seed": Range(0, 2**32 - 1),
     "general_turn_share": Range(0, 1),
     "lora_dropout": Range(0, 0.9),
+    "neftune_alpha": Range(0, 100),
     "lr": Range(0, low_excluded=True),
 }
 
