@@ -41,8 +41,10 @@ lr = setting("lr", 1e-3)
 max_epochs = setting("max_epochs", 1)
 warmup_iters = setting("warmup_iters", 20)
 lora_r = setting("lora_r", 16)
-# NEFTune: noise on the input embeddings while training (EmbeddingNoiseHook); 0 = none.
-neftune_alpha = setting("neftune_alpha", 0.0)
+# NEFTune: noise on the input embeddings while training (EmbeddingNoiseHook); 0 = none. With 15 the model
+# answers identity questions it never saw by their meaning, not their exact words: Chinese held-out identity
+# 0.92 -> 0.98 over five names and seeds, Chinese leakage 0.025 -> 0.05 (docs/BENCHMARKS.md, "Chinese leakage").
+neftune_alpha = setting("neftune_alpha", 15.0)
 save_steps = setting("save_steps", 40)
 seed = setting("seed", 0)
 # Iterations between identity/leakage/collapse checks (IdentityEvalHook, docs/identity.md); 0 = off.
@@ -108,7 +110,7 @@ default_hooks = dict(checkpoint=dict(interval=save_steps))
 randomness = dict(seed=seed)
 # Scores held-out identity, leakage, loops, collapse and retention while training; keeps
 # best_checkpoint.pth and stops on collapse (docs/identity.md).
-custom_hooks = [dict(type="IdentityEvalHook", name=name, author=author, base_model=base_model, seed=seed,
-                     every_n_iters=evaluation_freq, patience=2, max_new_tokens=96)] if evaluation_freq else []
-if neftune_alpha:
-    custom_hooks.append(dict(type="EmbeddingNoiseHook", alpha=neftune_alpha))
+custom_hooks = [dict(type="EmbeddingNoiseHook", alpha=neftune_alpha)] if neftune_alpha else []
+if evaluation_freq:
+    custom_hooks.append(dict(type="IdentityEvalHook", name=name, author=author, base_model=base_model, seed=seed,
+                             every_n_iters=evaluation_freq, patience=2, max_new_tokens=96))

@@ -224,7 +224,8 @@ def test_another_model_is_not_told_it_is_built_on_the_configs_model(path, settin
     assert cfg.base_model == tiny_model_dir.name
     mixed = cfg.train_dataloader.dataset.get("dataset", cfg.train_dataloader.dataset)  # inside the packing, if packed
     assert mixed.identity.base_model == tiny_model_dir.name
-    assert all(hook.base_model == tiny_model_dir.name for hook in cfg.custom_hooks)  # where it evaluates
+    evaluations = [hook for hook in cfg.custom_hooks if hook.type == "IdentityEvalHook"]
+    assert all(hook.base_model == tiny_model_dir.name for hook in evaluations)  # where it evaluates
 
 
 def test_a_model_folders_display_name(tmp_path):
