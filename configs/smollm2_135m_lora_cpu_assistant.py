@@ -41,9 +41,9 @@ lr = setting("lr", 1e-3)
 max_epochs = setting("max_epochs", 1)
 warmup_iters = setting("warmup_iters", 20)
 lora_r = setting("lora_r", 16)
-# NEFTune: noise on the input embeddings while training (EmbeddingNoiseHook); 0 = none. With 15 the model
-# answers identity questions it never saw by their meaning, not their exact words: Chinese held-out identity
-# 0.92 -> 0.98 over five names and seeds, Chinese leakage 0.025 -> 0.05 (docs/BENCHMARKS.md, "Chinese leakage").
+# NEFTune: noise on the input embeddings while training (EmbeddingNoiseHook); 0 = none. The model then answers
+# identity questions it never saw by their meaning, not their exact words: 15 is the measured setting, more
+# Chinese held-out identity for a little more Chinese leakage (docs/BENCHMARKS.md, "Chinese leakage").
 neftune_alpha = setting("neftune_alpha", 15.0)
 save_steps = setting("save_steps", 40)
 seed = setting("seed", 0)

@@ -51,6 +51,15 @@ def test_fixed_shape_loss_is_the_shipped_answer_token_loss_with_its_gradients():
     assert crossing > 0 and answers > crossing
 
 
+def test_the_attention_bound_is_the_datas_max_length_and_a_bad_one_is_one_line(tiny_model_dir):
+    assert packed_finetune(tiny_model_dir, longest_conversation=1024).graphed_step._attention_bound(3072) == 1024
+    assert packed_finetune(tiny_model_dir).graphed_step._attention_bound(3072) == 3072  # None: the row length
+    assert packed_finetune(tiny_model_dir, longest_conversation=4096).graphed_step._attention_bound(3072) == 3072
+    for bad in (0, "many"):
+        with pytest.raises(SettingError, match="longest_conversation"):
+            packed_finetune(tiny_model_dir, longest_conversation=bad)
+
+
 def test_the_step_stays_eager_and_says_why(tiny_model_dir, monkeypatch):
     finetune = packed_finetune(tiny_model_dir)
     wrapper = OptimWrapper(torch.optim.AdamW([p for p in finetune.parameters() if p.requires_grad], lr=1e-3))

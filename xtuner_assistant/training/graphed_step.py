@@ -91,9 +91,9 @@ class GraphedTrainStep:
 
     def __init__(self, model, required: bool, slots: int = DOCUMENT_SLOTS, longest_conversation: int | None = None):
         """`longest_conversation`: the attention kernel's bound on a conversation's length (the data's
-        max_length). Flash attention launches blocks for every slot up to this length, most of them
-        empty: with the row length as the bound (None) 256 slots cost a 3,072-token row about 20 ms of
-        its 128 (docs/BENCHMARKS.md). A row holding a longer conversation runs eagerly."""
+        max_length; None: the row length). Flash attention launches blocks for every slot up to this
+        length, nearly all of them empty, so a tight bound saves most of its time (docs/BENCHMARKS.md).
+        A row holding a longer conversation runs eagerly."""
         self.model, self.required, self.slots, self.longest = model, required, slots, longest_conversation
         self.eager_steps = 0
         self.state = "warming"  # -> "captured", or "off" (with self.why)
@@ -174,8 +174,8 @@ class GraphedTrainStep:
         from xtuner_assistant.training.document_attention import DocumentAttention
 
         router = DocumentAttention.installed(self.model.flex_attention)
-        n = self.inputs["input_ids"].shape[1]
-        router.documents, router.boundaries = self.inputs["document_ids"], (self.offsets, min(self.longest or n, n))
+        router.documents = self.inputs["document_ids"]
+        router.boundaries = (self.offsets, self._attention_bound(self.inputs["input_ids"].shape[1]))
         router.block_mask = router.allowed = None
         decoder, head = self.model.decoder_and_head()
         with optim_wrapper.optim_context(self.model):  # the autocast the compiled layers were compiled under
@@ -194,9 +194,12 @@ class GraphedTrainStep:
         self._prepare(inputs, offsets, mask_dtype)
         self._record(optim_wrapper)
         self.state = "captured"
+        n = inputs["input_ids"].shape[1]
         _log.warning("training steps replay one CUDA graph from here on (%d-token rows, up to %d conversations "
-                     "of up to %d tokens a row)", inputs["input_ids"].shape[1], self.slots,
-                     min(self.longest or inputs["input_ids"].shape[1], inputs["input_ids"].shape[1]))
+                     "of up to %d tokens a row)", n, self.slots, self._attention_bound(n))
+
+    def _attention_bound(self, row_tokens: int) -> int:
+        return min(self.longest or row_tokens, row_tokens)
 
     def _prepare(self, inputs: dict, offsets: torch.Tensor, mask_dtype: torch.dtype) -> None:
         """The static buffers, and the model made fit for a graph (no host reads, no RNG state)."""

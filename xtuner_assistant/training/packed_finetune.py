@@ -107,12 +107,13 @@ class PackedSupervisedFinetune(SupervisedFinetune):
         self.layers_without_checkpointing = _count_setting("layers_without_checkpointing", layers_without_checkpointing)
         self.speed_ups = None  # what _apply_speed_ups did, on the first step
         self.cuda_graph = _auto_or_bool("cuda_graph", cuda_graph)
-        if longest_conversation is not None and _count_setting("longest_conversation", longest_conversation) < 1:
-            raise SettingError(f"model.longest_conversation={longest_conversation!r}: expected a whole number of at "
-                               "least 1 (the data's max_length), or None")
+        if longest_conversation is not None:
+            longest_conversation = _count_setting("longest_conversation", longest_conversation)
+            if longest_conversation < 1:
+                raise SettingError(f"model.longest_conversation={longest_conversation!r}: expected a whole number "
+                                   "of at least 1 (the data's max_length), or None")
         self.graphed_step = GraphedTrainStep(self, required=self.cuda_graph is True,
-                                             longest_conversation=longest_conversation and int(longest_conversation)) \
-            if self.cuda_graph else None
+                                             longest_conversation=longest_conversation) if self.cuda_graph else None
 
     def _prepare_for_lora(self, peft_model=None, use_activation_checkpointing=True):
         loaded_in_bfloat16 = {id(p) for p in self.llm.parameters() if p.dtype == torch.bfloat16}
