@@ -124,20 +124,21 @@ def profile(model, optim_wrapper, source, steps: int, out: Path, label: str) -> 
             "top_kernels_ms": {name[:80]: round(total / 1000 / steps, 2) for name, total in kernels[:12]}}
 
 
-def trace_events(trace: Path) -> list:
+def gpu_events(trace: Path) -> list:
+    """What ran on the GPU in a Chrome trace (kernels, copies, memsets), each with its duration."""
     opener = gzip.open if trace.suffix == ".gz" else open
     with opener(trace, "rt") as handle:
         events = json.load(handle)
-    return events["traceEvents"] if isinstance(events, dict) else events
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    return [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
 
 
 def kernel_totals(trace: Path) -> list:
     """GPU time of each kernel name in a kept trace, largest first: kernels replayed from a CUDA graph
     have no operator above them, so the profiler's operator table misses them."""
     totals: dict = {}
-    for e in trace_events(trace):
-        if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e:
-            totals[e.get("name", "?")] = totals.get(e.get("name", "?"), 0.0) + e["dur"]
+    for e in gpu_events(trace):
+        totals[e.get("name", "?")] = totals.get(e.get("name", "?"), 0.0) + e["dur"]
     return sorted(totals.items(), key=lambda item: -item[1])
 
 
@@ -145,9 +146,7 @@ def gpu_busy_ms(trace: Path) -> float:
     """Time the GPU ran anything (kernels, copies, memsets), from a Chrome trace: the union of their
     intervals. The profiler's own totals count a kernel's time twice, once for the kernel and once
     for the operator that launched it (a 100 ms step read as 205 ms busy before 2026-11-30)."""
-    events = trace_events(trace)
-    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                   if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e)
+    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in gpu_events(trace))
     busy, start, end = 0.0, None, None
     for low, high in spans:
         if end is None or low > end:
