@@ -146,7 +146,8 @@ def test_replays_train_the_same_weights_as_eager_steps(architecture_dir, monkeyp
         for p in finetune.parameters():  # B starts at 0: give every LoRA weight a gradient
             if p.requires_grad and p.dim() == 2:
                 torch.nn.init.normal_(p, std=0.02)
-        wrapper = OptimWrapper(torch.optim.AdamW([p for p in finetune.parameters() if p.requires_grad], lr=1e-2))
+        wrapper = OptimWrapper(torch.optim.AdamW([p for p in finetune.parameters() if p.requires_grad], lr=1e-2,
+                                                 fused=True))  # as the packed configs step
         if graphed:
             step = finetune.graphed_step
             step.slots = 4  # the crowded row's six conversations do not fit

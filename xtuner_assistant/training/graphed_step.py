@@ -114,12 +114,16 @@ class GraphedTrainStep:
             why = reason_not_to_graph(self.model, optim_wrapper)
             if why is not None:
                 return self._off(why, eager, data, optim_wrapper)
+        # The offsets from the row while it is still on the host: on the GPU, finding them waits for the
+        # step before to finish, and the GPU then idles while the CPU prepares this one.
+        documents = data["data"].get("document_ids") if isinstance(data.get("data"), dict) else None
         with optim_wrapper.optim_context(self.model):
             inputs = self.model.data_preprocessor(data, True)["data"]
         fits = self._fits(inputs)
         if fits is not True and self.state == "warming":
             return self._off(fits, eager, data, optim_wrapper)
-        offsets = padded_boundaries(inputs["document_ids"], self.slots, self.longest) if fits is True else None
+        offsets = padded_boundaries(documents if documents is not None else inputs["document_ids"],
+                                    self.slots, self.longest) if fits is True else None
         if offsets is None:  # this row alone eagerly
             return self._eager_row(data, optim_wrapper, eager)
         if self.state == "warming":
@@ -206,7 +210,7 @@ class GraphedTrainStep:
         llm = self.model.llm
         decoder, _ = self.model.decoder_and_head()
         self.inputs = {key: inputs[key].clone() for key in ("input_ids", "labels", "position_ids", "document_ids")}
-        self.offsets = offsets.clone()
+        self.offsets = offsets.to(inputs["input_ids"].device, copy=True)
         n = inputs["input_ids"].shape[1]
         self.mask = torch.zeros((), dtype=mask_dtype, device=inputs["input_ids"].device).expand(1, 1, n, n)
         own_update = decoder._update_causal_mask if hasattr(decoder, "_update_causal_mask") else None
