@@ -143,7 +143,10 @@ train_cfg = dict(type="xtuner.engine.runner.TrainLoop", max_epochs=max_epochs)
 # Hooks, logging and seeds come from _base_/runtime.py; these are merged into it.
 default_hooks = dict(checkpoint=dict(interval=save_steps, max_keep_ckpts=save_total_limit))
 randomness = dict(seed=seed)
+# Checkpoints are written to disk by a background thread while training goes on (docs/gpu.md).
+custom_hooks = [dict(type="BackgroundCheckpointHook")]
 # Scores held-out identity, leakage, loops, collapse and retention while training; keeps
 # best_checkpoint.pth and stops on collapse (docs/identity.md).
-custom_hooks = [dict(type="IdentityEvalHook", name=name, author=author, base_model=base_model, seed=seed,
-                     every_n_iters=evaluation_freq, patience=2, max_new_tokens=96)] if evaluation_freq else []
+if evaluation_freq:
+    custom_hooks.append(dict(type="IdentityEvalHook", name=name, author=author, base_model=base_model, seed=seed,
+                             every_n_iters=evaluation_freq, patience=2, max_new_tokens=96))

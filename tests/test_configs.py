@@ -36,7 +36,8 @@ def test_every_shipped_config_loads_and_inherits_the_one_base(path, settings, ti
 def test_packed_qlora_configs_carry_the_recipe_that_teaches_a_real_model(path, settings):
     """The measured recipe (docs/identity.md): nf4 QLoRA on packed rows, LoRA scaled alpha/r = 2, one row a
     optimizer step (so an epoch of the default data is ~150 steps, not ~20), the base model's replayed
-    answers mixed in, and the evaluation hook choosing the checkpoint."""
+    answers mixed in, the evaluation hook choosing the checkpoint, checkpoints written in the background
+    and AdamW's fused step."""
     import xtuner_assistant.training.recipe as recipe
 
     settings.delenv("XA_REPLAY_RATIO", raising=False)  # the shipped default, not the tests' session-wide off
@@ -53,8 +54,9 @@ def test_packed_qlora_configs_carry_the_recipe_that_teaches_a_real_model(path, s
     assert cfg.model.longest_conversation == packed.dataset.max_length  # the CUDA graph's attention bound
     assert (packed.pack_tokens, cfg.optim_wrapper.accumulative_counts, cfg.train_cfg.max_epochs) == (3072, 1, 1)
     assert packed.dataset.replay.endswith("replay.jsonl") and packed.dataset.replay_ratio == 0.5
-    assert [hook.type for hook in cfg.custom_hooks] == ["IdentityEvalHook"]
-    assert cfg.custom_hooks[0].every_n_iters == cfg.default_hooks.checkpoint.interval
+    assert [hook.type for hook in cfg.custom_hooks] == ["BackgroundCheckpointHook", "IdentityEvalHook"]
+    assert cfg.custom_hooks[1].every_n_iters == cfg.default_hooks.checkpoint.interval
+    assert cfg.optim_wrapper.optimizer.fused is True
 
 
 @pytest.mark.parametrize("path", [INTERNLM2, QWEN_05B, QWEN_15B], ids=lambda p: p.stem)
@@ -124,7 +126,7 @@ def test_settings_turn_a_gpu_config_into_a_cpu_one(settings):
     assert "quantization_config" not in cfg.model.llm
     assert cfg.model.llm.torch_dtype == "torch.float32"
     assert cfg.optim_wrapper.type == "OptimWrapper"
-    assert cfg.custom_hooks == []
+    assert [hook.type for hook in cfg.custom_hooks] == ["BackgroundCheckpointHook"]  # no evaluation
 
 
 def test_config_list_and_copy_mirror_xtuners_list_cfg_and_copy_cfg(tmp_path, capsys, settings):

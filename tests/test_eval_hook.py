@@ -39,15 +39,15 @@ def test_the_hook_scores_hand_made_answers():
     assert healthy["combined"] > scores["combined"]
 
 
-def train(tmp_path: Path, tiny_model_dir: Path, hook: dict, work_dir: Path, epochs: int = 2,
-          extra: tuple = ()) -> subprocess.CompletedProcess:
-    """Real `xtuner train` (XTuner's own train tool, this interpreter) of the shipped config plus the hook:
-    16 conversations in batches of 4, so 4 iterations an epoch."""
+def train(tmp_path: Path, tiny_model_dir: Path, hook: dict | list, work_dir: Path, epochs: int = 2,
+          extra: tuple = (), save_steps: int = 100) -> subprocess.CompletedProcess:
+    """Real `xtuner train` (XTuner's own train tool, this interpreter) of the shipped config plus the hook
+    (or hooks): 16 conversations in batches of 4, so 4 iterations an epoch."""
     config = tmp_path / "with_eval_hook.py"
-    config.write_text(f'_base_ = ["{CONFIG}"]\ncustom_hooks = [{hook!r}]\n')
+    config.write_text(f'_base_ = ["{CONFIG}"]\ncustom_hooks = {hook if isinstance(hook, list) else [hook]!r}\n')
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XTUNER_ASSISTANT_HOME": str(tmp_path / "home"),
            "XA_MODEL": str(tiny_model_dir), "XA_NAME": NAME, "XA_IDENTITY_SAMPLES": "16", "XA_GENERAL_RATIO": "0",
-           "XA_BATCH_SIZE": "4", "XA_MAX_EPOCHS": str(epochs), "XA_LR": "0.05", "XA_SAVE_STEPS": "100"}
+           "XA_BATCH_SIZE": "4", "XA_MAX_EPOCHS": str(epochs), "XA_LR": "0.05", "XA_SAVE_STEPS": str(save_steps)}
     from xtuner_assistant.training.xtuner_tools import tool_path
 
     return subprocess.run([sys.executable, tool_path("train"), str(config), "--work-dir", str(work_dir), *extra],

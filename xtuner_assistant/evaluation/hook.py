@@ -246,6 +246,7 @@ def _save_checkpoint(runner, filename: str) -> str:
     temporary = f".{filename}.tmp"
     runner.save_checkpoint(runner.work_dir, temporary, save_optimizer=False, save_param_scheduler=False,
                            by_epoch=False)
+    runner.call_hook("wait_for_checkpoint_writes")  # BackgroundCheckpointHook's, where the run has it
     final = os.path.join(runner.work_dir, filename)
     os.replace(os.path.join(runner.work_dir, temporary), final)
     return final
