@@ -58,6 +58,38 @@ def test_convert_merge_and_chat(trained, tiny_model_dir):
     assert streamed.strip() == expected, "the terminal streams exactly the library's greedy reply"
 
 
+def test_the_adapter_written_from_the_checkpoint_is_the_one_pth_to_hf_writes(trained, tmp_path):
+    """`convert` writes a LoRA checkpoint's adapter itself, without building the model: the same
+    float32 weights under the same names and the same adapter_config.json as XTuner's pth_to_hf; a
+    checkpoint holding anything but LoRA's A and B weights goes to pth_to_hf."""
+    import torch
+    from safetensors.torch import load_file
+
+    from xtuner_assistant.training.export import checkpoint_to_adapter, lora_adapter_from_checkpoint, pth_to_hf
+    from xtuner_assistant.training.work_dir import resolved_config
+
+    _, work_dir = trained
+    direct = checkpoint_to_adapter(work_dir, tmp_path / "direct", "iter_6.pth")
+    stock = pth_to_hf(work_dir, tmp_path / "stock", "iter_6.pth")
+    weights, expected = load_file(direct / "adapter_model.safetensors"), load_file(stock / "adapter_model.safetensors")
+    assert sorted(weights) == sorted(expected) and len(weights) == 2 * 7 * 2  # A and B, 7 linears, 2 layers
+    for key, value in expected.items():
+        assert weights[key].dtype == value.dtype == torch.float32 and torch.equal(weights[key], value), key
+
+    def settings(folder):
+        config = json.loads((folder / "adapter_config.json").read_text())
+        return {**config, "target_modules": sorted(config["target_modules"])}
+
+    assert settings(direct) == settings(stock)
+    assert settings(direct)["r"] == 16 and len(settings(direct)["target_modules"]) == 7
+
+    state = torch.load(work_dir / "iter_6.pth", map_location="cpu", weights_only=False)
+    state["state_dict"]["llm.base_model.model.lm_head.weight"] = torch.zeros(2, 2)  # a weight that is not LoRA's
+    torch.save(state, tmp_path / "iter_99.pth")
+    assert not lora_adapter_from_checkpoint(resolved_config(work_dir), tmp_path / "iter_99.pth", tmp_path / "no")
+    assert not (tmp_path / "no").exists()
+
+
 def test_resume_continues_from_the_last_checkpoint(trained, tiny_model_dir):
     root, work_dir = trained
     result = cli("train", CONFIG, "--work-dir", work_dir, "--model", tiny_model_dir, "--resume",

@@ -1,4 +1,10 @@
-"""Checkpoint -> LoRA adapter (XTuner's pth_to_hf on the work dir's own config) -> merged model.
+"""Checkpoint -> LoRA adapter -> merged model.
+
+A LoRA checkpoint holds only LoRA's weights (XTuner's SupervisedFinetune saves PEFT's state dict), so
+the adapter is written straight from them and the config's `lora=dict(...)`, without building the
+model (on a GPU, XTuner's pth_to_hf loads and quantizes the whole base model first: about 24 s for
+Qwen2.5-0.5B). Anything else (LLaVA, DeepSpeed folders, weights other than LoRA's) goes through
+XTuner's pth_to_hf on the work dir's own config.
 
 Both steps write into a staging folder and rename it into place only when complete, so a failed
 step never leaves a folder that looks like a whole model. An existing `--out` folder is replaced
@@ -44,10 +50,11 @@ def config_folders(config: Path) -> list[Path]:
 
 
 def pth_to_hf(work_dir: Path, out: Path, checkpoint: str | Path | None = None, expect: str = "adapter_config.json",
-              what: str = "a LoRA adapter", hint: str = "", force: bool = False) -> Path:
+              what: str = "a LoRA adapter", hint: str = "", force: bool = False, direct=None) -> Path:
     """XTuner's pth_to_hf of a checkpoint (default: the evaluation hook's best, else the last; or `best`,
-    `last`, a file) with the work dir's own resolved config. The result is written to a staging folder
-    and renamed to `out` only once it holds `expect`."""
+    `last`, a file) with the work dir's own resolved config, or `direct(config, checkpoint, folder)`
+    where it writes the result itself (it returns False where it cannot). The result is written to a
+    staging folder and renamed to `out` only once it holds `expect`."""
     work_dir, out = Path(work_dir), Path(out)
     checkpoint, which = named_checkpoint(work_dir, str(checkpoint) if checkpoint else None)
     config = resolved_config(work_dir)
@@ -58,12 +65,15 @@ def pth_to_hf(work_dir: Path, out: Path, checkpoint: str | Path | None = None, e
                               f"the work dir's iter_*.pth files)")
     staging = staging_dir_for(out)
     try:
-        progress.log(f"converting {which} to {what} (XTuner pth_to_hf)")
-        status = run_tool("pth_to_hf", [str(config), str(checkpoint), str(staging),
-                                        "--fp32", "--safe-serialization"])
-        if status != 0 or not (staging / expect).is_file():
-            raise ConversionError(f"xtuner pth_to_hf failed (exit status {status}) on {checkpoint}; "
-                                  f"{out} was not touched{hint}")
+        if direct is not None and direct(config, checkpoint, staging):
+            progress.log(f"converted {which} to {what} (its LoRA weights as they are)")
+        else:
+            progress.log(f"converting {which} to {what} (XTuner pth_to_hf)")
+            status = run_tool("pth_to_hf", [str(config), str(checkpoint), str(staging),
+                                            "--fp32", "--safe-serialization"])
+            if status != 0 or not (staging / expect).is_file():
+                raise ConversionError(f"xtuner pth_to_hf failed (exit status {status}) on {checkpoint}; "
+                                      f"{out} was not touched{hint}")
         write_json_atomic(staging / CONVERT_RECORD, {"work_dir": str(work_dir.resolve()),
                                                      "checkpoint": checkpoint.name})
         record_output_dir(staging)
@@ -74,8 +84,47 @@ def pth_to_hf(work_dir: Path, out: Path, checkpoint: str | Path | None = None, e
     return out
 
 
+# A key of a LoRA checkpoint's state dict, and the adapter's name for the same weight.
+_LORA_KEY = re.compile(r"llm\.(base_model\.model\.(?:.+\.)?(?P<module>[^.]+)\.lora_[AB])\.default\.weight")
+
+
+def lora_adapter_from_checkpoint(config: Path, checkpoint: Path, folder: Path) -> bool:
+    """The adapter folder PEFT's `save_pretrained` writes after pth_to_hf (adapter_config.json,
+    adapter_model.safetensors with float32 weights, as `--fp32`), plus the config as xtuner_config.py,
+    written from the checkpoint's LoRA weights and the config's `lora=dict(...)`. False, writing
+    nothing, where the checkpoint is anything else: a DeepSpeed folder, a model that is not an LLM
+    with LoRA, weights that are not LoRA's A and B (DoRA, LoRA on embeddings, modules_to_save)."""
+    from mmengine.config import Config
+
+    if checkpoint.is_dir():
+        return False
+    model = Config.fromfile(str(config), import_custom_modules=False).model
+    lora, llm = model.get("lora"), model.get("llm")
+    if not (lora and llm) or lora.get("type") not in ("peft.LoraConfig", "LoraConfig") \
+            or set(model) & {"visual_encoder", "projector"}:
+        return False
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get("state_dict") or {}
+    matches = {key: _LORA_KEY.fullmatch(key) for key in state}
+    if not matches or not all(matches.values()):
+        return False
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    settings = {key: value for key, value in lora.to_dict().items() if key != "type"}
+    settings.setdefault("target_modules", sorted({match["module"] for match in matches.values()}))
+    adapter_config = LoraConfig(**settings)
+    adapter_config.base_model_name_or_path = llm.get("pretrained_model_name_or_path")
+    adapter_config.inference_mode = True
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({match[1] + ".weight": state[key].to(torch.float32).contiguous() for key, match in matches.items()},
+              str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    adapter_config.save_pretrained(str(folder))
+    shutil.copyfile(config, folder / "xtuner_config.py")
+    return True
+
+
 def checkpoint_to_adapter(work_dir: Path, out: Path, checkpoint: Path | None = None, force: bool = False) -> Path:
-    return pth_to_hf(work_dir, out, checkpoint, force=force)
+    return pth_to_hf(work_dir, out, checkpoint, force=force, direct=lora_adapter_from_checkpoint)
 
 
 def fixed_probe_ids(tokenizer) -> list[list[int]]:
