@@ -349,6 +349,9 @@ CASES = [
     ("train --work-dir that is a file", None, [*TRAIN, "--work-dir", "notes.txt"], ["notes.txt", "is a file"]),
     ("train --resume with no checkpoint", None, [*TRAIN, "--work-dir", "precious", "--resume"], ["precious", "no checkpoint"]),
     ("convert a damaged checkpoint", None, ["convert", "work", "--out", "new_adapter"], ["work/iter_2.pth", "--checkpoint"]),
+    ("convert a work dir whose dumped config was damaged",
+     write_file("work/assistant.py", "model_path = dict(\nwork_dir = 'work'\n"), ["convert", "work", "--out", "new_adapter"],
+     ["work/assistant.py", "line 1", "train again"]),
     ("convert a folder that is no work dir", None, ["convert", "precious", "--out", "new_adapter"],
      ["precious", "no checkpoint"]),
     # -- model folders: a damaged one is named, file by file, wherever it is loaded

@@ -98,7 +98,11 @@ def lora_adapter_from_checkpoint(config: Path, checkpoint: Path, folder: Path) -
 
     if checkpoint.is_dir():
         return False
-    model = Config.fromfile(str(config), import_custom_modules=False).model
+    try:
+        model = Config.fromfile(str(config), import_custom_modules=False).model
+    except Exception as error:  # whatever mmengine raises for a config it cannot run
+        raise ConversionError(f"{config}: the work dir's config cannot be read ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); restore it, or train again") from None
     lora, llm = model.get("lora"), model.get("llm")
     if not (lora and llm) or lora.get("type") not in ("peft.LoraConfig", "LoraConfig") \
             or set(model) & {"visual_encoder", "projector"}:

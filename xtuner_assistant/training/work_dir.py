@@ -124,7 +124,12 @@ def resolved_config(work_dir: Path) -> Path:
 
 def literal_settings(config_file: Path) -> dict:
     """Plain values from an xtuner-dumped config, read without running it."""
-    tree = ast.parse(config_file.read_text(encoding="utf-8"), filename=str(config_file))
+    try:
+        tree = ast.parse(config_file.read_text(encoding="utf-8"), filename=str(config_file))
+    except (SyntaxError, ValueError) as error:  # ValueError: not UTF-8, or a NUL byte
+        where = f"line {error.lineno}: {error.msg}" if isinstance(error, SyntaxError) else str(error)
+        raise WorkDirError(f"{config_file}: {where}; this is the config `xtuner train` wrote into the work dir "
+                           "and it no longer reads as Python: restore it, or train again") from None
     settings = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
