@@ -103,3 +103,20 @@ def test_a_damaged_newest_checkpoint_is_skipped_saying_so(killed, tiny_model_dir
     assert f"skipping iter_{newest}.pth: truncated" in output
     assert f"resuming from iter_{older[-1]}.pth, the newest checkpoint that loads" in output
     assert max(checkpoint_iterations(root / "work")) == planned
+
+
+def test_the_last_checkpoint_is_one_of_the_work_dirs_own(tmp_path):
+    """mmengine's marker names a checkpoint by its path; a copied work dir's names the original's."""
+    from xtuner_assistant.training.work_dir import last_checkpoint
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    for folder in (original, copy):
+        folder.mkdir()
+        for step in (2, 4):
+            (folder / f"iter_{step}.pth").write_bytes(b"PK")
+    (original / "last_checkpoint").write_text(str(original / "iter_2.pth"))
+    (copy / "last_checkpoint").write_text(str(original / "iter_2.pth"))
+    assert last_checkpoint(original) == original / "iter_2.pth"
+    assert last_checkpoint(copy) == copy / "iter_2.pth"
+    (copy / "iter_2.pth").unlink()
+    assert last_checkpoint(copy) == copy / "iter_4.pth"

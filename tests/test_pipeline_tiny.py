@@ -58,7 +58,7 @@ def test_convert_merge_and_chat(trained, tiny_model_dir):
     assert streamed.strip() == expected, "the terminal streams exactly the library's greedy reply"
 
 
-def test_the_adapter_written_from_the_checkpoint_is_the_one_pth_to_hf_writes(trained, tmp_path):
+def test_the_adapter_written_from_the_checkpoint_is_the_one_pth_to_hf_writes(trained, tmp_path, monkeypatch):
     """`convert` writes a LoRA checkpoint's adapter itself, without building the model: the same
     float32 weights under the same names and the same adapter_config.json as XTuner's pth_to_hf; a
     checkpoint holding anything but LoRA's A and B weights goes to pth_to_hf."""
@@ -82,6 +82,26 @@ def test_the_adapter_written_from_the_checkpoint_is_the_one_pth_to_hf_writes(tra
 
     assert settings(direct) == settings(stock)
     assert settings(direct)["r"] == 16 and len(settings(direct)["target_modules"]) == 7
+
+    # A QLoRA run (4-bit base, trained on a GPU) converts on a machine without one: no model is built.
+    import shutil
+
+    import transformers
+
+    qlora = tmp_path / "qlora_work"
+    shutil.copytree(work_dir, qlora)
+    config = resolved_config(qlora)
+    text = config.read_text()
+    assert text.count("llm=dict(") == 1
+    config.write_text(text.replace("llm=dict(", "llm=dict(quantization_config=dict(type='transformers.BitsAndBytesConfig', "
+                                   "load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True, "
+                                   "bnb_4bit_compute_dtype='torch.bfloat16'), "))
+    def no_model(*args, **kwargs):
+        raise AssertionError("convert built a model")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_model)
+    from_qlora = load_file(checkpoint_to_adapter(qlora, tmp_path / "from_qlora", "iter_6.pth") / "adapter_model.safetensors")
+    assert from_qlora.keys() == expected.keys() and all(torch.equal(from_qlora[k], v) for k, v in expected.items())
 
     state = torch.load(work_dir / "iter_6.pth", map_location="cpu", weights_only=False)
     state["state_dict"]["llm.base_model.model.lm_head.weight"] = torch.zeros(2, 2)  # a weight that is not LoRA's

@@ -25,12 +25,14 @@ def checkpoints(work_dir: Path) -> list[Path]:
 
 
 def last_checkpoint(work_dir: Path) -> Path:
+    """The checkpoint mmengine's last_checkpoint marker names, this work dir's own of that name (a
+    copied or moved work dir's marker names the original's path), else the newest iter_N.pth."""
     work_dir = Path(work_dir)
     marker = work_dir / "last_checkpoint"
     if marker.is_file():
-        path = Path(marker.read_text().strip())
-        if path.exists():
-            return path
+        own = work_dir / Path(marker.read_text().strip()).name
+        if own.exists():
+            return own
     found = checkpoints(work_dir)
     if not found:
         raise WorkDirError(f"{work_dir}: no checkpoint (iter_*.pth) to resume or convert; train first")
