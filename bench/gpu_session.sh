@@ -239,6 +239,8 @@ loop() {  # issue 14: the shipped InternLM2 config under `xtuner-assistant train
     --work-dir $W/loop --model $W/internlm2 "${sets[@]}" >$OUT/loop_train.log 2>&1
   note "train exit $? in $((SECONDS - t0)) s"
   grep -E 'IdentityEvalHook|CUDA graph|Iter\(train\)|Exp name' $OUT/loop_train.log | cut -c1-260 | tail -24 | tee -a "$OUT/summary.txt"
+  # each logged window's rows and waits: a checkpoint save's cost shows in the window after it
+  python3 bench/loop_windows.py $OUT/loop_train.log | tee -a "$OUT/summary.txt"
   cp $W/loop/identity_eval/history.jsonl $OUT/loop_eval_history.jsonl 2>/dev/null
   note "loop in $((SECONDS - t0)) s"
 }

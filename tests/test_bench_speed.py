@@ -45,3 +45,23 @@ def test_stock_template_renders_what_xtuner_internlm2_chat_template_builds():
     tokenizer = tiny_tokenizer()  # its own: the session's shared tokenizer keeps its template
     tokenizer.chat_template = speed.STOCK_CHAT_TEMPLATE
     assert render(tokenizer, messages, add_generation_prompt=False) == expected
+
+
+def test_loop_windows_puts_a_saves_time_in_the_window_after_it():
+    """bench/loop_windows.py on mmengine's log lines: the wait a checkpoint save (and an evaluation)
+    adds shows in the window after them, measured against a typical window."""
+    import loop_windows
+
+    line = "12/01 00:00:00 - mmengine - INFO - Iter(train) [{end:>3}/120]  lr: 1e-4  eta: 0:00:01  time: {row}  data_time: {data}  loss: 1.0"
+    log = [line.format(end=10, row=0.9, data=0.01)]
+    log += [line.format(end=end, row=0.11, data=0.005) for end in (20, 30, 40, 50)]
+    log += ["... IdentityEvalHook iter 50: identity_accuracy 0.5", "... Saving checkpoint at 50 iterations",
+            line.format(end=60, row=0.31, data=0.205)]
+    log += [line.format(end=end, row=0.11, data=0.005) for end in (70, 80, 90, 100, 110, 120)]
+    windows = loop_windows.windows("\n".join(log))
+    assert [w["last"] for w in windows] == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]
+    after_save = windows[5]
+    assert after_save["saved_before"] == [50] and after_save["evaluated_before"] == [50]
+    assert after_save["waiting_beyond_typical_s"] == pytest.approx(2.0) and after_save["beyond_typical_s"] == pytest.approx(2.0)
+    assert all(w["beyond_typical_s"] == pytest.approx(0) for w in windows[1:5] + windows[6:])
+    assert windows[0]["beyond_typical_s"] == pytest.approx(7.9)  # the first rows compile and capture
