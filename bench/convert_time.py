@@ -46,9 +46,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for index in range(args.rounds):
             for way, call in WAYS.items():
-                out = Path(scratch) / f"{index}_{len(seconds[way])}_{way.split()[0]}"
+                out = Path(scratch) / f"{index}_{way.split()[0]}"
                 seconds[way].append(convert_once(call, args.work_dir, args.checkpoint, out))
-        first = [load_file(Path(scratch) / f"0_0_{way.split()[0]}" / "adapter_model.safetensors") for way in WAYS]
+        first = [load_file(Path(scratch) / f"0_{way.split()[0]}" / "adapter_model.safetensors") for way in WAYS]
         same = first[0].keys() == first[1].keys() and all(first[0][k].equal(first[1][k]) for k in first[0])
     result = dict(work_dir=str(args.work_dir), checkpoint=args.checkpoint or "the default",
                   median_s={way: round(statistics.median(values), 2) for way, values in seconds.items()},

@@ -112,6 +112,8 @@ class BackgroundCheckpointHook(Hook):
                                                     runner_module.save_checkpoint)
 
     def _checkpoint_hook_saves(self, hook: CheckpointHook, runner) -> bool:
+        """CheckpointHook.after_train_iter's own condition (mmengine 0.10.6)."""
         if hook.by_epoch:
             return False  # it saves in after_train_epoch, where this hook waits anyway
-        return self.every_n_train_iters(runner, hook.interval) or (hook.save_last and self.is_last_train_iter(runner))
+        return (self.every_n_train_iters(runner, hook.interval, hook.save_begin)
+                or (hook.save_last and self.is_last_train_iter(runner)))
