@@ -127,6 +127,10 @@ def _build(config_path: Path, smoke: bool, cfg_options: dict | None):
     collate = loader_cfg.collate_fn
     collate = dict(collate)
     collate_fn = BUILDER.get(collate.pop("type")) if isinstance(collate.get("type"), str) else collate.pop("type")
+    if any(hook.get("type") == "GraphShapeFromDataHook" for hook in cfg.get("custom_hooks", [])):
+        from xtuner_assistant.training.graphed_step import fit_graph_to_data
+
+        print(f"graph shape: {fit_graph_to_data(model, dataset)}", flush=True)  # as the hook does before training
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     return model, dataset, (lambda rows: collate_fn(rows, **collate)), optim_wrapper, loader_cfg.batch_size
 

@@ -144,7 +144,8 @@ train_cfg = dict(type="xtuner.engine.runner.TrainLoop", max_epochs=max_epochs)
 default_hooks = dict(checkpoint=dict(interval=save_steps, max_keep_ckpts=save_total_limit))
 randomness = dict(seed=seed)
 # Checkpoints are written to disk by a background thread while training goes on (docs/gpu.md).
-custom_hooks = [dict(type="BackgroundCheckpointHook")]
+# The captured CUDA graph holds as many conversations, as long, as the packed data does (docs/gpu.md).
+custom_hooks = [dict(type="BackgroundCheckpointHook"), dict(type="GraphShapeFromDataHook")]
 # Scores held-out identity, leakage, loops, collapse and retention while training; keeps
 # best_checkpoint.pth and stops on collapse (docs/identity.md).
 if evaluation_freq:

@@ -180,6 +180,8 @@ def test_a_packed_config_trains_with_xtuner_train_on_a_cpu(tmp_path, tiny_model_
     assert status == 0
     assert (work_dir / "last_checkpoint").is_file()
     assert list(work_dir.glob("iter_*.pth"))
+    log = "".join(path.read_text() for path in work_dir.glob("*/*.log"))
+    assert "GraphShapeFromDataHook: the captured step holds up to" in log, "the graph is shaped by the run's data"
 
 
 def test_a_copied_configs_bases_are_pointed_at_its_own_base_folder():

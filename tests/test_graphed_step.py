@@ -11,11 +11,11 @@ from mmengine.optim import OptimWrapper
 
 from test_packing import CONVERSATIONS, packed_batch, packed_finetune
 from xtuner_assistant.chat_template import IGNORE_INDEX
-from xtuner_assistant.data.packing import pack_samples, packed_collate_fn
+from xtuner_assistant.data.packing import PackedChatDataset, pack_samples, packed_collate_fn
 from xtuner_assistant.training import graphed_step
 from xtuner_assistant.training.document_attention import document_boundaries
 from xtuner_assistant.training.answer_loss import answer_token_loss, fixed_shape_answer_loss
-from xtuner_assistant.training.graphed_step import padded_boundaries, reason_not_to_graph
+from xtuner_assistant.training.graphed_step import fit_graph_to_data, padded_boundaries, reason_not_to_graph
 from xtuner_assistant.training.settings import SettingError
 
 
@@ -29,7 +29,52 @@ def test_padded_boundaries_end_with_empty_conversations_and_refuse_a_row_with_mo
     assert padded_boundaries(documents, slots=offsets.numel() - 2) is None
     longest = int((offsets[1:] - offsets[:-1]).max())
     assert padded_boundaries(documents, slots=8, longest=longest).tolist() == padded.tolist()
-    assert padded_boundaries(documents, slots=8, longest=longest - 1) is None  # a longer conversation: eager
+    assert padded_boundaries(documents, slots=8, longest=6) is None  # a conversation of 7 tokens: eager
+    # The padding (16 tokens) attends only to itself: cut into runs the bound holds, each a slot.
+    assert padded_boundaries(documents, slots=8, longest=7).tolist() == [0, 7, 11, 16, 23, 30, 32, 32, 32]
+    assert padded_boundaries(documents, slots=5, longest=7) is None
+
+
+def test_the_graph_holds_what_the_packed_data_holds_and_no_row_runs_eagerly(tiny_model_dir):
+    """GraphShapeFromDataHook's work: the captured row gets as many slots and as long a bound as the
+    packed data needs, every row of that data fits them, and one conversation more does not."""
+    import random
+
+    rng = random.Random(0)
+    samples = []
+    for _ in range(60):
+        n = rng.randint(3, 30)
+        samples.append({"input_ids": list(range(5, 5 + n)), "labels": [IGNORE_INDEX] * 2 + list(range(7, 5 + n))})
+    dataset = PackedChatDataset(samples, pack_tokens=64, seed=0)
+    shape = dataset.report
+    assert shape["longest_conversation"] == max(len(s["input_ids"]) for s in samples)
+    assert shape["most_conversations_in_a_row"] == max(len(pack) for pack in dataset.packs) > 2
+    finetune = packed_finetune(tiny_model_dir, longest_conversation=1024)
+    assert finetune.graphed_step.slots == graphed_step.DOCUMENT_SLOTS
+    said = fit_graph_to_data(finetune, dataset)
+    step = finetune.graphed_step
+    assert step.slots == shape["attention_runs_in_a_row"] and step.longest == shape["longest_conversation"]
+    assert f"up to {shape['most_conversations_in_a_row']} conversations of up to {step.longest} tokens" in said
+    used = []
+    for index in range(len(dataset)):
+        documents = packed_collate_fn([dataset[index]], pad_to_multiple_of=64)["data"]["document_ids"]
+        offsets = padded_boundaries(documents, step.slots, step.longest)
+        assert offsets is not None, f"row {index} would run eagerly"
+        runs = offsets[1:] - offsets[:-1]
+        assert int(runs.max()) <= step.longest and int(offsets[-1]) == 64
+        used.append(int((runs > 0).sum()))
+    assert max(used) == step.slots, "the slots are as many as the fullest row needs, not more"
+    fullest = max(range(len(dataset)), key=lambda i: len(dataset.packs[i]))
+    crowded = packed_collate_fn([dataset[fullest]], pad_to_multiple_of=64)["data"]["document_ids"]
+    assert padded_boundaries(crowded, len(dataset.packs[fullest]) - 1, step.longest) is None
+    # Off by the setting, and never after the capture (its buffers have their shape).
+    kept = packed_finetune(tiny_model_dir, longest_conversation=1024, graph_shape_from_data=False)
+    assert fit_graph_to_data(kept, dataset) is None
+    assert (kept.graphed_step.slots, kept.graphed_step.longest) == (graphed_step.DOCUMENT_SLOTS, 1024)
+    step.state, step.slots = "captured", 99
+    assert fit_graph_to_data(finetune, dataset) is None and step.slots == 99
+    with pytest.raises(SettingError, match="graph_shape_from_data"):
+        packed_finetune(tiny_model_dir, graph_shape_from_data="sometimes")
 
 
 def test_fixed_shape_loss_is_the_shipped_answer_token_loss_with_its_gradients():

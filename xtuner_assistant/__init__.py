@@ -24,10 +24,11 @@ __version__ = "0.1.0"
 
 def register_components() -> None:
     # Imported for their @register_module side effects: IdentityConversations, MixedChatDataset,
-    # PackedChatDataset (DATASETS), IdentityEvalHook, EmbeddingNoiseHook and BackgroundCheckpointHook (HOOKS).
+    # PackedChatDataset (DATASETS), IdentityEvalHook, EmbeddingNoiseHook, BackgroundCheckpointHook and
+    # GraphShapeFromDataHook (HOOKS).
     from xtuner_assistant.data import identity, mixed, packing  # noqa: F401
     from xtuner_assistant.evaluation import hook  # noqa: F401
-    from xtuner_assistant.training import checkpoint_writer, embedding_noise  # noqa: F401
+    from xtuner_assistant.training import checkpoint_writer, embedding_noise, graphed_step  # noqa: F401
 
 
 register_components()

@@ -63,6 +63,16 @@ def pack_samples(samples: list[dict]) -> dict:
     return row
 
 
+def captured_row_shape(packs: list[list[int]], lengths: list[int], pack_tokens: int) -> dict:
+    """What a captured CUDA graph must hold for every row of these packs (graphed_step.fit_graph_to_data):
+    the longest conversation, and the most attention runs in a row, counting the padding to pack_tokens
+    as runs of at most that length (graphed_step.padded_boundaries cuts it so)."""
+    longest = max(lengths, default=0)
+    runs = [len(pack) + -(-(pack_tokens - sum(lengths[i] for i in pack)) // max(1, longest)) for pack in packs]
+    return {"most_conversations_in_a_row": max((len(pack) for pack in packs), default=0),
+            "longest_conversation": longest, "attention_runs_in_a_row": max(runs, default=0)}
+
+
 @DATASETS.register_module()
 class PackedChatDataset(Dataset):
     """Rows of up to `pack_tokens` tokens, packed from a dataset of {input_ids, labels} samples
@@ -77,7 +87,8 @@ class PackedChatDataset(Dataset):
         self.packs = plan_packs(lengths, pack_tokens, seed)
         self.pack_tokens = pack_tokens
         self.report = {"samples": len(lengths), "rows": len(self.packs), "real_tokens": sum(lengths),
-                       "fill": sum(lengths) / max(1, len(self.packs) * pack_tokens)}
+                       "fill": sum(lengths) / max(1, len(self.packs) * pack_tokens),
+                       **captured_row_shape(self.packs, lengths, pack_tokens)}
 
     def __len__(self):
         return len(self.packs)

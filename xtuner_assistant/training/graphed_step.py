@@ -29,6 +29,8 @@ import logging
 from collections import OrderedDict
 
 import torch
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
 
 from xtuner_assistant.training.answer_loss import fixed_shape_answer_loss
 
@@ -41,17 +43,57 @@ DOCUMENT_SLOTS = 256  # conversations a captured row may hold; a row with more r
 def padded_boundaries(document_ids: torch.Tensor, slots: int, longest: int | None = None) -> torch.Tensor | None:
     """The varlen offsets of a (1, n) row's conversations (document_attention.document_boundaries)
     padded with n to `slots` + 1 entries, empty conversations at the end; None when the row holds
-    more than `slots` conversations, or one longer than `longest` tokens."""
+    more than `slots` runs, or a conversation longer than `longest` tokens. The padding attends only
+    to itself, so a padding run longer than `longest` is cut into runs of at most that length."""
+    from xtuner_assistant.data.packing import PADDING_DOCUMENT
     from xtuner_assistant.training.document_attention import document_boundaries
 
     offsets, n = document_boundaries(document_ids)
+    if longest is not None:
+        starts, ends = offsets[:-1].tolist(), offsets[1:].tolist()
+        padding = (document_ids.reshape(-1)[offsets[:-1].long()] == PADDING_DOCUMENT).tolist()
+        if any(end - start > longest and not is_padding for start, end, is_padding in zip(starts, ends, padding)):
+            return None
+        cuts = [0]
+        for start, end, is_padding in zip(starts, ends, padding):
+            cuts += list(range(start + longest, end, longest)) if is_padding else []
+            cuts.append(end)
+        offsets = offsets.new_tensor(cuts)
     if offsets.numel() > slots + 1:
-        return None
-    if longest is not None and int((offsets[1:] - offsets[:-1]).max()) > longest:
         return None
     padded = offsets.new_full((slots + 1,), n)
     padded[:offsets.numel()] = offsets
     return padded
+
+
+def fit_graph_to_data(model, dataset) -> str | None:
+    """Bound the captured row by the data it will replay: as many conversation slots as the fullest row
+    holds, and its longest conversation as the attention kernel's length bound (instead of 256 slots and
+    the data's max_length). Flash attention launches blocks for every slot up to that length; with the
+    shipped data ~37 of 256 slots hold a conversation and none is longer than ~500 of 1,024 tokens, so
+    nearly every block exits at once (docs/BENCHMARKS.md). No row of the data then runs eagerly.
+    What was set, for the log; None where nothing was (no graph, already captured, off by
+    `model.graph_shape_from_data=False`, or a dataset that does not say)."""
+    step = getattr(model, "graphed_step", None)
+    report = getattr(dataset, "report", None) or {}
+    runs, longest = report.get("attention_runs_in_a_row"), report.get("longest_conversation")
+    if step is None or step.state != "warming" or not getattr(model, "graph_shape_from_data", False) \
+            or not runs or not longest:
+        return None
+    step.slots, step.longest = int(runs), int(longest)
+    return (f"up to {report['most_conversations_in_a_row']} conversations of up to {step.longest} tokens a row "
+            f"({step.slots} slots with the padding), as the data holds")
+
+
+@HOOKS.register_module()
+class GraphShapeFromDataHook(Hook):
+    """Before training, shapes the captured CUDA graph by the run's packed data (`fit_graph_to_data`)."""
+
+    def before_train(self, runner) -> None:
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        done = fit_graph_to_data(model, runner.train_dataloader.dataset)
+        if done:
+            runner.logger.info(f"GraphShapeFromDataHook: the captured step holds {done}")
 
 
 def checkpoint_without_rng_state(llm) -> None:

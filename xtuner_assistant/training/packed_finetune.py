@@ -82,7 +82,7 @@ class PackedSupervisedFinetune(SupervisedFinetune):
                  fused_kernels: bool | str = "auto", compile_layers: bool | str = "auto",
                  checkpoint_in_compiled_layers: bool = False, layers_without_checkpointing: int = 0,
                  adapter_dtype: str = "float32", cuda_graph: bool | str = "auto",
-                 longest_conversation: int | None = None, **kwargs):
+                 longest_conversation: int | None = None, graph_shape_from_data: bool = True, **kwargs):
         """`fused_kernels` / `compile_layers`: "auto" = on when training on a CUDA GPU (fused kernels
         also need Liger Kernel installed), True = required (an error where they cannot be had), False = off.
         `checkpoint_in_compiled_layers`: activation checkpointing inside the compiled layers rather than
@@ -94,7 +94,10 @@ class PackedSupervisedFinetune(SupervisedFinetune):
         `cuda_graph`: "auto" = each training step replays one captured CUDA graph where the step allows
         it (graphed_step.py: a CUDA GPU, no dropout, no accumulated gradients), True = required, False = off.
         `longest_conversation`: the data's max_length, the graph's bound on a conversation's length
-        (None: the row length; a shorter bound spares the attention kernel empty blocks)."""
+        (None: the row length; a shorter bound spares the attention kernel empty blocks).
+        `graph_shape_from_data`: GraphShapeFromDataHook narrows the graph's conversation slots and length
+        bound to what the packed data holds (graphed_step.fit_graph_to_data); False keeps 256 slots and
+        `longest_conversation`."""
         check_range("adapter_dtype", str(adapter_dtype), f"model.adapter_dtype={adapter_dtype!r}")
         self.adapter_dtype = getattr(torch, str(adapter_dtype))  # read by _prepare_for_lora, during super().__init__
         fused_kernels, compile_layers = _auto_or_bool("fused_kernels", fused_kernels), _auto_or_bool("compile_layers", compile_layers)
@@ -107,6 +110,8 @@ class PackedSupervisedFinetune(SupervisedFinetune):
         self.layers_without_checkpointing = _count_setting("layers_without_checkpointing", layers_without_checkpointing)
         self.speed_ups = None  # what _apply_speed_ups did, on the first step
         self.cuda_graph = _auto_or_bool("cuda_graph", cuda_graph)
+        self.graph_shape_from_data = cast_setting(str(graph_shape_from_data), True,
+                                                  f"model.graph_shape_from_data={graph_shape_from_data!r}")
         if longest_conversation is not None:
             longest_conversation = _count_setting("longest_conversation", longest_conversation)
             if longest_conversation < 1:
