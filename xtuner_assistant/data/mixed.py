@@ -124,7 +124,9 @@ class MixedChatDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index):
-        return self.items[index]
+        # `kind` (identity, general or replay) for collate functions that treat them apart
+        # (base_anchor.anchored_collate_fn); others read input_ids and labels only.
+        return {**self.items[index], "kind": self.kinds[index]}
 
 
 def language_of(conversation: dict) -> str:
