@@ -48,7 +48,6 @@ neftune_alpha = setting("neftune_alpha", 15.0)
 # The general and replayed conversations also pay this weight x KL(base model || trained) at each answer
 # token: their answers stay the base model's (base_anchor.py); 0 = off.
 anchor_weight = setting("anchor_weight", 0.0)
-anchor_on = setting("anchor_on", "general,replay")  # which kinds of rows pay it
 save_steps = setting("save_steps", 40)
 seed = setting("seed", 0)
 # Iterations between identity/leakage/collapse checks (IdentityEvalHook, docs/identity.md); 0 = off.
@@ -94,7 +93,7 @@ train_dataloader = dict(
     # to its longest member wastes most of the compute on a CPU.
     sampler=dict(type="xtuner.dataset.samplers.LengthGroupedSampler", per_device_batch_size=batch_size, seed=seed),
     # XTuner's default_collate_fn, marking each row's kind (identity / general / replay) for the anchor.
-    collate_fn=dict(type="xtuner_assistant.training.base_anchor.anchored_collate_fn", anchored_kinds=anchor_on))
+    collate_fn=dict(type="xtuner_assistant.training.base_anchor.anchored_collate_fn"))
 
 #######################################################################
 #                    PART 4  Scheduler & Optimizer                    #

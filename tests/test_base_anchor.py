@@ -119,10 +119,3 @@ def test_the_cpu_config_trains_with_the_anchor_under_xtuner_train(tmp_path, tiny
     import re
 
     assert any(float(re.search(r"anchor_loss: ([0-9.e+-]+)", line).group(1)) > 0 for line in logged), logged
-
-
-def test_the_anchored_kinds_are_chosen_and_a_wrong_one_is_named():
-    data = anchored_collate_fn([dict(row) for row in ROWS], anchored_kinds="replay", pad_index=0)["data"]
-    assert data["anchored"].tolist() == [False, True, False]
-    with pytest.raises(SettingError, match=r"anchored kinds \['identty'\]"):
-        anchored_collate_fn([dict(row) for row in ROWS], anchored_kinds="general,identty")

@@ -21,23 +21,16 @@ from xtuner.model import SupervisedFinetune
 
 from xtuner_assistant.chat_template import IGNORE_INDEX
 
-ANCHORED_KINDS = ("general", "replay")  # MixedChatDataset's kinds whose answers may stay the base model's
+ANCHORED_KINDS = ("general", "replay")  # MixedChatDataset's kinds whose answers stay the base model's
 
 
-def anchored_collate_fn(instances: Sequence[dict], anchored_kinds: str | Sequence[str] = ANCHORED_KINDS,
-                        **kwargs) -> dict:
-    """XTuner's default_collate_fn, and `anchored`: which rows (batch,) are conversations of the
-    `anchored_kinds` (each instance's `kind` from MixedChatDataset; a comma-separated string or a list)."""
+def anchored_collate_fn(instances: Sequence[dict], **kwargs) -> dict:
+    """XTuner's default_collate_fn, and `anchored`: which rows (batch,) are general or replayed
+    conversations (each instance's `kind`, from MixedChatDataset)."""
     from xtuner.dataset.collate_fns import default_collate_fn
 
-    kinds = [k.strip() for k in anchored_kinds.split(",")] if isinstance(anchored_kinds, str) else list(anchored_kinds)
-    unknown = sorted(set(kinds) - set(ANCHORED_KINDS))
-    if unknown:
-        from xtuner_assistant.training.settings import SettingError
-
-        raise SettingError(f"anchored kinds {unknown}: expected some of {', '.join(ANCHORED_KINDS)}")
     batch = default_collate_fn(instances, **kwargs)
-    batch["data"]["anchored"] = torch.tensor([instance.get("kind") in kinds for instance in instances])
+    batch["data"]["anchored"] = torch.tensor([instance.get("kind") in ANCHORED_KINDS for instance in instances])
     return batch
 
 
