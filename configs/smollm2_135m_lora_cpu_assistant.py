@@ -45,9 +45,6 @@ lora_r = setting("lora_r", 16)
 # identity questions it never saw by their meaning, not their exact words: 15 is the measured setting, more
 # Chinese held-out identity for a little more Chinese leakage (docs/BENCHMARKS.md, "Chinese leakage").
 neftune_alpha = setting("neftune_alpha", 15.0)
-# The general and replayed conversations also pay this weight x KL(base model || trained) at each answer
-# token: their answers stay the base model's (base_anchor.py); 0 = off.
-anchor_weight = setting("anchor_weight", 0.0)
 save_steps = setting("save_steps", 40)
 seed = setting("seed", 0)
 # Iterations between identity/leakage/collapse checks (IdentityEvalHook, docs/identity.md); 0 = off.
@@ -61,9 +58,7 @@ tokenizer = dict(type="transformers.AutoTokenizer.from_pretrained", pretrained_m
                  trust_remote_code=True, padding_side="right")
 
 model = dict(
-    # XTuner's SupervisedFinetune, plus the anchor to the base model on general rows (anchor_weight).
-    type="xtuner_assistant.training.base_anchor.AnchoredSupervisedFinetune",
-    anchor_weight=anchor_weight,
+    type="xtuner.model.SupervisedFinetune",
     use_varlen_attn=False,
     use_activation_checkpointing=False,
     llm=dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=model_path,
@@ -92,8 +87,7 @@ train_dataloader = dict(
     # Similar lengths share a batch: identity turns are short, general ones long, and padding a batch
     # to its longest member wastes most of the compute on a CPU.
     sampler=dict(type="xtuner.dataset.samplers.LengthGroupedSampler", per_device_batch_size=batch_size, seed=seed),
-    # XTuner's default_collate_fn, marking each row's kind (identity / general / replay) for the anchor.
-    collate_fn=dict(type="xtuner_assistant.training.base_anchor.anchored_collate_fn"))
+    collate_fn=dict(type="xtuner.dataset.collate_fns.default_collate_fn"))
 
 #######################################################################
 #                    PART 4  Scheduler & Optimizer                    #

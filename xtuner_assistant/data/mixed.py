@@ -124,9 +124,7 @@ class MixedChatDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index):
-        # `kind` (identity, general or replay) for collate functions that treat them apart
-        # (base_anchor.anchored_collate_fn); others read input_ids and labels only.
-        return {**self.items[index], "kind": self.kinds[index]}
+        return self.items[index]
 
 
 def language_of(conversation: dict) -> str:
