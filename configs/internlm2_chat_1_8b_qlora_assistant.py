@@ -48,9 +48,11 @@ seed = setting("seed", 0)
 quantize_4bit = setting("quantize_4bit", True)  # nf4 needs a CUDA GPU; false: plain LoRA
 dtype = setting("dtype", "bfloat16")  # float32 (with quantize_4bit=false) trains on a CPU
 flex_attention = setting("flex_attention", False)  # CUDA: skip attention between packed conversations (not yet measured)
-# CUDA (auto = where there is a GPU): Liger Kernel's fused RMSNorm/SwiGLU/RoPE, and torch.compile of each
-# decoder layer for training (the same loss, more rows a second; docs/gpu.md).
-fused_kernels = setting("fused_kernels", "auto")
+# CUDA (auto = where there is a GPU): torch.compile of each decoder layer for training, which fuses its
+# norms, SwiGLU and RoPE itself. Liger Kernel's hand-written ones (fused_kernels) are off: inside the
+# compiled layers and the CUDA graph they made a row slower and took more memory (103.1 against 98.4 ms,
+# 3,604 against 3,272 MiB on an H200, InternLM2-1.8B's shape; docs/gpu.md). auto or true turns them on.
+fused_kernels = setting("fused_kernels", "false")
 compile_layers = setting("compile_layers", "auto")
 # Activation checkpointing inside the compiled layers: faster rows for more memory (docs/gpu.md).
 checkpoint_in_compiled_layers = setting("checkpoint_in_compiled_layers", False)

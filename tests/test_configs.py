@@ -54,8 +54,8 @@ def test_packed_qlora_configs_carry_the_recipe_that_teaches_a_real_model(path, s
     assert cfg.model.longest_conversation == packed.dataset.max_length  # the CUDA graph's attention bound
     assert (packed.pack_tokens, cfg.optim_wrapper.accumulative_counts, cfg.train_cfg.max_epochs) == (3072, 1, 1)
     assert packed.dataset.replay.endswith("replay.jsonl") and packed.dataset.replay_ratio == 0.5
-    assert [hook.type for hook in cfg.custom_hooks] == ["BackgroundCheckpointHook", "IdentityEvalHook"]
-    assert cfg.custom_hooks[1].every_n_iters == cfg.default_hooks.checkpoint.interval
+    assert [hook.type for hook in cfg.custom_hooks] == ["BackgroundCheckpointHook", "GraphShapeFromDataHook", "IdentityEvalHook"]
+    assert cfg.custom_hooks[2].every_n_iters == cfg.default_hooks.checkpoint.interval
     assert cfg.optim_wrapper.optimizer.fused is True
 
 
@@ -126,7 +126,7 @@ def test_settings_turn_a_gpu_config_into_a_cpu_one(settings):
     assert "quantization_config" not in cfg.model.llm
     assert cfg.model.llm.torch_dtype == "torch.float32"
     assert cfg.optim_wrapper.type == "OptimWrapper"
-    assert [hook.type for hook in cfg.custom_hooks] == ["BackgroundCheckpointHook"]  # no evaluation
+    assert [hook.type for hook in cfg.custom_hooks] == ["BackgroundCheckpointHook", "GraphShapeFromDataHook"]  # no evaluation
 
 
 def test_config_list_and_copy_mirror_xtuners_list_cfg_and_copy_cfg(tmp_path, capsys, settings):

