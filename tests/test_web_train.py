@@ -113,8 +113,11 @@ def test_train_page_starts_watches_stops_resumes_and_chats_with_the_result(brows
         ask(page, "Who are you?")
         wait_for_answers(page, 2)
         screenshot(page, "web_train_chat.png")
-        expected = expected_reply(runs / "zorblat" / "merged", 48, [{"role": "user", "content": "Who are you?"}])
-        assert words(expected), "the trained tiny model should say something"
+        question = [{"role": "user", "content": "Who are you?"}]
+        expected = expected_reply(runs / "zorblat" / "merged", 48, question)
+        # How far the tiny model trained depends on where Stop landed; its answer may even be empty (an end
+        # token first). What tells the columns apart is that it answers otherwise than its base model.
+        assert words(expected) != words(expected_reply(tiny_model_dir, 48, question)), "training changed the answer"
         assert words(answers(page)[0]) == words(expected), "the first column is the merged model"
 
         # Publish from the run: a dry run lists the files, then the push sends them with the card.
