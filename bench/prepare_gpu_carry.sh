@@ -12,13 +12,12 @@
 #   loop / fused / graphprofile            carry .whl .gpc
 set -euo pipefail
 [ -x .venv/bin/python ] || { echo "run make install first (the bench data is made with the project's own code)"; exit 1; }
-wheels() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 -d "$@" 2>&1 | grep -vi warning || true; }
+# the wheels below are pure Python (py3-none-any): no platform to name, unlike fetch-wheels.sh's set
+wheels() { python3 -m pip download -q --no-deps --only-binary=:all: -d "$@" 2>&1 | grep -vi warning || true; }
 version() { grep -ih "^$1==" constraints.txt requirements-assets.txt | head -1 | cut -d= -f3; }  # the pinned one
 
-../shared/gpu/fetch-wheels.sh .whl >/dev/null
-wheels .whl "liger-kernel==$(version liger-kernel)"  # for `--set fused_kernels=auto` and the peers
+# XTuner's set, and Liger Kernel for `--set fused_kernels=auto` and the peers
+../shared/gpu/fetch-wheels.sh .whl "liger-kernel==$(version liger-kernel)" >/dev/null
 mkdir -p .gl0a .gl0b .gl1 .gl2 .gl3 .gpc .gpu/tokenizer
 mv .whl/bitsandbytes-*.whl .gl0a/ 2>/dev/null || true
 wheels .gl0b "chatterbot-corpus==$(version chatterbot-corpus)" "chitchat-dataset==$(version chitchat-dataset)"

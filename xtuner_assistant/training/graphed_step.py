@@ -30,6 +30,7 @@ from collections import OrderedDict
 
 import torch
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from xtuner_assistant.training.answer_loss import fixed_shape_answer_loss
@@ -50,13 +51,13 @@ def padded_boundaries(document_ids: torch.Tensor, slots: int, longest: int | Non
 
     offsets, n = document_boundaries(document_ids)
     if longest is not None:
-        starts, ends = offsets[:-1].tolist(), offsets[1:].tolist()
         padding = (document_ids.reshape(-1)[offsets[:-1].long()] == PADDING_DOCUMENT).tolist()
-        if any(end - start > longest and not is_padding for start, end, is_padding in zip(starts, ends, padding)):
-            return None
         cuts = [0]
-        for start, end, is_padding in zip(starts, ends, padding):
-            cuts += list(range(start + longest, end, longest)) if is_padding else []
+        for start, end, is_padding in zip(offsets[:-1].tolist(), offsets[1:].tolist(), padding):
+            if is_padding:
+                cuts += range(start + longest, end, longest)
+            elif end - start > longest:
+                return None
             cuts.append(end)
         offsets = offsets.new_tensor(cuts)
     if offsets.numel() > slots + 1:
@@ -90,7 +91,7 @@ class GraphShapeFromDataHook(Hook):
     """Before training, shapes the captured CUDA graph by the run's packed data (`fit_graph_to_data`)."""
 
     def before_train(self, runner) -> None:
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         done = fit_graph_to_data(model, runner.train_dataloader.dataset)
         if done:
             runner.logger.info(f"GraphShapeFromDataHook: the captured step holds {done}")
