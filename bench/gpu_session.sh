@@ -261,13 +261,14 @@ graphprofile() {  # issue 14: the shipped step (one CUDA graph a row) profiled, 
   install_wheels
   [ -d $STASH/.gpu ] || tar xzf .gpc/gpu.tgz -C $STASH
   local common="--data $STASH/.gpu/bench_data.json --tokenizer $STASH/.gpu/tokenizer --model-dir $W/internlm2 --out $OUT --warmup 6 --timed 12"
-  # GP_ARMS: label|profiled steps|settings, separated by spaces; settings as NAME=VALUE (a config setting)
-  # or cfg:KEY=VALUE (a config key, as xtuner's --cfg-options) joined by commas
+  # GP_ARMS: label|profiled steps|settings, separated by spaces; settings as NAME=VALUE (a config setting),
+  # cfg:KEY=VALUE (a config key, as xtuner's --cfg-options) or patch:NAME (bench/speed_patches.py) joined by commas
   local arm label profiled settings
   for arm in ${GP_ARMS:-"graph|2| keep6|0|layers_without_checkpointing=6"}; do
     IFS='|' read -r label profiled settings <<<"$arm"
     local sets=(); for pair in ${settings//,/ }; do
-      case $pair in cfg:*) sets+=(--cfg "${pair#cfg:}") ;; *) sets+=(--set "$pair") ;; esac; done
+      case $pair in cfg:*) sets+=(--cfg "${pair#cfg:}") ;; patch:*) sets+=(--patch "${pair#patch:}") ;;
+        *) sets+=(--set "$pair") ;; esac; done
     timeout ${GP_TIMEOUT:-150} python3 bench/profile_step.py ours --label $label --profiled $profiled $common "${sets[@]}" \
       >$W/gp_$label.log 2>&1 || { note "$label failed:"; grep -E "Error|error" $W/gp_$label.log | tail -3 | cut -c1-300 | tee -a "$OUT/summary.txt"; }
     grep -E "CUDA graph" $W/gp_$label.log | sort | uniq -c | cut -c1-200 | tee -a "$OUT/summary.txt"

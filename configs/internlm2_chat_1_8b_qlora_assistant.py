@@ -56,8 +56,10 @@ fused_kernels = setting("fused_kernels", "false")
 compile_layers = setting("compile_layers", "auto")
 # Activation checkpointing inside the compiled layers: faster rows for more memory (docs/gpu.md).
 checkpoint_in_compiled_layers = setting("checkpoint_in_compiled_layers", False)
-# The last this many decoder layers keep their activations instead of recomputing them (docs/gpu.md).
-layers_without_checkpointing = setting("layers_without_checkpointing", 0)
+# The last this many decoder layers keep their activations instead of recomputing them (docs/gpu.md). 7 on
+# InternLM2-1.8B's shape at pack 3072 on an H200: 83.3 against 90.0 ms a row (25.2 % MFU) at 4,848 against
+# 3,274 MiB, inside stock XTuner's 4,979; 0 for the least memory.
+layers_without_checkpointing = setting("layers_without_checkpointing", 7)
 # The trained LoRA weights, their gradients and optimizer state: float32, or bfloat16 as the QLoRA paper and TRL
 # keep them (less memory; docs/gpu.md).
 adapter_dtype = setting("adapter_dtype", "float32")

@@ -27,6 +27,30 @@ def test_runs_of_ours_are_named_one_by_one_or_made_from_every_pack_and_chunk():
             arms([wrong])
 
 
+def test_the_loss_before_arm_restores_the_recomputing_loss_for_its_run(monkeypatch):
+    """`3072:256:loss_before` (bench/speed_patches.py): the A/B against the loss made with its gradient
+    in the forward pass, which would otherwise compare the shipped loss with itself."""
+    import torch
+
+    import speed_patches
+    from xtuner_assistant.training import answer_loss
+
+    assert arms(["3072:256:loss_before"]) == [(3072, 256, "bfloat16", "loss_before")]
+    monkeypatch.setattr(answer_loss, "_head_parts", answer_loss._head_parts)  # undone after the test
+    head = torch.nn.Linear(4, 9).requires_grad_(False)
+    hidden = torch.randn(1, 6, 4, requires_grad=True)
+    labels = torch.tensor([[-100, 1, 2, 3, 4, 5]])
+
+    def path():
+        return str(answer_loss.answer_token_loss(hidden, labels, head).grad_fn.next_functions)
+
+    assert "LossWithGradientInForward" in path()
+    model = torch.nn.Module()
+    model.graphed_step = SimpleNamespace(answer_slots=2000)
+    speed_patches.loss_before(model)
+    assert "LossWithGradientInForward" not in path() and model.graphed_step.answer_slots is None
+
+
 def test_stock_template_renders_what_xtuner_internlm2_chat_template_builds():
     from tiny_models import tiny_tokenizer
     from xtuner.utils import PROMPT_TEMPLATE

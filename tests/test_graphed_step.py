@@ -4,17 +4,19 @@ weights as eager steps. The capture itself needs a GPU (bench/graph_step.py, doc
 from __future__ import annotations
 
 import contextlib
+import uuid
 
 import pytest
 import torch
+from mmengine.logging import MessageHub
 from mmengine.optim import OptimWrapper
 
 from test_packing import CONVERSATIONS, packed_batch, packed_finetune
 from xtuner_assistant.chat_template import IGNORE_INDEX
 from xtuner_assistant.data.packing import PackedChatDataset, pack_samples, packed_collate_fn
-from xtuner_assistant.training import graphed_step
+from xtuner_assistant.training import answer_loss, graphed_step
 from xtuner_assistant.training.document_attention import document_boundaries
-from xtuner_assistant.training.answer_loss import answer_token_loss, fixed_shape_answer_loss
+from xtuner_assistant.training.answer_loss import answer_targets_in_row, answer_token_loss, fixed_shape_answer_loss
 from xtuner_assistant.training.graphed_step import fit_graph_to_data, padded_boundaries, reason_not_to_graph
 from xtuner_assistant.training.settings import SettingError
 
@@ -44,26 +46,37 @@ def test_the_graph_holds_what_the_packed_data_holds_and_no_row_runs_eagerly(tiny
     samples = []
     for _ in range(60):
         n = rng.randint(3, 30)
-        samples.append({"input_ids": list(range(5, 5 + n)), "labels": [IGNORE_INDEX] * 2 + list(range(7, 5 + n))})
+        prompt = max(2, n // 2)  # answers about half of a conversation, as chat data has
+        samples.append({"input_ids": list(range(5, 5 + n)), "labels": [IGNORE_INDEX] * prompt + list(range(5 + prompt, 5 + n))})
     dataset = PackedChatDataset(samples, pack_tokens=64, seed=0)
     shape = dataset.report
     assert shape["longest_conversation"] == max(len(s["input_ids"]) for s in samples)
     assert shape["most_conversations_in_a_row"] == max(len(pack) for pack in dataset.packs) > 2
     finetune = packed_finetune(tiny_model_dir, longest_conversation=1024)
+    finetune.loss_chunk_tokens = 8
     assert finetune.graphed_step.slots == graphed_step.DOCUMENT_SLOTS
     said = fit_graph_to_data(finetune, dataset)
     step = finetune.graphed_step
     assert step.slots == shape["attention_runs_in_a_row"] and step.longest == shape["longest_conversation"]
+    # whole chunks of the loss
+    assert step.answer_slots % 8 == 0 and 0 <= step.answer_slots - shape["most_answer_tokens_in_a_row"] < 8
     assert f"up to {shape['most_conversations_in_a_row']} conversations of up to {step.longest} tokens" in said
-    used = []
+    assert f"up to {shape['most_answer_tokens_in_a_row']} answer tokens ({step.answer_slots} slots)" in said
+    used, scored = [], []
     for index in range(len(dataset)):
-        documents = packed_collate_fn([dataset[index]], pad_to_multiple_of=64)["data"]["document_ids"]
+        row = packed_collate_fn([dataset[index]], pad_to_multiple_of=64)["data"]
+        documents = row["document_ids"]
         offsets = padded_boundaries(documents, step.slots, step.longest)
         assert offsets is not None, f"row {index} would run eagerly"
+        assert step._answers_fit(row["labels"], documents, row), f"row {index}'s answers would run eagerly"
         runs = offsets[1:] - offsets[:-1]
         assert int(runs.max()) <= step.longest and int(offsets[-1]) == 64
         used.append(int((runs > 0).sum()))
+        scored.append(answer_targets_in_row(row["labels"], documents))
     assert max(used) == step.slots, "the slots are as many as the fullest row needs, not more"
+    # labels on each conversation's first token are never scored: the slots hold every row, with 2 to spare
+    assert max(scored) <= shape["most_answer_tokens_in_a_row"] <= max(scored) + 2 * max(len(pack) for pack in dataset.packs)
+    assert step.answer_slots < 64 - 1, "fewer slots than positions: the loss does less work than before"
     fullest = max(range(len(dataset)), key=lambda i: len(dataset.packs[i]))
     crowded = packed_collate_fn([dataset[fullest]], pad_to_multiple_of=64)["data"]["document_ids"]
     assert padded_boundaries(crowded, len(dataset.packs[fullest]) - 1, step.longest) is None
@@ -94,6 +107,74 @@ def test_fixed_shape_loss_is_the_shipped_answer_token_loss_with_its_gradients():
     answers = int((labels[:, 1:] != IGNORE_INDEX).sum())
     crossing = int(((documents[:, 1:] != documents[:, :-1]) & (labels[:, 1:] != IGNORE_INDEX)).sum())
     assert crossing > 0 and answers > crossing
+    # The answer positions gathered into slots: as many as the row's, more, or every position.
+    scored = answer_targets_in_row(labels, documents)
+    assert scored == answers - crossing
+    shipped = answer_token_loss(hidden, labels, head, documents, chunk_tokens=5)
+    hidden_gradient = torch.autograd.grad(shipped, hidden)[0]
+    for slots in (scored, scored + 4, labels.shape[1] - 1, labels.shape[1] + 5):
+        gathered = fixed_shape_answer_loss(hidden, labels, head, documents, chunk_tokens=5, answer_slots=slots)
+        assert gathered.item() == pytest.approx(shipped.item(), rel=1e-6), slots
+        assert torch.allclose(torch.autograd.grad(gathered, hidden)[0], hidden_gradient, atol=1e-6), slots
+
+
+def test_a_frozen_heads_gradient_made_in_the_forward_pass_is_autograds():
+    """With a frozen linear head (LoRA training) the loss makes the hidden states' gradient in its forward
+    pass; the same loss and gradient as autograd through checkpointed chunks (a trained head's path)."""
+    torch.manual_seed(0)
+    trained = torch.nn.Linear(8, 40)
+    frozen = torch.nn.Linear(8, 40).requires_grad_(False)
+    frozen.load_state_dict(trained.state_dict())
+    data = packed_batch()
+    for bias in (True, False):
+        if not bias:
+            trained.bias = frozen.bias = None
+        hidden = torch.randn(1, data["labels"].shape[1], 8, requires_grad=True)
+        losses = {}
+        for name, head in (("autograd", trained), ("in forward", frozen)):
+            for form in ("selected", "fixed shape"):
+                if form == "selected":
+                    loss = answer_token_loss(hidden, data["labels"], head, data["document_ids"], chunk_tokens=3)
+                else:
+                    loss = fixed_shape_answer_loss(hidden, data["labels"], head, data["document_ids"], chunk_tokens=7)
+                grad_fn = type(loss.grad_fn).__name__
+                (gradient,) = torch.autograd.grad(loss * 3.0, hidden)  # an upstream factor, as a loss scale is
+                losses[name, form] = (loss.item(), gradient, grad_fn)
+        reference, reference_gradient, _ = losses["autograd", "selected"]
+        for key, (value, gradient, _) in losses.items():
+            assert value == pytest.approx(reference, rel=1e-6), key
+            assert torch.allclose(gradient, reference_gradient, atol=1e-6), key
+        assert gradient.abs().sum() > 0
+    # a LoRA adapter on the frozen head (XTuner puts one on InternLM2's `output`): its gradients too
+    from peft import LoraConfig, get_peft_model
+
+    class Headed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.output = torch.nn.Linear(8, 40, bias=False)
+
+    with_lora = get_peft_model(Headed(), LoraConfig(r=4, lora_alpha=8, target_modules=["output"])).base_model.model.output
+    torch.nn.init.normal_(with_lora.lora_B["default"].weight)  # B starts at 0: give A a gradient
+    adapter = (with_lora.lora_A["default"].weight, with_lora.lora_B["default"].weight)
+    hidden = torch.randn(1, data["labels"].shape[1], 8, requires_grad=True)
+    targets = answer_loss._next_token_targets(data["labels"], data["document_ids"])[0]
+    keep = targets != IGNORE_INDEX
+    reference = torch.nn.functional.cross_entropy(with_lora(hidden[0, :-1][keep]).float(), targets[keep]) * 2.0
+    expected = torch.autograd.grad(reference, (hidden, *adapter))
+    for loss in (answer_token_loss(hidden, data["labels"], with_lora, data["document_ids"], chunk_tokens=3),
+                 fixed_shape_answer_loss(hidden, data["labels"], with_lora, data["document_ids"], chunk_tokens=7,
+                                         answer_slots=int(keep.sum()) + 2)):
+        assert "LossWithGradientInForward" in str(loss.grad_fn.next_functions)
+        assert loss.item() * 2.0 == pytest.approx(reference.item(), rel=1e-6)
+        for got, want in zip(torch.autograd.grad(loss * 2.0, (hidden, *adapter)), expected):
+            assert torch.allclose(got, want, atol=1e-6) and want.abs().sum() > 0
+    with_lora.lora_dropout["default"] = torch.nn.Dropout(0.1)  # random: autograd's own path
+    assert answer_loss._head_parts(with_lora) is None
+    # the frozen head took the path that makes the gradient in the forward pass, the trained one did not
+    assert "LossWithGradientInForward" in str(answer_token_loss(hidden, data["labels"], frozen,
+                                                                data["document_ids"]).grad_fn.next_functions)
+    assert "LossWithGradientInForward" not in str(answer_token_loss(hidden, data["labels"], trained,
+                                                                    data["document_ids"]).grad_fn.next_functions)
 
 
 def test_the_attention_bound_is_the_datas_max_length_and_a_bad_one_is_one_line(tiny_model_dir):
@@ -179,23 +260,29 @@ def architecture_dir(request, tiny_model_dir, tmp_path_factory):
 def test_replays_train_the_same_weights_as_eager_steps(architecture_dir, monkeypatch):
     """Everything around the graph on the CPU, for each architecture's own forward (its mask handling
     patched as on the GPU): inputs copied into the captured buffers, the optimizer stepping on the
-    gradients the replay wrote, no zero_grad in between, a row with too many conversations trained
-    eagerly in between and the gradients restored after it."""
+    gradients the replay wrote, no zero_grad in between, the loss on the answer positions gathered into
+    slots, a row with too many conversations (or answer tokens) trained eagerly in between and the
+    gradients restored after it."""
     rows = [packed_collate_fn([pack_samples(CONVERSATIONS[i:] + CONVERSATIONS[:i])], pad_to_multiple_of=32)["data"]
             for i in range(3)]
     crowded = packed_collate_fn([pack_samples(CONVERSATIONS * 2)], pad_to_multiple_of=32)["data"]
     order = [rows[0], rows[1], rows[2], rows[0], rows[1], crowded, rows[2], rows[0]]
 
-    def train(graphed: bool):
+    scored = answer_targets_in_row(rows[0]["labels"], rows[0]["document_ids"])
+
+    def train(graphed: bool, slots: int = 4):
         finetune = packed_finetune(architecture_dir, cuda_graph="auto" if graphed else False)
         for p in finetune.parameters():  # B starts at 0: give every LoRA weight a gradient
             if p.requires_grad and p.dim() == 2:
                 torch.nn.init.normal_(p, std=0.02)
+        # as the packed configs step; a max_norm that clips, so the replays' clipping is checked too
         wrapper = OptimWrapper(torch.optim.AdamW([p for p in finetune.parameters() if p.requires_grad], lr=1e-2,
-                                                 fused=True))  # as the packed configs step
+                                                 fused=True), clip_grad=dict(max_norm=0.05))
+        wrapper.message_hub = MessageHub.get_instance(f"replays-{uuid.uuid4()}")  # this run's norms only
         if graphed:
             step = finetune.graphed_step
-            step.slots = 4  # the crowded row's six conversations do not fit
+            # slots=4: the crowded row's six conversations do not fit; more: its answer tokens do not
+            step.slots, step.answer_slots = slots, scored + 3
             monkeypatch.setattr(graphed_step, "reason_not_to_graph", lambda model, optim_wrapper: None)
             monkeypatch.setattr(step, "_fits", lambda inputs: True)
 
@@ -208,10 +295,14 @@ def test_replays_train_the_same_weights_as_eager_steps(architecture_dir, monkeyp
 
             monkeypatch.setattr(step, "_record", record)
         losses = [finetune.train_step({"data": row, "data_samples": None}, wrapper)["loss"].item() for row in order]
-        return losses, {n: p.detach().clone() for n, p in finetune.named_parameters() if p.requires_grad}
+        norms = list(wrapper.message_hub.get_scalar("train/grad_norm").data[0])
+        return losses, norms, {n: p.detach().clone() for n, p in finetune.named_parameters() if p.requires_grad}
 
-    eager_losses, eager_weights = train(graphed=False)
-    graphed_losses, graphed_weights = train(graphed=True)
-    assert graphed_losses == pytest.approx(eager_losses, rel=1e-5)
-    for name, weight in eager_weights.items():
-        assert torch.allclose(graphed_weights[name], weight, atol=1e-6), name
+    eager_losses, eager_norms, eager_weights = train(graphed=False)
+    assert len(eager_norms) == len(order) and min(eager_norms) > 0.05, "every step clipped"
+    for slots in (4, 16):
+        graphed_losses, graphed_norms, graphed_weights = train(graphed=True, slots=slots)
+        assert graphed_losses == pytest.approx(eager_losses, rel=1e-5), slots
+        assert graphed_norms == pytest.approx(eager_norms, rel=1e-4), "each step's norm logged, as the eager step does"
+        for name, weight in eager_weights.items():
+            assert torch.allclose(graphed_weights[name], weight, atol=1e-6), (slots, name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import torch
 from mmengine.registry import DATASETS
 from torch.utils.data import Dataset
@@ -63,14 +64,17 @@ def pack_samples(samples: list[dict]) -> dict:
     return row
 
 
-def captured_row_shape(packs: list[list[int]], lengths: list[int], pack_tokens: int) -> dict:
+def captured_row_shape(packs: list[list[int]], lengths: list[int], pack_tokens: int,
+                       answer_tokens: list[int]) -> dict:
     """What a captured CUDA graph must hold for every row of these packs (graphed_step.fit_graph_to_data):
-    the longest conversation, and the most attention runs in a row, counting the padding to pack_tokens
-    as runs of at most that length (graphed_step.padded_boundaries cuts it so)."""
+    the longest conversation, the most attention runs in a row, counting the padding to pack_tokens
+    as runs of at most that length (graphed_step.padded_boundaries cuts it so), and the most labelled
+    tokens in a row (the loss's answer slots; a row scores at most that many positions)."""
     longest = max(lengths, default=0)
     runs = [len(pack) + -(-(pack_tokens - sum(lengths[i] for i in pack)) // max(1, longest)) for pack in packs]
     return {"most_conversations_in_a_row": max((len(pack) for pack in packs), default=0),
-            "longest_conversation": longest, "attention_runs_in_a_row": max(runs, default=0)}
+            "longest_conversation": longest, "attention_runs_in_a_row": max(runs, default=0),
+            "most_answer_tokens_in_a_row": max((sum(answer_tokens[i] for i in pack) for pack in packs), default=0)}
 
 
 @DATASETS.register_module()
@@ -84,11 +88,12 @@ class PackedChatDataset(Dataset):
         samples = build_component(dataset, "dataset")
         self.samples = [samples[i] for i in range(len(samples))]
         lengths = [len(s["input_ids"]) for s in self.samples]
+        answer_tokens = [sum(label != IGNORE_INDEX for label in s["labels"]) for s in self.samples]
         self.packs = plan_packs(lengths, pack_tokens, seed)
         self.pack_tokens = pack_tokens
         self.report = {"samples": len(lengths), "rows": len(self.packs), "real_tokens": sum(lengths),
                        "fill": sum(lengths) / max(1, len(self.packs) * pack_tokens),
-                       **captured_row_shape(self.packs, lengths, pack_tokens)}
+                       **captured_row_shape(self.packs, lengths, pack_tokens, answer_tokens)}
 
     def __len__(self):
         return len(self.packs)
@@ -103,8 +108,11 @@ def packed_collate_fn(instances, pad_index: int = 0, pad_to_multiple_of: int = 6
     longest = max(len(row["input_ids"]) for row in instances)
     width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
 
-    def padded(key, fill):
-        return torch.tensor([row[key] + [fill] * (width - len(row[key])) for row in instances], dtype=torch.long)
+    def padded(key, fill):  # through numpy: 3-4x faster than torch.tensor of Python lists, on the step's path
+        out = np.full((len(instances), width), fill, dtype=np.int64)
+        for out_row, row in zip(out, instances):
+            out_row[:len(row[key])] = row[key]
+        return torch.from_numpy(out)
 
     data = {"input_ids": padded("input_ids", pad_index), "labels": padded("labels", IGNORE_INDEX),
             "position_ids": padded("position_ids", 0), "document_ids": padded("document_ids", PADDING_DOCUMENT)}

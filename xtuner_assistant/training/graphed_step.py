@@ -7,20 +7,22 @@ whole pass can be captured once and replayed: one launch a row (docs/gpu.md, ben
 
 What a graph needs, and how the step gets it:
 - one shape for every row: the conversations' offsets are padded to a fixed count with empty
-  conversations (`padded_boundaries`), and the loss runs over every position with the non-answer
-  ones ignored (answer_loss.fixed_shape_answer_loss) instead of selecting the answer tokens first;
+  conversations (`padded_boundaries`), and the loss gathers the answer positions into a fixed number
+  of slots, as many as the data's fullest row has, or runs over every position with the non-answer ones
+  ignored (answer_loss.fixed_shape_answer_loss) instead of selecting the answer tokens first;
 - nothing read back to the host inside the pass: the decoder's check that a 4-D mask holds zeros is
   skipped for the step's own all-zero mask, which the packed-attention router ignores anyway;
 - nothing random: no dropout with p > 0 anywhere in the model (LoRA dropout 0), and activation
   checkpointing saves no RNG state (there is none to restore);
 - gradients at fixed addresses: the captured backward pass allocates them and every replay writes
-  them (it does not add to them); the optimizer step runs eagerly on them after each replay.
+  them (it does not add to them); the optimizer step runs eagerly on them after each replay, launched
+  before the gradient norm is read back to the host (`step_reading_the_norm_last`).
 
 The first few steps run eagerly (the layers compile, the attention route is checked). Where a
 condition does not hold for the whole run (dropout, accumulated gradients, DeepSpeed, another
 attention route, the CPU), the step stays eager and the log says why once; a row that does not fit
-the captured shape (more conversations than the slots, or a longer one than the data's max_length)
-runs eagerly alone.
+the captured shape (more conversations than the slots, a longer one than the data's max_length, or
+more answer tokens than the loss's slots) runs eagerly alone.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from xtuner_assistant.training.answer_loss import fixed_shape_answer_loss
+from xtuner_assistant.training.answer_loss import answer_targets_in_row, fixed_shape_answer_loss
 
 _log = logging.getLogger(__name__)
 
@@ -72,7 +74,8 @@ def fit_graph_to_data(model, dataset) -> str | None:
     holds, and its longest conversation as the attention kernel's length bound (instead of 256 slots and
     the data's max_length). Flash attention launches blocks for every slot up to that length; with the
     shipped data ~37 of 256 slots hold a conversation and none is longer than ~500 of 1,024 tokens, so
-    nearly every block exits at once (docs/BENCHMARKS.md). No row of the data then runs eagerly.
+    nearly every block exits at once (docs/BENCHMARKS.md). The loss gets as many slots as the row with
+    the most answer tokens has, instead of every position. No row of the data then runs eagerly.
     What was set, for the log; None where nothing was (no graph, already captured, off by
     `model.graph_shape_from_data=False`, or a dataset that does not say)."""
     step = getattr(model, "graphed_step", None)
@@ -82,8 +85,15 @@ def fit_graph_to_data(model, dataset) -> str | None:
             or not runs or not longest:
         return None
     step.slots, step.longest = int(runs), int(longest)
+    answers = report.get("most_answer_tokens_in_a_row")
+    # whole chunks of the loss: a last chunk of another size fragments the graph's memory (+330 MiB
+    # on the H200 with 2,460 slots in chunks of 256, docs/BENCHMARKS.md)
+    chunk = model.loss_chunk_tokens
+    step.answer_slots = -(-int(answers) // chunk) * chunk if answers else None
     return (f"up to {report['most_conversations_in_a_row']} conversations of up to {step.longest} tokens a row "
-            f"({step.slots} slots with the padding), as the data holds")
+            f"({step.slots} slots with the padding), "
+            + (f"up to {answers} answer tokens ({step.answer_slots} slots), " if answers else "")
+            + "as the data holds")
 
 
 @HOOKS.register_module()
@@ -138,6 +148,7 @@ class GraphedTrainStep:
         length, nearly all of them empty, so a tight bound saves most of its time (docs/BENCHMARKS.md).
         A row holding a longer conversation runs eagerly."""
         self.model, self.required, self.slots, self.longest = model, required, slots, longest_conversation
+        self.answer_slots = None  # positions the loss scores: None, every one; fit_graph_to_data sets the data's
         self.eager_steps = 0
         self.state = "warming"  # -> "captured", or "off" (with self.why)
         self.why = None
@@ -159,7 +170,8 @@ class GraphedTrainStep:
                 return self._off(why, eager, data, optim_wrapper)
         # The offsets from the row while it is still on the host: on the GPU, finding them waits for the
         # step before to finish, and the GPU then idles while the CPU prepares this one.
-        documents = data["data"].get("document_ids") if isinstance(data.get("data"), dict) else None
+        on_host = data["data"] if isinstance(data.get("data"), dict) else {}
+        documents = on_host.get("document_ids")
         with optim_wrapper.optim_context(self.model):
             inputs = self.model.data_preprocessor(data, True)["data"]
         fits = self._fits(inputs)
@@ -167,7 +179,7 @@ class GraphedTrainStep:
             return self._off(fits, eager, data, optim_wrapper)
         offsets = padded_boundaries(documents if documents is not None else inputs["document_ids"],
                                     self.slots, self.longest) if fits is True else None
-        if offsets is None:  # this row alone eagerly
+        if offsets is None or not self._answers_fit(on_host.get("labels"), documents, inputs):  # this row alone eagerly
             return self._eager_row(data, optim_wrapper, eager)
         if self.state == "warming":
             try:
@@ -183,7 +195,7 @@ class GraphedTrainStep:
                 parameter.grad = gradient
         optim_wrapper._inner_count += 1  # as its backward() counts
         if optim_wrapper.should_update():
-            optim_wrapper.step()  # no zero_grad(): the next replay writes the gradients, it does not add to them
+            step_reading_the_norm_last(optim_wrapper)  # no zero_grad(): the next replay writes the gradients
         return OrderedDict(loss=self.loss.clone())
 
     def _eager_row(self, data, optim_wrapper, eager):
@@ -212,6 +224,14 @@ class GraphedTrainStep:
             return f"a row of {ids.shape[1]} tokens, not the captured {self.inputs['input_ids'].shape[1]}"
         return True
 
+    def _answers_fit(self, labels, documents, inputs: dict) -> bool:
+        """Whether the row's answer positions fit the loss's slots (counted on the host where it can be)."""
+        if self.answer_slots is None:
+            return True
+        if labels is None or documents is None:
+            labels, documents = inputs["labels"], inputs["document_ids"]
+        return answer_targets_in_row(labels, documents) <= self.answer_slots
+
     def _fill(self, inputs: dict, offsets: torch.Tensor) -> None:
         for key, buffer in self.inputs.items():
             buffer.copy_(inputs[key])
@@ -229,7 +249,7 @@ class GraphedTrainStep:
             hidden = decoder(input_ids=self.inputs["input_ids"], position_ids=self.inputs["position_ids"],
                              attention_mask=self.mask, use_cache=False).last_hidden_state
             loss = fixed_shape_answer_loss(hidden, self.inputs["labels"], head, self.inputs["document_ids"],
-                                           self.model.loss_chunk_tokens)
+                                           self.model.loss_chunk_tokens, self.answer_slots)
         scaler = getattr(optim_wrapper, "loss_scaler", None)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         router.documents = router.boundaries = None  # the recomputation is over; no later call may take them
@@ -243,7 +263,8 @@ class GraphedTrainStep:
         self.state = "captured"
         n = inputs["input_ids"].shape[1]
         _log.warning("training steps replay one CUDA graph from here on (%d-token rows, up to %d conversations "
-                     "of up to %d tokens a row)", n, self.slots, self._attention_bound(n))
+                     "of up to %d tokens a row, the loss on %s)", n, self.slots, self._attention_bound(n),
+                     f"up to {self.answer_slots} answer tokens" if self.answer_slots else "every position")
 
     def _attention_bound(self, row_tokens: int) -> int:
         return min(self.longest or row_tokens, row_tokens)
@@ -282,6 +303,29 @@ class GraphedTrainStep:
         self.graph = None
         for parameter in self.parameters or ():
             parameter.grad = None
+
+
+def step_reading_the_norm_last(optim_wrapper) -> None:
+    """`optim_wrapper.step()` with the clipped gradients' norm read back to the host after the optimizer's
+    kernels are launched, not between clipping and them: mmengine's `_clip_grad` logs it with float(),
+    which waits for the replay to end, and only then does the CPU spend its ~2-3 ms launching AdamW
+    while the GPU idles. Clipping, the loss scaler and the optimizer do the same work as in `step()`."""
+    norms = []
+
+    def clip_without_reading() -> None:
+        params = [p for group in optim_wrapper.optimizer.param_groups for p in group["params"]
+                  if p.requires_grad and p.grad is not None]
+        if params:
+            norms.append(optim_wrapper.clip_func(params, **optim_wrapper.clip_grad_kwargs))
+
+    optim_wrapper._clip_grad = clip_without_reading
+    try:
+        optim_wrapper.step()
+    finally:
+        del optim_wrapper._clip_grad  # the class's own again
+    for norm in norms:
+        if norm is not None:  # clip_grad_value_ returns None
+            optim_wrapper.message_hub.update_scalar(f"train/{optim_wrapper.grad_name}", float(norm))
 
 
 def _detached(step, data, optim_wrapper) -> OrderedDict:
