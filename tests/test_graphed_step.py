@@ -47,7 +47,8 @@ def test_the_graph_holds_what_the_packed_data_holds_and_no_row_runs_eagerly(tiny
     for _ in range(60):
         n = rng.randint(3, 30)
         prompt = max(2, n // 2)  # answers about half of a conversation, as chat data has
-        samples.append({"input_ids": list(range(5, 5 + n)), "labels": [IGNORE_INDEX] * prompt + list(range(5 + prompt, 5 + n))})
+        samples.append({"input_ids": list(range(5, 5 + n)),
+                        "labels": [IGNORE_INDEX] * prompt + list(range(5 + prompt, 5 + n))})
     dataset = PackedChatDataset(samples, pack_tokens=64, seed=0)
     shape = dataset.report
     assert shape["longest_conversation"] == max(len(s["input_ids"]) for s in samples)

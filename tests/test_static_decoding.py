@@ -92,3 +92,51 @@ def test_only_greedy_cuda_models_with_a_static_cache_decode_this_way(tiny_model_
     assert not usable(model, generation_kwargs(tokenizer, repetition_penalty=1.2))
     model.config._attn_implementation = "flash_attention_2"
     assert not usable(model, greedy)
+
+
+def test_grouped_query_attention_reads_the_cache_without_copying_it(tmp_path, tokenizer, tiny_model_dir, monkeypatch):
+    """While decoding, the query heads sharing a key/value head are folded together instead of the cache
+    being repeated to every query head (static_decoding.grouped_attention_without_copies): the same
+    answers as generate(), for the grouped architectures the configs train, and everything restored after."""
+    import torch.nn.functional as F
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from xtuner_assistant.models import static_decoding
+    from xtuner_assistant.models.stand_ins import random_internlm2_chat
+
+    folded = []
+    own_fold = static_decoding._grouped_sdpa
+
+    def counting(sdpa, query, key, *args, **kwargs):
+        folded.append(query.shape[-3] != key.shape[-3])
+        return own_fold(sdpa, query, key, *args, **kwargs)
+
+    monkeypatch.setattr(static_decoding, "_grouped_sdpa", counting)
+    torch.manual_seed(1)
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.pad_token_id, attn_implementation="sdpa")).eval()
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = random_internlm2_chat(tmp_path / "internlm2", tiny_model_dir, real_shape=False)
+    _, internlm2_tokenizer = load_chat_model(folder, device="cpu")
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    config.attn_implementation = "sdpa"  # as training sets it (PackedSupervisedFinetune)
+    internlm2 = AutoModelForCausalLM.from_pretrained(folder, config=config, trust_remote_code=True).eval()
+    attention = next(m for m in internlm2.modules() if hasattr(m, "num_key_value_groups"))
+    assert type(attention).__name__ == "InternLM2SdpaAttention"
+    sdpa = F.scaled_dot_product_attention
+    for model, its_tokenizer in ((qwen, tokenizer), (internlm2, internlm2_tokenizer)):
+        groups = {m.num_key_value_groups for m in model.modules() if hasattr(m, "num_key_value_groups")}
+        assert max(groups) > 1, "a grouped model"
+        folded.clear()
+        assert_as_generate(model, its_tokenizer)
+        assert folded and all(folded), "every decoding attention call took the folded path"
+        assert F.scaled_dot_product_attention is sdpa
+    # An eager attention's repeat_kv feeds a matmul: left alone.
+    eager = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                         attn_implementation="eager")).eval()
+    with static_decoding.grouped_attention_without_copies(eager):
+        assert F.scaled_dot_product_attention is sdpa

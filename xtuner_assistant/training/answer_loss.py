@@ -1,16 +1,17 @@
 """The packed configs' loss: mean next-token cross-entropy over answer tokens, with logits computed in
-chunks of the output head and recomputed in the backward pass, so their memory stays one chunk
-whatever the row length. Two forms, the same number:
+chunks of the output head, so their memory stays one chunk whatever the row length. Two forms, the
+same number:
 - `answer_token_loss` selects the answer tokens first (the eager step: no logits for the rest);
-- `fixed_shape_answer_loss` scores every position with the others ignored, so its shapes do not
-  depend on the data (the step captured as a CUDA graph, graphed_step.py).
+- `fixed_shape_answer_loss` gathers them into a fixed number of slots, or scores every position with
+  the others ignored, so its shapes do not depend on the data (the step captured as a CUDA graph,
+  graphed_step.py).
 In both, the last token of one packed conversation is not trained to predict the next one's first.
 
 Where the output head is a linear layer with a frozen weight (LoRA training; a LoRA adapter on the
 head itself included), each chunk's gradients are computed in the forward pass, from the
 probabilities it already has (`_LossWithGradientInForward`, as Liger Kernel's fused linear
 cross-entropy does): the backward pass then only scales them, instead of computing the chunk's logits
-and softmax a second time.
+and softmax a second time. Any other head is checkpointed chunk by chunk and recomputed.
 """
 from __future__ import annotations
 
@@ -96,7 +97,9 @@ def _head_parts(head: torch.nn.Module) -> tuple | None:
         base, lora_a, lora_b, scaling = head.base_layer, down.weight, up.weight, float(head.scaling[name])
     if type(base) is not torch.nn.Linear or any(p.requires_grad for p in base.parameters()):
         return None
-    return (base.weight, base.bias, lora_a, lora_b, scaling) if lora_a is not None else (base.weight, base.bias, None, None, 1.0)
+    if lora_a is None:
+        return base.weight, base.bias, None, None, 1.0
+    return base.weight, base.bias, lora_a, lora_b, scaling
 
 
 def _chunked_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, chunk_tokens: int,

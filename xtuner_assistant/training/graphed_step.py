@@ -86,8 +86,7 @@ def fit_graph_to_data(model, dataset) -> str | None:
         return None
     step.slots, step.longest = int(runs), int(longest)
     answers = report.get("most_answer_tokens_in_a_row")
-    # whole chunks of the loss: a last chunk of another size fragments the graph's memory (+330 MiB
-    # on the H200 with 2,460 slots in chunks of 256, docs/BENCHMARKS.md)
+    # in whole chunks of the loss, so every chunk has one shape (the bench data: 2,460 answer tokens, 2,560 slots)
     chunk = model.loss_chunk_tokens
     step.answer_slots = -(-int(answers) // chunk) * chunk if answers else None
     return (f"up to {report['most_conversations_in_a_row']} conversations of up to {step.longest} tokens a row "
