@@ -62,7 +62,18 @@ def _static_cache(model, batch: int, length: int, device, dtype):
     return StaticCache(config=model.config, max_cache_len=length, device=device, dtype=dtype, **size)
 
 
+def _without_kv_copies(decode):
+    """`decode(model, ...)` inside `grouped_attention_without_copies(model)`."""
+    @functools.wraps(decode)
+    def decode_without_copies(model, *args, **kwargs):
+        with grouped_attention_without_copies(model):
+            return decode(model, *args, **kwargs)
+
+    return decode_without_copies
+
+
 @torch.inference_mode()
+@_without_kv_copies
 def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   stop_ids: list[int], pad_id: int, cuda_graph: bool | None = None) -> torch.Tensor:
     """`generate()`'s greedy output for left-padded `input_ids`: the prompt, then each row's answer up
@@ -80,16 +91,8 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     positions.masked_fill_(attention_mask == 0, 1)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes it through
     keep_last = {"num_logits_to_keep": 1} if "num_logits_to_keep" in inspect.signature(inner.forward).parameters else {}
-
-    with grouped_attention_without_copies(model):
-        return _decode(model, input_ids, mask, positions, cache, keep_last, max_new_tokens, stop_ids, pad_id,
-                       cuda_graph)
-
-
-def _decode(model, input_ids, mask, positions, cache, keep_last, max_new_tokens, stop_ids, pad_id, cuda_graph):
-    batch, width = input_ids.shape
-    device = input_ids.device
     stop = torch.tensor(stop_ids, device=device)
+
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                    cache_position=torch.arange(width, device=device), use_cache=True, **keep_last).logits
     first = logits[:, -1, :].argmax(-1)
@@ -177,13 +180,12 @@ def _heads_as_they_are(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 def _grouped_sdpa(sdpa, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
     heads, kv_heads = query.shape[-3], key.shape[-3]
-    if heads == kv_heads or kwargs.get("enable_gqa"):
-        return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-                    **kwargs)
     groups = heads // kv_heads
-    if attn_mask is None or is_causal or query.dim() != 4 or attn_mask.dim() != 4 or heads % kv_heads \
-            or attn_mask.shape[-3] not in (1, heads):  # repeat the heads, as before
-        key, value = key.repeat_interleave(groups, dim=-3), value.repeat_interleave(groups, dim=-3)
+    grouped = heads != kv_heads and not kwargs.get("enable_gqa")
+    if not grouped or attn_mask is None or is_causal or query.dim() != 4 or attn_mask.dim() != 4 \
+            or heads % kv_heads or attn_mask.shape[-3] not in (1, heads):
+        if grouped:  # repeat the heads, as before
+            key, value = key.repeat_interleave(groups, dim=-3), value.repeat_interleave(groups, dim=-3)
         return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
                     **kwargs)
     batch, _, length, dim = query.shape

@@ -83,7 +83,7 @@ def _head_parts(head: torch.nn.Module) -> tuple | None:
     """(weight, bias, lora_a, lora_b, scaling) of a linear head whose own weight is frozen, plain
     (lora_a = lora_b = None) or with one active PEFT LoRA adapter of no dropout; else None: a trained,
     quantized or other head (DoRA, dropout, several adapters) keeps autograd's own path."""
-    base, lora_a = head, None
+    base, lora_a, lora_b, scaling = head, None, None, 1.0
     if type(head).__name__ == "Linear" and hasattr(head, "lora_A") and hasattr(head, "base_layer"):  # PEFT's
         adapters = list(getattr(head, "active_adapters", []))
         if head.merged or head.disable_adapters or len(adapters) != 1 or adapters[0] not in head.lora_A \
@@ -97,8 +97,6 @@ def _head_parts(head: torch.nn.Module) -> tuple | None:
         base, lora_a, lora_b, scaling = head.base_layer, down.weight, up.weight, float(head.scaling[name])
     if type(base) is not torch.nn.Linear or any(p.requires_grad for p in base.parameters()):
         return None
-    if lora_a is None:
-        return base.weight, base.bias, None, None, 1.0
     return base.weight, base.bias, lora_a, lora_b, scaling
 
 
