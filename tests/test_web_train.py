@@ -100,6 +100,11 @@ def test_train_page_starts_watches_stops_resumes_and_chats_with_the_result(brows
         page.reload()
         page.get_by_text("running", exact=True).wait_for(timeout=60_000)
         page.get_by_text(re.compile(r"iteration \d+ of \d+")).wait_for(timeout=60_000)
+        # Stop once the run has trained well past the first Stop, so the model it leaves answers otherwise
+        # than its base (stopped a few iterations in, the tiny model's answer was still its base's: empty).
+        trained_on = checkpoint + 5 * CHECKPOINT_EVERY
+        wait_for(lambda: int(re.search(r"iter_(\d+)\.pth", (work_dir / "last_checkpoint").read_text()).group(1))
+                 >= trained_on, 180, f"a checkpoint at iteration {trained_on}")
         pid = run_state(runs)["pid"]
         stop_button(page).click()
         page.get_by_text("stopped", exact=True).wait_for(timeout=60_000)
@@ -115,8 +120,8 @@ def test_train_page_starts_watches_stops_resumes_and_chats_with_the_result(brows
         screenshot(page, "web_train_chat.png")
         question = [{"role": "user", "content": "Who are you?"}]
         expected = expected_reply(runs / "zorblat" / "merged", 48, question)
-        # How far the tiny model trained depends on where Stop landed; its answer may even be empty (an end
-        # token first). What tells the columns apart is that it answers otherwise than its base model.
+        # Its answer may be empty (an end token first); what tells the columns apart is that it answers
+        # otherwise than its base model.
         assert words(expected) != words(expected_reply(tiny_model_dir, 48, question)), "training changed the answer"
         assert words(answers(page)[0]) == words(expected), "the first column is the merged model"
 
