@@ -48,6 +48,12 @@ def stop_button(page):
     return page.get_by_role("button", name="Stop").and_(page.get_by_test_id("stBaseButton-primary"))
 
 
+def newest_checkpoint(work_dir: Path) -> int:
+    """The iteration `last_checkpoint` names while training writes it: 0 until it names one (mid-write)."""
+    found = re.search(r"iter_(\d+)\.pth", (work_dir / "last_checkpoint").read_text())
+    return int(found.group(1)) if found else 0
+
+
 def run_state(runs: Path) -> dict:
     return json.loads((runs / "zorblat" / "run.json").read_text())
 
@@ -103,8 +109,7 @@ def test_train_page_starts_watches_stops_resumes_and_chats_with_the_result(brows
         # Stop once the run has trained well past the first Stop, so the model it leaves answers otherwise
         # than its base (stopped a few iterations in, the tiny model's answer was still its base's: empty).
         trained_on = checkpoint + 5 * CHECKPOINT_EVERY
-        wait_for(lambda: int(re.search(r"iter_(\d+)\.pth", (work_dir / "last_checkpoint").read_text()).group(1))
-                 >= trained_on, 180, f"a checkpoint at iteration {trained_on}")
+        wait_for(lambda: newest_checkpoint(work_dir) >= trained_on, 180, f"a checkpoint at iteration {trained_on}")
         pid = run_state(runs)["pid"]
         stop_button(page).click()
         page.get_by_text("stopped", exact=True).wait_for(timeout=60_000)
