@@ -23,7 +23,11 @@ identity_language_weights = setting("identity_language_weights", "")
 # 135M model cannot give itself, so the identity sentence is not the only fluent Chinese it trains on
 # and Chinese general questions stop getting it (docs/BENCHMARKS.md, "Chinese leakage").
 general = setting("general", "packaged:chatterbot,packaged:chinese-answers")
-general_ratio = setting("general_ratio", 1.0)
+# General conversations per identity conversation. 1.5, not 1: with every question's ending varied alike
+# (MixedChatDataset), punctuation no longer tells a general question from an identity one, and this
+# model then needs more general chat to keep the identity out of Chinese general answers (docs/BENCHMARKS.md,
+# "Question endings").
+general_ratio = setting("general_ratio", 1.5)
 # The base model's own answers to the shipped prompt pool, this many per identity conversation: they
 # hold down leakage (general questions answered with the identity) and name loops; the pool's
 # Chinese near-miss prompts ("介绍一下X", "X是谁？") are there for Chinese leakage. This ratio with 512

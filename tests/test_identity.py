@@ -47,8 +47,19 @@ def test_held_out_questions_never_appear_in_training(seed):
     assert {q["language"] for q in book.held_out()} == {"zh", "en"}
     trained = user_questions(book.conversations(5000))
     for question in held_out:
-        core = question.lower().rstrip("?？.!")
-        assert not any(t.lower().rstrip("?？.!").endswith(core) for t in trained), question
+        core = question.lower().rstrip("?？.!。！")
+        assert not any(t.lower().rstrip("?？.!。！").endswith(core) for t in trained), question
+
+
+def test_phrasebook_questions_end_as_typed_questions_do():
+    """With its punctuation, like the general chat it is mixed with (MixedChatDataset then takes it off
+    some of every source's questions alike): a phrasebook without it once let the model tell identity
+    questions by how they ended."""
+    from xtuner_assistant.data.identity import _phrases
+
+    for language, entries in _phrases()["questions"].items():
+        for question in (q for entry in entries for q in (entry if isinstance(entry, list) else [entry])):
+            assert question[-1] in "?？.。!！", (language, question)
 
 
 def test_the_extra_identity_probes_are_no_near_copies_of_any_question_in_the_pool():

@@ -41,6 +41,30 @@ def IdentityConversationsView(cfg):
     return IdentityConversations(**{k: v for k, v in cfg.items() if k != "type"})
 
 
+def test_how_a_question_ends_does_not_tell_identity_from_general_chat(tokenizer, general_file, monkeypatch):
+    """Every source's user turns end the same ways: with punctuation, without, or "?" for "？". The
+    end of a question must not say where it came from, or the model learns that instead of the question."""
+    import xtuner_assistant.data.mixed as mixed
+
+    encoded = []
+    encode = mixed.encode_conversation
+    monkeypatch.setattr(mixed, "encode_conversation",
+                        lambda tok, messages, **kw: encoded.append(messages) or encode(tok, messages, **kw))
+    data = MixedChatDataset(tokenizer, dict(IDENTITY, n=400), general=[str(general_file)], general_ratio=1.0)
+    assert len(encoded) == len(data.kinds) == 800
+    endings: dict = {}
+    for kind, messages in zip(data.kinds, encoded):
+        question = messages[0]["content"]
+        ends = "bare" if question[-1] not in "?？.。!！" else "?" if question[-1] == "?" and language_of(
+            {"messages": messages}) == "zh" else "punctuated"
+        endings.setdefault(kind, []).append(ends)
+    for kind in ("identity", "general"):
+        bare = endings[kind].count("bare") / len(endings[kind])
+        assert 0.22 <= bare <= 0.38, (kind, bare)
+        assert "?" in endings[kind], kind  # a Chinese question typed with a half-width question mark
+    assert data.report["user_turns_without_end_punctuation"] >= 0.22 * 800
+
+
 def test_identity_only_when_ratio_is_zero(tokenizer):
     data = MixedChatDataset(tokenizer, IDENTITY, general=[], general_ratio=0.0)
     assert set(data.kinds) == {"identity"} and len(data) == 40
@@ -95,3 +119,4 @@ def test_some_identity_conversations_carry_a_general_turn_before_or_after(tokeni
     assert 10 <= added <= 30 and data.kinds.count("identity") == 40 and len(data) == len(plain)
     longer = [a for a, b in zip(sorted(data.length), sorted(plain.length)) if a != b]
     assert longer and data.report["real_tokens"] > plain.report["real_tokens"]
+

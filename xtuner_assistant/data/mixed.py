@@ -3,6 +3,7 @@ with the model's own chat template (chat_template.py). Registered as `MixedChatD
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 from mmengine.logging import print_log
@@ -69,6 +70,8 @@ class MixedChatDataset(Dataset):
     replay: optional JSONL of the base model's own answers (its own knowledge, kept on purpose).
     general_turn_share: this share of single-turn identity conversations get one general turn (from
     the general and replay sources, either language) before or after the identity question.
+    Every user turn, whatever its source, ends as people type it: with its punctuation, or
+    (`BARE_ENDING_SHARE` of them) without (`_with_varied_endings`).
     """
 
     def __init__(self, tokenizer, identity, general=DEFAULT_GENERAL, general_ratio: float = 1.0,
@@ -94,6 +97,7 @@ class MixedChatDataset(Dataset):
             mixed += [("replay", c) for c in _draw_like(identity_conversations, replayed, replay_ratio, rng, self.report, "replay")]
         if general_turn_share:
             mixed = _with_general_turns(mixed, general_pool + replayed, general_turn_share, seed, self.report)
+        mixed = _with_varied_endings(mixed, seed, self.report)
         rng.shuffle(mixed)
         self.items, self.kinds = [], []
         truncated = unlearnable = 0
@@ -191,4 +195,33 @@ def _with_general_turns(mixed: list, pool: list, share: float, seed: int, report
             conversation, added = {**conversation, "messages": messages}, added + 1
         result.append((kind, conversation))
     report["identity_with_general_turn"] = added
+    return result
+
+
+BARE_ENDING_SHARE = 0.3  # of user turns, from every source, that end without punctuation
+ASCII_QUESTION_MARK_SHARE = 0.15  # of Chinese questions that end in "?" rather than "？"
+_ENDING = re.compile(r"[\s?？.。!！~～]+$")
+
+
+def _with_varied_endings(mixed: list, seed: int, report: dict) -> list:
+    """Every user turn of every source ends the same ways with the same chances: its own punctuation,
+    none, or for a Chinese question a half-width "?". Otherwise the end of a question can tell the
+    model where it came from (a phrasebook without punctuation beside general chat that has it) and
+    it learns that cue instead of what was asked; users end questions every way."""
+    rng = random.Random(f"question-endings-{seed}")  # its own, so the rest of the mix stays as it was
+    result, bare = [], 0
+    for kind, conversation in mixed:
+        messages = []
+        for message in conversation["messages"]:
+            text = message["content"]
+            if message["role"] == "user" and isinstance(text, str) and text.strip():
+                if rng.random() < BARE_ENDING_SHARE:
+                    stripped = _ENDING.sub("", text)
+                    text, bare = (stripped, bare + 1) if stripped else (text, bare)
+                elif text.endswith("？") and rng.random() < ASCII_QUESTION_MARK_SHARE:
+                    text = text[:-1] + "?"
+                message = {**message, "content": text}
+            messages.append(message)
+        result.append((kind, {**conversation, "messages": messages}))
+    report["user_turns_without_end_punctuation"] = bare
     return result
