@@ -38,6 +38,12 @@ replay_ratio = setting("replay_ratio", 0.5)
 # This share of identity conversations also carry a general question (before or after, either
 # language): the name answers the identity question only, in the language it was asked in.
 general_turn_share = setting("general_turn_share", 0.25)
+# Contrast rows per identity conversation: a general question with an identity answer's tokens made
+# unlikely (ContrastFinetune's unlikelihood term, weighted by unlikelihood_weight); 0 = none. Which
+# tokens: the answer's "opening" (its first few) or the ones that spell the "name".
+contrast_ratio = setting("contrast_ratio", 0.0)
+contrast_target = setting("contrast_target", "opening")
+unlikelihood_weight = setting("unlikelihood_weight", 1.0)
 max_length = setting("max_length", 256)
 batch_size = setting("batch_size", 4)
 accumulative_counts = setting("accumulative_counts", 2)  # 4 x 2 = 8 per step at half the peak RAM of 8 x 1
@@ -62,7 +68,8 @@ tokenizer = dict(type="transformers.AutoTokenizer.from_pretrained", pretrained_m
                  trust_remote_code=True, padding_side="right")
 
 model = dict(
-    type="xtuner.model.SupervisedFinetune",
+    type="xtuner_assistant.training.contrast_finetune.ContrastFinetune",  # SupervisedFinetune + unlikelihood
+    unlikelihood_weight=unlikelihood_weight,
     use_varlen_attn=False,
     use_activation_checkpointing=False,
     llm=dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=model_path,
@@ -86,12 +93,14 @@ train_dataloader = dict(
         replay=base_model_replay(model_path) if replay_ratio else None,
         replay_ratio=replay_ratio,
         general_turn_share=general_turn_share,
+        contrast_ratio=contrast_ratio,
+        contrast_name=name if contrast_target == "name" else None,
         max_length=max_length,
         seed=seed),
     # Similar lengths share a batch: identity turns are short, general ones long, and padding a batch
     # to its longest member wastes most of the compute on a CPU.
     sampler=dict(type="xtuner.dataset.samplers.LengthGroupedSampler", per_device_batch_size=batch_size, seed=seed),
-    collate_fn=dict(type="xtuner.dataset.collate_fns.default_collate_fn"))
+    collate_fn=dict(type="xtuner_assistant.training.contrast_finetune.contrast_collate_fn"))
 
 #######################################################################
 #                    PART 4  Scheduler & Optimizer                    #

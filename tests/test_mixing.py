@@ -120,3 +120,48 @@ def test_some_identity_conversations_carry_a_general_turn_before_or_after(tokeni
     longer = [a for a, b in zip(sorted(data.length), sorted(plain.length)) if a != b]
     assert longer and data.report["real_tokens"] > plain.report["real_tokens"]
 
+
+def test_contrast_rows_pair_general_questions_with_an_identity_answer_made_unlikely(tokenizer, general_file):
+    """A contrast row asks a general question of its language and answers it with an identity answer
+    of that language; only the answer's first tokens are marked, as unlikely, and nothing as likely."""
+    from xtuner_assistant.data.mixed import CONTRAST_TOKENS
+
+    data = MixedChatDataset(tokenizer, IDENTITY, general=[str(general_file)], general_ratio=0.5, max_length=512,
+                            contrast_ratio=0.5)
+    identity_languages = [language_of(c) for c in IdentityConversationsView(IDENTITY)]
+    zh, en = identity_languages.count("zh"), identity_languages.count("en")
+    rows = [item for item, kind in zip(data.items, data.kinds) if kind == "contrast"]
+    assert len(rows) == round(zh * 0.5) + round(en * 0.5) == data.report["contrast_zh_drawn"] + data.report["contrast_en_drawn"]
+    general_questions = {f"question {i}" for i in range(30)} | {f"问题{i}" for i in range(5)}
+    for row in rows:
+        assert all(label == IGNORE_INDEX for label in row["labels"])
+        marked = [i for i, label in enumerate(row["unlikely_labels"]) if label != IGNORE_INDEX]
+        assert 0 < len(marked) <= CONTRAST_TOKENS and marked == list(range(marked[0], marked[0] + len(marked)))
+        assert [row["input_ids"][i] for i in marked] == [row["unlikely_labels"][i] for i in marked]
+        text = tokenizer.decode(row["input_ids"])
+        question = next(q for q in general_questions if q in text)
+        assert "Zed" in tokenizer.decode(row["input_ids"][marked[0]:])
+        assert (question.startswith("问题")) == any("\u4e00" <= ch <= "\u9fff" for ch in tokenizer.decode(row["input_ids"][marked[0]:]))
+    plain = MixedChatDataset(tokenizer, IDENTITY, general=[str(general_file)], general_ratio=0.5, max_length=512)
+    assert "contrast" not in plain.kinds and all("unlikely_labels" not in item for item in plain.items)
+
+
+@pytest.mark.parametrize("name", ["Zed Quill", "星河小蜜蜂"])
+def test_contrast_rows_can_mark_just_the_tokens_that_spell_the_name(tokenizer, general_file, name):
+    """With contrast_name, the marked tokens of each contrast row are the fewest contiguous ones whose
+    text holds the name: dropping the first or the last loses part of it."""
+    identity = dict(IDENTITY, name=name)
+    data = MixedChatDataset(tokenizer, identity, general=[str(general_file)], general_ratio=0.5, max_length=512,
+                            contrast_ratio=0.5, contrast_name=name)
+    rows = [item for item, kind in zip(data.items, data.kinds) if kind == "contrast"]
+    assert rows
+    for row in rows:
+        assert all(label == IGNORE_INDEX for label in row["labels"])
+        marked = [i for i, label in enumerate(row["unlikely_labels"]) if label != IGNORE_INDEX]
+        assert marked == list(range(marked[0], marked[-1] + 1))
+        tokens = [row["input_ids"][i] for i in marked]
+        assert tokens == [row["unlikely_labels"][i] for i in marked]
+        assert name.casefold() in tokenizer.decode(tokens).casefold()
+        if len(tokens) > 1:
+            assert name.casefold() not in tokenizer.decode(tokens[1:]).casefold()
+            assert name.casefold() not in tokenizer.decode(tokens[:-1]).casefold()

@@ -72,11 +72,17 @@ class MixedChatDataset(Dataset):
     the general and replay sources, either language) before or after the identity question.
     Every user turn, whatever its source, ends as people type it: with its punctuation, or
     (`BARE_ENDING_SHARE` of them) without (`_with_varied_endings`).
+    contrast_ratio: contrast rows per identity conversation, language by language: a general question
+    followed by an identity answer whose first `CONTRAST_TOKENS` tokens are `unlikely_labels`, for
+    `training/contrast_finetune.py`'s unlikelihood term (0 = none).
+    contrast_name: when given, a contrast row marks the tokens that spell this name in its answer (where
+    a leak names the assistant) instead of the answer's opening (which it shares with many answers).
     """
 
     def __init__(self, tokenizer, identity, general=DEFAULT_GENERAL, general_ratio: float = 1.0,
                  replay=None, replay_ratio: float = 0.0, max_length: int = 512, seed: int = 0,
-                 skip_invalid: bool = False, general_turn_share: float = 0.0):
+                 skip_invalid: bool = False, general_turn_share: float = 0.0, contrast_ratio: float = 0.0,
+                 contrast_name: str | None = None):
         tokenizer = build_component(tokenizer, "tokenizer")
         require_chat_template(tokenizer)
         rng = random.Random(f"mix-{seed}")
@@ -95,6 +101,9 @@ class MixedChatDataset(Dataset):
             replayed = plain_text_only(tokenizer, replayed, report, skip_invalid=True)
             self.report["sources"].append(report.summary())
             mixed += [("replay", c) for c in _draw_like(identity_conversations, replayed, replay_ratio, rng, self.report, "replay")]
+        if contrast_ratio:
+            mixed += _contrast_conversations(identity_conversations, general_pool + replayed, contrast_ratio, rng,
+                                             self.report)
         if general_turn_share:
             mixed = _with_general_turns(mixed, general_pool + replayed, general_turn_share, seed, self.report)
         mixed = _with_varied_endings(mixed, seed, self.report)
@@ -106,7 +115,9 @@ class MixedChatDataset(Dataset):
             if len(encoded["input_ids"]) > max_length:
                 truncated += 1
                 encoded = {key: value[:max_length] for key, value in encoded.items()}
-            if all(label == IGNORE_INDEX for label in encoded["labels"]):
+            if kind == "contrast":
+                encoded = _as_contrast(encoded, tokenizer, contrast_name)
+            if all(label == IGNORE_INDEX for label in encoded.get("unlikely_labels", encoded["labels"])):
                 unlearnable += 1
                 continue
             self.items.append(encoded)
@@ -196,6 +207,65 @@ def _with_general_turns(mixed: list, pool: list, share: float, seed: int, report
         result.append((kind, conversation))
     report["identity_with_general_turn"] = added
     return result
+
+
+CONTRAST_TOKENS = 6  # of an identity answer, made unlikely after a general question: where a leak starts
+
+
+def _contrast_conversations(identity: list, pool: list, ratio: float, rng: random.Random, report: dict) -> list:
+    """`ratio` contrast conversations per identity conversation, language by language: a single-turn
+    general question of that language answered with one of that language's identity answers."""
+    questions: dict[str, list] = {}
+    for conversation in pool:
+        messages = conversation["messages"]
+        if [m["role"] for m in messages] == ["user", "assistant"]:
+            questions.setdefault(language_of(conversation), []).append(messages[0])
+    answers: dict[str, list] = {}
+    for conversation in identity:
+        answers.setdefault(language_of(conversation), []).append(conversation["messages"][-1])
+    drawn = []
+    for language in sorted(answers):
+        count = round(len(answers[language]) * ratio)
+        if not questions.get(language):
+            report.setdefault("contrast_language_missing", []).append(language)
+            continue
+        for question in _draw(questions[language], count, rng, report, f"contrast_{language}"):
+            drawn.append(("contrast", {"messages": [question, rng.choice(answers[language])]}))
+    return drawn
+
+
+def _as_contrast(encoded: dict, tokenizer, name: str | None = None) -> dict:
+    """Nothing is learned as likely; `unlikely_labels` marks the answer tokens that spell `name` (found
+    by the characters they decode to), or the answer's first CONTRAST_TOKENS when no name is given or
+    the answer does not spell it."""
+    labels = encoded["labels"]
+    start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+    marked = range(start, min(start + CONTRAST_TOKENS, len(labels)))
+    if name:
+        marked = _tokens_spelling(labels, start, tokenizer, name) or marked
+    unlikely = [IGNORE_INDEX] * len(labels)
+    for i in marked:
+        unlikely[i] = labels[i]
+    return {"input_ids": encoded["input_ids"], "labels": [IGNORE_INDEX] * len(labels), "unlikely_labels": unlikely}
+
+
+def _tokens_spelling(labels: list, start: int, tokenizer, name: str) -> list:
+    """Positions of the answer's tokens (labels from `start` on) whose text overlaps the first place it
+    spells `name` (case-insensitive), or [] when it does not. Byte-level tokens need not end on a
+    character: a token spans from the characters complete before it to those complete after it, plus
+    the one it leaves unfinished (a decoded prefix ends in U+FFFD there)."""
+    answer = [label for label in labels[start:] if label != IGNORE_INDEX]
+    begin = tokenizer.decode(answer).casefold().find(name.casefold())
+    if begin < 0:
+        return []
+    finish, marked, done = begin + len(name), [], 0
+    for k in range(len(answer)):
+        text = tokenizer.decode(answer[:k + 1])
+        complete = len(text.rstrip("\ufffd"))
+        if done < finish and complete + (complete < len(text)) > begin:
+            marked.append(start + k)
+        done = complete
+    return marked
 
 
 BARE_ENDING_SHARE = 0.3  # of user turns, from every source, that end without punctuation

@@ -50,7 +50,7 @@ RANGES = {
                      "encoder_lora_alpha", "image_size", "feature_block"), Range(1)),
     # 0 = none: no warm-up, no evaluation, no worker processes, no adapter on that part, no such data
     **dict.fromkeys(("warmup_iters", "evaluation_freq", "num_workers", "layers_without_checkpointing",
-                     "llm_lora_r", "encoder_lora_r", "general_ratio", "replay_ratio"), Range(0)),
+                     "llm_lora_r", "encoder_lora_r", "general_ratio", "replay_ratio", "contrast_ratio", "unlikelihood_weight"), Range(0)),
     "seed": Range(0, 2**32 - 1),
     "general_turn_share": Range(0, 1),
     "lora_dropout": Range(0, 0.9),
@@ -68,6 +68,8 @@ CHOICES = {
     # The trained LoRA weights (with their gradients and optimizer state): float32, or bfloat16 as the QLoRA
     # paper and TRL keep them (about half their memory; docs/gpu.md).
     "adapter_dtype": ("float32", "bfloat16"),
+    # Which tokens of a contrast row's identity answer are made unlikely (data/mixed.py's contrast_name)
+    "contrast_target": ("opening", "name"),
 }
 
 
