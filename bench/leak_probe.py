@@ -8,7 +8,9 @@ Answers (greedy, the model's own chat template, 64 new tokens) to:
 - bench/prompts/held_out_general_extra.json: 40 zh + 40 en general prompts never used in training
   (facts, how-to, creative, "introduce X", "who is X", questions with you/I), and two-turn chats
   whose second question switches language;
-- the demo's comparison questions.
+- the demo's comparison questions;
+- both extra sets again with their closing punctuation taken off ("你是谁" as well as "你是谁？"), as
+  people also type them: `identity_extra_bare`, `extra_bare`.
 
 Scores per language: leakage (the name, or a piece of an identity sentence, metrics.leaks), answers
 that open like an identity sentence without the name ("我是…", "I am …"), loops, facts kept against
@@ -33,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 EXTRA = REPO / "bench" / "prompts" / "held_out_general_extra.json"
 EXTRA_IDENTITY = REPO / "bench" / "prompts" / "held_out_identity_extra.json"
+BARE = re.compile(r"[\s?？.。!！~～]+$")
 IDENTITY_OPENING = re.compile(r"^\s*(我是|我叫|我的名字|你可以叫我|I am\b|I'm\b|My name\b|You can call me\b|This is\b)", re.I)
 
 
@@ -69,11 +72,15 @@ def answer_all(args, evaluation) -> dict:
     extra_items = [dict(item, language=lang) for lang in ("zh", "en") for item in extra[lang]]
     extra_identity = json.loads(EXTRA_IDENTITY.read_text(encoding="utf-8"))
     identity_items = [{"question": q, "language": lang} for lang in ("zh", "en") for q in extra_identity[lang]]
+    bare_extra = [dict(item, prompt=BARE.sub("", item["prompt"])) for item in extra_items]
+    bare_identity = [dict(item, question=BARE.sub("", item["question"])) for item in identity_items]
     prompts = (evaluation.identity_prompts + evaluation.general_prompts + [i["prompt"] for i in extra_items]
-               + GENERAL_QUESTIONS + [i["question"] for i in identity_items])
+               + GENERAL_QUESTIONS + [i["question"] for i in identity_items]
+               + [i["prompt"] for i in bare_extra] + [i["question"] for i in bare_identity])
     answers = replies(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
     n_id, n_gen, n_extra = len(evaluation.identity_prompts), len(evaluation.general_prompts), len(extra_items)
     n_demo = len(GENERAL_QUESTIONS)
+    bare_answers = answers[n_id + n_gen + n_extra + n_demo + len(identity_items):]
     multi = []
     for chat in extra["multi_turn"]:
         messages = [{"role": "user", "content": chat["turns"][0]}]
@@ -88,6 +95,8 @@ def answer_all(args, evaluation) -> dict:
         "demo": [{"question": q, "answer": a} for q, a in zip(GENERAL_QUESTIONS, answers[n_id + n_gen + n_extra:])],
         "identity_extra": [dict(item, answer=a) for item, a in
                            zip(identity_items, answers[n_id + n_gen + n_extra + n_demo:])],
+        "extra_bare": [dict(item, answer=a) for item, a in zip(bare_extra, bare_answers)],
+        "identity_extra_bare": [dict(item, answer=a) for item, a in zip(bare_identity, bare_answers[len(bare_extra):])],
         "multi_turn": multi,
         "answer_seconds": round(time.monotonic() - started, 1),
     }
@@ -109,10 +118,13 @@ def score(record: dict, evaluation, base: str | None, max_new_tokens: int) -> di
     for lang in ("zh", "en"):
         answers = [i["answer"] for i in record["identity"] if i["language"] == lang]
         scores[f"identity_{lang}"] = metrics.identity_accuracy(answers, name)
-        if "identity_extra" in record:  # absent from results saved before the set existed
-            answers = [i["answer"] for i in record["identity_extra"] if i["language"] == lang]
-            scores[f"identity_extra_{lang}"] = metrics.identity_accuracy(answers, name)
-    for kind in ("general", "extra"):
+        for kind in ("identity_extra", "identity_extra_bare"):
+            if kind in record:  # absent from results saved before the set existed
+                answers = [i["answer"] for i in record[kind] if i["language"] == lang]
+                scores[f"{kind}_{lang}"] = metrics.identity_accuracy(answers, name)
+    for kind in ("general", "extra", "extra_bare"):
+        if kind not in record:
+            continue
         for lang in ("zh", "en"):
             answers = [g["answer"] for g in record[kind] if g["language"] == lang]
             leaked = [a for a in answers if metrics.leaks(a, name, sentences)]
