@@ -120,3 +120,46 @@ def test_the_last_checkpoint_is_one_of_the_work_dirs_own(tmp_path):
     assert last_checkpoint(copy) == copy / "iter_2.pth"
     (copy / "iter_2.pth").unlink()
     assert last_checkpoint(copy) == copy / "iter_4.pth"
+
+
+def test_a_new_run_in_a_used_work_dir_sets_the_earlier_run_aside(killed, tiny_model_dir, tmp_path):
+    """Trained again without --resume, a work dir holding an earlier run (here the killed one, plus a
+    later checkpoint and a best one with the evaluation hook's records) keeps all of it in
+    earlier_runs/<time>/; `--resume` and `convert` then find only the new run's checkpoints."""
+    from xtuner_assistant.training.work_dir import default_checkpoint, newest_loadable_checkpoint
+
+    root, planned = killed
+    shutil.copytree(root, tmp_path / "run", symlinks=True)
+    root, work = tmp_path / "run", tmp_path / "run" / "work"
+    earlier = checkpoint_iterations(work)
+    shutil.copy(work / f"iter_{earlier[-1]}.pth", work / f"iter_{planned + 100}.pth")
+    shutil.copy(work / f"iter_{earlier[-1]}.pth", work / "best_checkpoint.pth")
+    (work / "identity_eval").mkdir()
+    (work / "identity_eval" / "summary.json").write_text(json.dumps({"best": {"iter": planned + 100}}))
+    result = subprocess.run([*CLI, *train_args(root, tiny_model_dir)], capture_output=True, text=True,
+                            env=environment())
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "held an earlier run" in output
+    (aside,) = (work / "earlier_runs").iterdir()
+    assert checkpoint_iterations(aside) == sorted(earlier + [planned + 100])
+    assert (aside / "best_checkpoint.pth").is_file() and (aside / "identity_eval" / "summary.json").is_file()
+    assert (aside / "last_checkpoint").is_file()
+    assert max(checkpoint_iterations(work)) == planned and planned + 100 not in checkpoint_iterations(work)
+    assert not (work / "best_checkpoint.pth").exists() and not (work / "identity_eval").exists()
+    assert newest_loadable_checkpoint(work)[0].name == default_checkpoint(work)[0].name == f"iter_{planned}.pth"
+
+
+def test_setting_aside_needs_a_run_and_never_overwrites_an_earlier_one(tmp_path):
+    from xtuner_assistant.training.work_dir import set_aside_earlier_run
+
+    assert set_aside_earlier_run(tmp_path / "missing") is None
+    (tmp_path / "notes.txt").write_text("mine")
+    assert set_aside_earlier_run(tmp_path) is None and (tmp_path / "notes.txt").is_file()
+    folders = []
+    for run in range(2):
+        (tmp_path / "iter_4.pth").write_bytes(f"run {run}".encode())
+        folders.append(set_aside_earlier_run(tmp_path, now="20261202_040000"))
+    assert folders[0] != folders[1]
+    assert [(f / "iter_4.pth").read_bytes() for f in folders] == [b"run 0", b"run 1"]
+    assert (tmp_path / "notes.txt").read_text() == "mine", "what the tool does not read stays where it is"

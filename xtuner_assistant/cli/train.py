@@ -50,4 +50,11 @@ def run(args):
         # refuses, nor `load_from=PATH`, which --cfg-options would cut at commas and strip of spaces.
         write_text_atomic(work_dir / "last_checkpoint", str(checkpoint))
         extra += ["--cfg-options", "resume=True"]
+    else:
+        from xtuner_assistant.training.work_dir import set_aside_earlier_run
+
+        moved = set_aside_earlier_run(work_dir)
+        if moved:
+            progress.log(f"{work_dir} held an earlier run: its checkpoints and evaluation records are now in {moved}, "
+                         "so this run's are not mixed with them (--resume continues a run instead)")
     return run_tool("train", [str(config), *extra], settings)

@@ -155,6 +155,34 @@ def looks_like_training_run(folder: Path) -> bool:
             or records.eval_dir(folder).is_dir())
 
 
+EARLIER_RUNS = "earlier_runs"
+
+
+def set_aside_earlier_run(work_dir: Path, now: str | None = None) -> Path | None:
+    """Before a new run (not a resume) in a work dir that holds one: move what says which checkpoint is
+    whose (its iter_N.pth, last_checkpoint, the hook's best checkpoint and records) into
+    earlier_runs/<time>/, and return that folder; None when there was nothing. Otherwise the new run's
+    checkpoints would mix with the old ones: `--resume` would pick the old run's higher iteration, and
+    `convert` an old best checkpoint or, after a crash, the old last one. Nothing is deleted."""
+    import time
+
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir() or not looks_like_training_run(work_dir):
+        return None
+    stamp = now or time.strftime("%Y%m%d_%H%M%S")
+    target, suffix = work_dir / EARLIER_RUNS / stamp, 1
+    while target.exists():
+        suffix += 1
+        target = work_dir / EARLIER_RUNS / f"{stamp}_{suffix}"
+    target.mkdir(parents=True)
+    leftovers = [*checkpoints(work_dir), work_dir / "last_checkpoint", work_dir / records.BEST_CHECKPOINT,
+                 records.eval_dir(work_dir)]
+    for path in leftovers:
+        if path.exists():
+            path.rename(target / path.name)
+    return target
+
+
 def run_facts(work_dir: Path) -> dict:
     """Who the run made (name, author, base model), its settings and its evaluation, with no paths:
     a merged model keeps these in its merge record, so they travel with it wherever it is published."""
