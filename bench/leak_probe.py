@@ -35,7 +35,6 @@ sys.path.insert(0, str(REPO))
 
 EXTRA = REPO / "bench" / "prompts" / "held_out_general_extra.json"
 EXTRA_IDENTITY = REPO / "bench" / "prompts" / "held_out_identity_extra.json"
-BARE = re.compile(r"[\s?？.。!！~～]+$")
 IDENTITY_OPENING = re.compile(r"^\s*(我是|我叫|我的名字|你可以叫我|I am\b|I'm\b|My name\b|You can call me\b|This is\b)", re.I)
 
 
@@ -64,6 +63,7 @@ def load_model(args):
 
 def answer_all(args, evaluation) -> dict:
     from xtuner_assistant.cli.demo import GENERAL_QUESTIONS
+    from xtuner_assistant.data.mixed import CLOSING_PUNCTUATION
     from xtuner_assistant.models.generation import reply, replies
 
     extra = json.loads(EXTRA.read_text(encoding="utf-8"))
@@ -72,8 +72,8 @@ def answer_all(args, evaluation) -> dict:
     extra_items = [dict(item, language=lang) for lang in ("zh", "en") for item in extra[lang]]
     extra_identity = json.loads(EXTRA_IDENTITY.read_text(encoding="utf-8"))
     identity_items = [{"question": q, "language": lang} for lang in ("zh", "en") for q in extra_identity[lang]]
-    bare_extra = [dict(item, prompt=BARE.sub("", item["prompt"])) for item in extra_items]
-    bare_identity = [dict(item, question=BARE.sub("", item["question"])) for item in identity_items]
+    bare_extra = [dict(item, prompt=CLOSING_PUNCTUATION.sub("", item["prompt"])) for item in extra_items]
+    bare_identity = [dict(item, question=CLOSING_PUNCTUATION.sub("", item["question"])) for item in identity_items]
     prompts = (evaluation.identity_prompts + evaluation.general_prompts + [i["prompt"] for i in extra_items]
                + GENERAL_QUESTIONS + [i["question"] for i in identity_items]
                + [i["prompt"] for i in bare_extra] + [i["question"] for i in bare_identity])

@@ -270,7 +270,8 @@ def _tokens_spelling(labels: list, start: int, tokenizer, name: str) -> list:
 
 BARE_ENDING_SHARE = 0.3  # of user turns, from every source, that end without punctuation
 ASCII_QUESTION_MARK_SHARE = 0.15  # of Chinese questions that end in "?" rather than "？"
-_ENDING = re.compile(r"[\s?？.。!！~～]+$")
+# what a user turn loses when it ends bare (bench/leak_probe.py asks its "bare" sets the same way)
+CLOSING_PUNCTUATION = re.compile(r"[\s?？.。!！~～]+$")
 
 
 def _with_varied_endings(mixed: list, seed: int, report: dict) -> list:
@@ -286,7 +287,7 @@ def _with_varied_endings(mixed: list, seed: int, report: dict) -> list:
             text = message["content"]
             if message["role"] == "user" and isinstance(text, str) and text.strip():
                 if rng.random() < BARE_ENDING_SHARE:
-                    stripped = _ENDING.sub("", text)
+                    stripped = CLOSING_PUNCTUATION.sub("", text)
                     text, bare = (stripped, bare + 1) if stripped else (text, bare)
                 elif text.endswith("？") and rng.random() < ASCII_QUESTION_MARK_SHARE:
                     text = text[:-1] + "?"
