@@ -126,7 +126,7 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
     || { note "replay failed"; tail -5 $W/replay.log; exit 1; }
   note "assets + fetch + replay in $((SECONDS - t0)) s"
   local runs=${LEAK_RUNS:-"N|小菜鸡|0| S|小菜鸡|0| N|Kestrel|1| S|Kestrel|1| N|Silver Kite|2|Ada Lin S|Silver Kite|2|Ada Lin N|星河|3| S|星河|3| N|Juniper|4|Sam Roe S|Juniper|4|Sam Roe"}
-  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([CTIPRLNSEVFGYOUZXMABKJWHDQ]|\)/\n\1/g')); IFS=$IFS_SAVE
+  local IFS_SAVE=$IFS; IFS=$'\n'; local specs=($(echo "$runs" | sed 's/ \([A-Z][0-9]*|\)/\n\1/g')); IFS=$IFS_SAVE
   local i=0 top=$PWD; mkdir -p $W/leak
   # P runs from a copy of the tree whose question pool is the larger one
   mkdir -p $W/pool && cp -r xtuner_assistant configs bench $W/pool/
@@ -166,9 +166,12 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
       # contrast rows that make only the tokens spelling the name unlikely: half (W) or one (H) per identity one
       W) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=0.5 --set contrast_target=name) ;;
       H) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=1 --set contrast_target=name) ;;
-      # between M and W, not yet screened: W's rows with a third of the weight (D), or a fifth as many rows (Q)
+      # between M and W: W's rows with a third of the weight (D), a fifth (Q) or half (I) as many rows
       D) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=0.5 --set contrast_target=name --set unlikelihood_weight=0.3) ;;
       Q) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=0.1 --set contrast_target=name) ;;
+      I) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=0.25 --set contrast_target=name) ;;  # half of W's rows
+      # D's weak contrast with more identity conversations (800), to win back Chinese identity
+      D8) extra=(--set general_ratio=1.5 --set identity_samples=800 --set contrast_ratio=0.5 --set contrast_target=name --set unlikelihood_weight=0.3) ;;
       R) extra=(--set lora_r=64) ;;
       L) extra=(--set lr=2e-3) ;;
       # the template's default system message (SmolLM2's names SmolLM) replaced: neutral (N), or naming the assistant (S)
