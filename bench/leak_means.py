@@ -6,7 +6,7 @@
 Columns: identity on the held-out split (zh / en), on the questions outside the pool (mean, then the
 runs' range), the same questions without their closing punctuation ("bare"), leakage counted over the
 runs (the shipped general prompts in Chinese, the extra set zh / en, and the extra set bare), repetition,
-facts kept (shipped / extra), second turns answered in their own language.
+facts kept (shipped / extra), second turns answered in their own language (over the runs' two-turn chats).
 """
 from __future__ import annotations
 
@@ -52,15 +52,18 @@ def line(recipe: str, runs: list[dict]) -> str:
     text += f" | rep {mean('repetition'):.2f}"
     if all("facts_kept_general" in run for run in runs):
         text += f" | facts {mean('facts_kept_general'):.2f}/{mean('facts_kept_extra'):.2f}"
-    followed = sum(round(run["second_turn_language_followed"] * 8) for run in runs)
-    return text + f" | 2nd turn {followed}/{8 * len(runs)}"
+    if all(run.get("multi_turn_chats") for run in runs):
+        followed = sum(round(run["second_turn_language_followed"] * run["multi_turn_chats"]) for run in runs)
+        text += f" | 2nd turn {followed}/{sum(run['multi_turn_chats'] for run in runs)}"
+    return text
 
 
 def main(argv=None) -> None:
     paths = (argv if argv is not None else sys.argv[1:]) or sys.exit(__doc__)
     by_recipe: dict[str, list[dict]] = defaultdict(list)
     for name, result in results(paths):
-        by_recipe[re.fullmatch(r"leak_(.+)_run\d+\.json", name)[1]].append(result["scores"])
+        chats = len(result.get("answers", {}).get("multi_turn", []))  # the second-turn share is over these
+        by_recipe[re.fullmatch(r"leak_(.+)_run\d+\.json", name)[1]].append({**result["scores"], "multi_turn_chats": chats})
     for recipe, runs in by_recipe.items():
         print(line(recipe, runs))
 

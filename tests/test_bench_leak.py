@@ -62,8 +62,14 @@ def test_frontier_refuses_archives_without_bare_sets(tmp_path, capsys):
     assert not (tmp_path / "out.png").exists()
 
 
-def test_means_line_sums_counts_over_runs():
-    line = leak_means.line("A", [scores(1.0, 0.9, 0.8, 2, 0), scores(0.8, 0.7, 0.6, 1, 1)])
+def test_means_sum_counts_over_runs_and_second_turns_over_each_runs_chats(tmp_path, capsys):
+    line = leak_means.line("A", [scores(1.0, 0.9, 0.8, 2, 0, multi_turn_chats=8),
+                                 scores(0.8, 0.7, 0.6, 1, 1, multi_turn_chats=8)])
     assert line.startswith("A 2 held zh 0.90 en 1.00 | outside zh 0.80 (0.70-0.90)")
     assert "extra zh 3/80 en 0/80" in line and "extra bare zh 1/80 en 2/80" in line
     assert line.endswith("2nd turn 12/16")
+    chats = lambda n: [{"turns": ["你好", "Hi"], "answers": ["你好", "Hello"]}] * n
+    runs = {"leak_A_run0.json": {"scores": scores(1.0, 1.0, 1.0, 0, 0), "answers": {"multi_turn": chats(4)}},
+            "leak_A_run1.json": {"scores": scores(1.0, 1.0, 1.0, 0, 0), "answers": {"multi_turn": chats(12)}}}
+    leak_means.main([str(archive(tmp_path / "a.tgz", runs))])
+    assert capsys.readouterr().out.strip().endswith("2nd turn 12/16")  # 0.75 of 4, then of 12

@@ -30,7 +30,7 @@ def test_comparison_labels_identity_and_general_questions(capsys):
 
 def test_identity_samples_sizes_the_demos_identity_file(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(demo, "fetch", lambda model_name: tiny_model_dir)
-    monkeypatch.setattr(demo, "run_tool", lambda name, args, settings: 1)  # stop after the data is written
+    monkeypatch.setattr(demo, "train_run", lambda config, work_dir, settings: 1)  # stop after the data is written
     with pytest.raises(DemoError, match="training failed"):
         demo.run_demo("Zorblat", work_dir=tmp_path, settings={"identity_samples": "24"})
     assert len((tmp_path / "data" / "identity.jsonl").read_text(encoding="utf-8").splitlines()) == 24

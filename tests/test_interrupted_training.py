@@ -163,3 +163,27 @@ def test_setting_aside_needs_a_run_and_never_overwrites_an_earlier_one(tmp_path)
     assert folders[0] != folders[1]
     assert [(f / "iter_4.pth").read_bytes() for f in folders] == [b"run 0", b"run 1"]
     assert (tmp_path / "notes.txt").read_text() == "mine", "what the tool does not read stays where it is"
+
+
+def test_every_training_run_starts_in_one_place_that_resumes_or_sets_aside(tmp_path, monkeypatch):
+    """`train` and `demo` both start runs through xtuner_tools.train_run: a resume points mmengine at the
+    newest checkpoint that loads; a new run first moves an earlier one aside, whoever calls it."""
+    import torch
+
+    from xtuner_assistant.cli import demo
+    from xtuner_assistant.training import xtuner_tools
+
+    assert demo.train_run is xtuner_tools.train_run
+    calls = []
+    monkeypatch.setattr(xtuner_tools, "run_tool", lambda name, args, settings: calls.append((name, args)) or 0)
+    torch.save({"meta": {}}, tmp_path / "iter_8.pth")
+    (tmp_path / "iter_16.pth").write_bytes(b"cut short")
+    assert xtuner_tools.train_run(Path("c.py"), tmp_path, {}, resume=True, extra_args=["--deepspeed", "z2"]) == 0
+    assert calls[-1] == ("train", ["c.py", "--work-dir", str(tmp_path), "--deepspeed", "z2",
+                                   "--cfg-options", "resume=True"])
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_8.pth")
+    assert xtuner_tools.train_run(Path("c.py"), tmp_path, {}) == 0
+    assert calls[-1] == ("train", ["c.py", "--work-dir", str(tmp_path)])
+    (aside,) = (tmp_path / "earlier_runs").iterdir()
+    assert sorted(p.name for p in aside.iterdir()) == ["iter_16.pth", "iter_8.pth", "last_checkpoint"]
+    assert not list(tmp_path.glob("iter_*.pth"))

@@ -15,8 +15,7 @@ from xtuner_assistant.models.zoo import MODELS, get_model, model_display_name
 from xtuner_assistant.paths import check_output_dir, check_output_files, record_outputs, shipped, write_json_atomic
 from xtuner_assistant.training.export import checkpoint_to_adapter, merge_adapter
 from xtuner_assistant.training.settings import check_training_inputs, parse_settings
-from xtuner_assistant.training.work_dir import set_aside_earlier_run
-from xtuner_assistant.training.xtuner_tools import run_tool
+from xtuner_assistant.training.xtuner_tools import train_run
 
 CONFIG = "smollm2_135m_lora_cpu_assistant.py"
 GENERAL_QUESTIONS = ["What is the capital of France?", "请用一句话介绍一下长城。"]
@@ -113,11 +112,7 @@ def run_demo(name: str, author: str = "", model_name: str = "smollm2-135m", work
     paths = write_identity_files(work_dir / "data", name, author, display_name, int(samples), force=force)
     held_out = json.loads(paths["held_out"].read_text(encoding="utf-8"))["questions"]
     progress.log(f"[3/5] xtuner train {config.name} (mmengine logs ETA every 10 iterations)")
-    moved = set_aside_earlier_run(work_dir / "train")
-    if moved:
-        progress.log(f"the earlier demo's checkpoints and evaluation records are now in {moved}")
-    status = run_tool("train", [str(config), "--work-dir", str(work_dir / "train")],
-                      {**train_settings, "identity_file": str(paths["train"])})
+    status = train_run(config, work_dir / "train", {**train_settings, "identity_file": str(paths["train"])})
     if status != 0:
         raise DemoError(f"training failed with exit status {status}; see the log above and {work_dir / 'train'}")
     progress.log("[4/5] converting the last checkpoint and merging it into the base model")

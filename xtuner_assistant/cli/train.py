@@ -18,9 +18,8 @@ def register(subparsers):
 
 
 def run(args):
-    from xtuner_assistant import progress
     from xtuner_assistant.training.settings import check_training_inputs, parse_settings
-    from xtuner_assistant.training.xtuner_tools import run_tool
+    from xtuner_assistant.training.xtuner_tools import train_run
 
     config = Path(args.config)
     if not config.is_file():
@@ -33,28 +32,5 @@ def run(args):
     if work_dir.exists() and not work_dir.is_dir():
         raise UserError(f"--work-dir {work_dir}: is a file, not a folder; choose another work dir")
     settings = check_training_inputs(config, settings)
-    extra = ["--work-dir", str(work_dir)]
-    if args.deepspeed:
-        extra += ["--deepspeed", args.deepspeed]
-    if args.resume:
-        from xtuner_assistant.paths import write_text_atomic
-        from xtuner_assistant.training.work_dir import newest_loadable_checkpoint
-
-        checkpoint, skipped = newest_loadable_checkpoint(work_dir)
-        for line in skipped:
-            progress.log(f"skipping {line}")
-        if skipped:
-            progress.log(f"resuming from {checkpoint.name}, the newest checkpoint that loads")
-        # mmengine's own resume (resume=True reads work_dir/last_checkpoint), pointed at that checkpoint;
-        # not xtuner's `--resume PATH`, which reads the seed with a bare torch.load that torch >= 2.6
-        # refuses, nor `load_from=PATH`, which --cfg-options would cut at commas and strip of spaces.
-        write_text_atomic(work_dir / "last_checkpoint", str(checkpoint))
-        extra += ["--cfg-options", "resume=True"]
-    else:
-        from xtuner_assistant.training.work_dir import set_aside_earlier_run
-
-        moved = set_aside_earlier_run(work_dir)
-        if moved:
-            progress.log(f"{work_dir} held an earlier run: its checkpoints and evaluation records are now in {moved}, "
-                         "so this run's are not mixed with them (--resume continues a run instead)")
-    return run_tool("train", [str(config), *extra], settings)
+    extra = ["--deepspeed", args.deepspeed] if args.deepspeed else []
+    return train_run(config, work_dir, settings, resume=args.resume, extra_args=extra)

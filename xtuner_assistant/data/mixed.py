@@ -260,9 +260,11 @@ def _tokens_spelling(labels: list, start: int, tokenizer, name: str) -> list:
         return []
     finish, marked, done = begin + len(name), [], 0
     for k in range(len(answer)):
+        if done >= finish:  # the name is spelled: later prefixes need no decoding
+            break
         text = tokenizer.decode(answer[:k + 1])
         complete = len(text.rstrip("\ufffd"))
-        if done < finish and complete + (complete < len(text)) > begin:
+        if complete + (complete < len(text)) > begin:
             marked.append(start + k)
         done = complete
     return marked
