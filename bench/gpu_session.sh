@@ -134,6 +134,7 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
   # V: the shipped questions with more answers whose name comes later in the sentence or twice
   mkdir -p $W/pool_v && cp -r xtuner_assistant configs bench $W/pool_v/
   cp bench/prompts/identity_phrases_varied_answers.json $W/pool_v/xtuner_assistant/data/phrases/identity_phrases.json
+  local m=(--set general_ratio=1.5 --set identity_samples=640)  # M's mix, the base of the later recipes
   for spec in "${specs[@]}"; do
     IFS='|' read -r recipe name seed author <<<"$spec"
     local extra=() dir=$W/leak/run$i root=$PWD base=$model system=
@@ -156,20 +157,20 @@ leak() {  # issue 13: identity and leakage of the embedded default's recipe and 
       # with varied endings: no NEFTune (Z); more general chat, 1.5 per identity conversation (X)
       Z) extra=(--set neftune_alpha=0) ;;
       X) extra=(--set general_ratio=1.5) ;;
-      M) extra=(--set general_ratio=1.5 --set identity_samples=640) ;;  # X with a quarter more of everything
+      M) extra=("${m[@]}") ;;  # X with a quarter more of everything
       # M's identity with more general chat against it: 2 (A) or 2.5 (B) general conversations per identity one
       A) extra=(--set general_ratio=2 --set identity_samples=640) ;;
       B) extra=(--set general_ratio=2.5 --set identity_samples=640) ;;
       # contrast rows (a general question, an identity answer's first tokens made unlikely): M's mix (K), X's (J)
-      K) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=0.5) ;;
+      K) extra=("${m[@]}" --set contrast_ratio=0.5) ;;
       J) extra=(--set general_ratio=1.5 --set contrast_ratio=0.5) ;;
       # contrast rows that make only the tokens spelling the name unlikely: half (W) or one (H) per identity one
-      W) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=0.5 --set contrast_target=name) ;;
-      H) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=1 --set contrast_target=name) ;;
+      W) extra=("${m[@]}" --set contrast_ratio=0.5 --set contrast_target=name) ;;
+      H) extra=("${m[@]}" --set contrast_ratio=1 --set contrast_target=name) ;;
       # between M and W: W's rows with a third of the weight (D), a fifth (Q) or half (I) as many rows
-      D) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=0.5 --set contrast_target=name --set unlikelihood_weight=0.3) ;;
-      Q) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=0.1 --set contrast_target=name) ;;
-      I) extra=(--set general_ratio=1.5 --set identity_samples=640 --set contrast_ratio=0.25 --set contrast_target=name) ;;  # half of W's rows
+      D) extra=("${m[@]}" --set contrast_ratio=0.5 --set contrast_target=name --set unlikelihood_weight=0.3) ;;
+      Q) extra=("${m[@]}" --set contrast_ratio=0.1 --set contrast_target=name) ;;
+      I) extra=("${m[@]}" --set contrast_ratio=0.25 --set contrast_target=name) ;;  # half of W's rows
       # D's weak contrast with more identity conversations (800), to win back Chinese identity
       D8) extra=(--set general_ratio=1.5 --set identity_samples=800 --set contrast_ratio=0.5 --set contrast_target=name --set unlikelihood_weight=0.3) ;;
       R) extra=(--set lora_r=64) ;;

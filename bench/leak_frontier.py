@@ -11,7 +11,6 @@ sets (before 2026-12-01) are left out, as are recipes named with --skip.
 from __future__ import annotations
 
 import argparse
-import re
 from collections import defaultdict
 
 import matplotlib
@@ -19,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from leak_means import results  # noqa: E402  (run from the repository root or bench/)
+from leak_means import RESULT_FILE, results, summed  # noqa: E402  (run from the repository root or bench/)
 
 IDENTITY_TARGET, LEAK_TARGET = 0.95, 0.05
 
@@ -28,16 +27,15 @@ def recipe_points(paths: list[str], skip: set[str]) -> dict[str, tuple[float, fl
     """{recipe: (zh leakage, zh identity)} over the archives' runs that carry the bare sets."""
     runs: dict[str, list[dict]] = defaultdict(list)
     for name, result in results(paths):
-        recipe = re.fullmatch(r"leak_(.+)_run\d+\.json", name)[1]
+        recipe = RESULT_FILE.fullmatch(name)[1]
         if recipe not in skip and "identity_extra_bare_zh" in result["scores"]:
             runs[recipe].append(result["scores"])
     points = {}
     for recipe, scores in runs.items():
         identity = sum((s["identity_zh"] + s["identity_extra_zh"] + s["identity_extra_bare_zh"]) / 3
                        for s in scores) / len(scores)
-        leaked = [tuple(map(int, s[key].split("/"))) for s in scores
-                  for key in ("leak_extra_zh_count", "leak_extra_bare_zh_count")]
-        points[recipe] = (sum(n for n, _ in leaked) / sum(d for _, d in leaked), identity)
+        leaked, asked = summed([s[key] for s in scores for key in ("leak_extra_zh_count", "leak_extra_bare_zh_count")])
+        points[recipe] = (leaked / asked, identity)
     return points
 
 

@@ -17,22 +17,29 @@ import tarfile
 from collections import defaultdict
 from pathlib import Path
 
+RESULT_FILE = re.compile(r"leak_(.+)_run\d+\.json")  # bench/gpu_session.sh leak's name: leak_RECIPE_runN.json
+
 
 def results(paths: list[str]):
     for path in paths:
         if path.endswith((".tgz", ".tar.gz")):
             with tarfile.open(path) as archive:
                 for member in archive.getmembers():
-                    if re.fullmatch(r"leak_.+_run\d+\.json", Path(member.name).name):
+                    if RESULT_FILE.fullmatch(Path(member.name).name):
                         yield Path(member.name).name, json.load(archive.extractfile(member))
         else:
             yield Path(path).name, json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def summed(values: list[str]) -> tuple[int, int]:
+    """'3/40' strings summed over runs: (12, 200)."""
+    parts = [tuple(map(int, value.split("/"))) for value in values]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
 def counted(values: list[str]) -> str:
     """'3/40' strings summed over runs: '12/200'."""
-    parts = [tuple(map(int, value.split("/"))) for value in values]
-    return f"{sum(p[0] for p in parts)}/{sum(p[1] for p in parts)}"
+    return "{}/{}".format(*summed(values))
 
 
 def line(recipe: str, runs: list[dict]) -> str:
@@ -63,7 +70,7 @@ def main(argv=None) -> None:
     by_recipe: dict[str, list[dict]] = defaultdict(list)
     for name, result in results(paths):
         chats = len(result.get("answers", {}).get("multi_turn", []))  # the second-turn share is over these
-        by_recipe[re.fullmatch(r"leak_(.+)_run\d+\.json", name)[1]].append({**result["scores"], "multi_turn_chats": chats})
+        by_recipe[RESULT_FILE.fullmatch(name)[1]].append({**result["scores"], "multi_turn_chats": chats})
     for recipe, runs in by_recipe.items():
         print(line(recipe, runs))
 

@@ -74,13 +74,13 @@ def answer_all(args, evaluation) -> dict:
     identity_items = [{"question": q, "language": lang} for lang in ("zh", "en") for q in extra_identity[lang]]
     bare_extra = [dict(item, prompt=CLOSING_PUNCTUATION.sub("", item["prompt"])) for item in extra_items]
     bare_identity = [dict(item, question=CLOSING_PUNCTUATION.sub("", item["question"])) for item in identity_items]
-    prompts = (evaluation.identity_prompts + evaluation.general_prompts + [i["prompt"] for i in extra_items]
-               + GENERAL_QUESTIONS + [i["question"] for i in identity_items]
-               + [i["prompt"] for i in bare_extra] + [i["question"] for i in bare_identity])
-    answers = replies(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
-    n_id, n_gen, n_extra = len(evaluation.identity_prompts), len(evaluation.general_prompts), len(extra_items)
-    n_demo = len(GENERAL_QUESTIONS)
-    bare_answers = answers[n_id + n_gen + n_extra + n_demo + len(identity_items):]
+    groups = {  # answered in one batch, in this order; each item asks its "prompt" or its "question"
+        "identity": evaluation.identity_items, "general": evaluation.general_items, "extra": extra_items,
+        "demo": [{"question": q} for q in GENERAL_QUESTIONS], "identity_extra": identity_items,
+        "extra_bare": bare_extra, "identity_extra_bare": bare_identity}
+    prompts = [item["prompt"] if "prompt" in item else item["question"] for items in groups.values() for item in items]
+    answers = iter(replies(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens))
+    record = {kind: [dict(item, answer=next(answers)) for item in items] for kind, items in groups.items()}
     multi = []
     for chat in extra["multi_turn"]:
         messages = [{"role": "user", "content": chat["turns"][0]}]
@@ -89,14 +89,7 @@ def answer_all(args, evaluation) -> dict:
         second = reply(model, tokenizer, messages, max_new_tokens=args.max_new_tokens)
         multi.append(dict(chat, answers=[first, second]))
     return {
-        "identity": [dict(item, answer=a) for item, a in zip(evaluation.identity_items, answers[:n_id])],
-        "general": [dict(item, answer=a) for item, a in zip(evaluation.general_items, answers[n_id:n_id + n_gen])],
-        "extra": [dict(item, answer=a) for item, a in zip(extra_items, answers[n_id + n_gen:n_id + n_gen + n_extra])],
-        "demo": [{"question": q, "answer": a} for q, a in zip(GENERAL_QUESTIONS, answers[n_id + n_gen + n_extra:])],
-        "identity_extra": [dict(item, answer=a) for item, a in
-                           zip(identity_items, answers[n_id + n_gen + n_extra + n_demo:])],
-        "extra_bare": [dict(item, answer=a) for item, a in zip(bare_extra, bare_answers)],
-        "identity_extra_bare": [dict(item, answer=a) for item, a in zip(bare_identity, bare_answers[len(bare_extra):])],
+        **record,
         "multi_turn": multi,
         "answer_seconds": round(time.monotonic() - started, 1),
     }

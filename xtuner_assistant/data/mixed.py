@@ -186,14 +186,20 @@ def _draw(pool: list, count: int, rng: random.Random, report: dict, kind: str) -
     return drawn
 
 
-def _with_general_turns(mixed: list, pool: list, share: float, seed: int, report: dict) -> list:
-    """Some identity conversations get a general question and answer before or after them, half of
-    them in the other language: the name is the answer to the identity question only, and each
-    answer is in the language of its own question, whatever came earlier in the chat."""
+def _single_turns_by_language(pool: list) -> dict[str, list]:
+    """The pool's one-question, one-answer conversations, by language (in pool order)."""
     by_language: dict[str, list] = {}
     for conversation in pool:
         if [m["role"] for m in conversation["messages"]] == ["user", "assistant"]:
             by_language.setdefault(language_of(conversation), []).append(conversation)
+    return by_language
+
+
+def _with_general_turns(mixed: list, pool: list, share: float, seed: int, report: dict) -> list:
+    """Some identity conversations get a general question and answer before or after them, half of
+    them in the other language: the name is the answer to the identity question only, and each
+    answer is in the language of its own question, whatever came earlier in the chat."""
+    by_language = _single_turns_by_language(pool)
     if not by_language:
         return mixed
     rng = random.Random(f"general-turns-{seed}")  # its own, so the rest of the mix stays as it was
@@ -215,11 +221,8 @@ CONTRAST_TOKENS = 6  # of an identity answer, made unlikely after a general ques
 def _contrast_conversations(identity: list, pool: list, ratio: float, rng: random.Random, report: dict) -> list:
     """`ratio` contrast conversations per identity conversation, language by language: a single-turn
     general question of that language answered with one of that language's identity answers."""
-    questions: dict[str, list] = {}
-    for conversation in pool:
-        messages = conversation["messages"]
-        if [m["role"] for m in messages] == ["user", "assistant"]:
-            questions.setdefault(language_of(conversation), []).append(messages[0])
+    questions = {language: [c["messages"][0] for c in conversations]
+                 for language, conversations in _single_turns_by_language(pool).items()}
     answers: dict[str, list] = {}
     for conversation in identity:
         answers.setdefault(language_of(conversation), []).append(conversation["messages"][-1])
